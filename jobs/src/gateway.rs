@@ -1,0 +1,67 @@
+//! What the billing core needs from a payment gateway. src/gateway implements it with Stripe; the
+//! core only sees tokens, card summaries and outcomes, never card numbers.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// What a gateway tells about a saved card: enough for a receipt, never enough to charge it elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CardSummary {
+    /// The gateway's own token for the method (pm_...).
+    pub token: String,
+    pub brand: String,
+    pub last4: String,
+    pub exp_month: i64,
+    pub exp_year: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewGatewayCustomer {
+    pub customer_id: String,
+    pub email: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// The gateway refused the request as invalid (unknown token, wrong customer): the caller's fault.
+    #[error("the gateway refused the request: {message}")]
+    Invalid {
+        message: String,
+        param: Option<String>,
+    },
+    /// The card was declined; the decline code decides whether dunning retries.
+    #[error("the card was declined ({code}): {message}")]
+    Declined {
+        code: String,
+        decline_code: Option<String>,
+        message: String,
+        payment_intent_id: Option<String>,
+    },
+    /// No gateway answer we can trust (timeout, connection error, 5xx, unparsable reply): the
+    /// effect may or may not have happened and must be resolved by asking again, never by guessing.
+    #[error("the gateway's answer is unknown: {0}")]
+    Unknown(String),
+    /// The gateway is not configured (no API key).
+    #[error("no payment gateway is configured")]
+    NotConfigured,
+}
+
+#[async_trait]
+pub trait Gateway: Send + Sync + 'static {
+    /// The gateway's name as stored on payments ("stripe").
+    fn name(&self) -> &'static str;
+
+    /// Creates the customer at the gateway and returns its id (cus_...).
+    async fn create_customer(&self, customer: &NewGatewayCustomer) -> Result<String, GatewayError>;
+
+    /// Attaches a payment method token to the gateway customer and reads its card summary.
+    async fn attach_payment_method(
+        &self,
+        gateway_customer_id: &str,
+        token: &str,
+    ) -> Result<CardSummary, GatewayError>;
+
+    /// Detaches a payment method so it can no longer be charged.
+    async fn detach_payment_method(&self, token: &str) -> Result<(), GatewayError>;
+}

@@ -1,0 +1,11 @@
+//! The billing core of settled: every unit of work as a job, with the rules it applies. It does no
+//! I/O of its own; it reaches the world through the traits it defines (clock, gateway, ...), which
+//! the daemon implements.
+
+pub mod clock;
+pub mod gateway;
+pub mod ids;
+pub mod job;
+pub mod money;
+pub mod schedule;
+pub mod invoice;

@@ -1,0 +1,220 @@
+//! Start-up and shutdown: builds the `Application` (database, clock, gateway, HTTP listener, job
+//! workers) so `main` and the tests start the very same thing, on port 0 when they like.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use settled_jobs::clock::{Clock, ManualClock, SystemClock};
+use settled_jobs::gateway::Gateway;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ClockMode, Config, Secret};
+use crate::runner::Scheduler;
+use crate::store::Db;
+
+/// The settings key that keeps the manual clock's position across restarts.
+pub const CLOCK_SETTING: &str = "manual_clock_now";
+
+/// Everything a request handler or a job needs.
+pub struct State {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub clock: Arc<dyn Clock>,
+    pub manual_clock: Option<Arc<ManualClock>>,
+    pub gateway: Option<Arc<dyn Gateway>>,
+    pub tokens: Vec<Secret>,
+    pub scheduler: Arc<Scheduler>,
+}
+
+pub struct Application {
+    state: Arc<State>,
+    listener: Option<TcpListener>,
+    port: u16,
+}
+
+impl Application {
+    /// Opens everything; applies migrations unless told not to. An unreachable database is retried
+    /// in the background rather than failing start-up.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let config = Arc::new(config);
+        let db = Db::open(&config)?;
+        let tokens = admin_tokens(&config)?;
+        let gateway = crate::gateway::from_config(&config)?;
+        let (clock, manual_clock) = make_clock(&config, &db).await;
+        let scheduler = Arc::new(Scheduler::new(db.clone(), clock.clone(), config.clone()));
+        let state = Arc::new(State {
+            config: config.clone(),
+            db,
+            clock,
+            manual_clock,
+            gateway,
+            tokens,
+            scheduler,
+        });
+        let (listener, port) = if config.daemon.role.runs_http() {
+            let addr = config.listen_addr()?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            let port = listener.local_addr()?.port();
+            (Some(listener), port)
+        } else {
+            (None, 0)
+        };
+        Ok(Application {
+            state,
+            listener,
+            port,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> Arc<State> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops intake, lets in-flight jobs finish (bounded
+    /// by `daemon.shutdown_timeout_seconds`) and returns.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let state = self.state;
+        let ready = crate::notify::Notifier::from_env();
+        prepare_database(&state, &shutdown).await;
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let workers = if state.config.daemon.role.runs_workers() {
+            Some(crate::runner::start(state.clone(), shutdown.clone()))
+        } else {
+            None
+        };
+        let http = self.listener.map(|listener| {
+            let addr: Option<SocketAddr> = listener.local_addr().ok();
+            if let Some(addr) = addr {
+                tracing::info!(%addr, port = addr.port(), "listening");
+            }
+            let app = crate::http::router(state.clone());
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { token.cancelled().await })
+                    .await
+            })
+        });
+        ready.ready();
+        let watchdog = ready.spawn_watchdog(state.clone(), shutdown.clone());
+        shutdown.cancelled().await;
+        ready.stopping();
+        tracing::info!("shutting down: intake stopped, waiting for in-flight jobs");
+        if let Some(w) = workers {
+            w.stop().await;
+        }
+        if let Some(h) = http {
+            let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+        }
+        if let Some(w) = watchdog {
+            w.abort();
+        }
+        state.db.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Waits for the database (logging each failure) and applies migrations when configured to.
+async fn prepare_database(state: &State, shutdown: &CancellationToken) {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let result = if state.config.database.migrate_on_start {
+            state.db.migrate().await
+        } else if state.db.ping().await {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("the database does not answer"))
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(backend = state.db.backend(), "database ready");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "database not ready; retrying");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn make_clock(config: &Config, db: &Db) -> (Arc<dyn Clock>, Option<Arc<ManualClock>>) {
+    match config.clock.mode {
+        ClockMode::System => (Arc::new(SystemClock), None),
+        ClockMode::Manual => {
+            // A restarted daemon resumes where the clock stood; the config's start is only the origin.
+            let stored = crate::store::settings::get(db, CLOCK_SETTING)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+                .map(|d| d.with_timezone(&Utc));
+            let start = stored
+                .or_else(|| config.clock_start())
+                .unwrap_or_else(|| SystemClock.now());
+            let manual = Arc::new(ManualClock::new(start));
+            (manual.clone(), Some(manual))
+        }
+    }
+}
+
+/// The configured tokens, or one generated into the state directory on first start.
+fn admin_tokens(config: &Config) -> anyhow::Result<Vec<Secret>> {
+    let tokens = config.admin_tokens()?;
+    if !tokens.is_empty() {
+        return Ok(tokens);
+    }
+    let path: PathBuf = config.state_dir().join("admin-token");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let token = text.trim();
+        if !token.is_empty() {
+            tracing::info!(path = %path.display(), "admin token read from the state directory");
+            return Ok(vec![Secret::new(token)]);
+        }
+    }
+    std::fs::create_dir_all(config.state_dir())
+        .with_context(|| format!("cannot create the state directory {}", config.state_dir().display()))?;
+    let token = generate_token();
+    write_private(&path, &format!("{token}\n"))?;
+    tracing::warn!(path = %path.display(), "no admin token configured; generated one (read it from this file)");
+    Ok(vec![Secret::new(token)])
+}
+
+fn generate_token() -> String {
+    use rand::Rng;
+    let bytes: [u8; 32] = rand::rng().random();
+    hex::encode(bytes)
+}
+
+#[cfg(unix)]
+fn write_private(path: &std::path::Path, content: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(content.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}

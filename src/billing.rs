@@ -1,0 +1,60 @@
+//! Glue between the queue and the billing core: which work is due, and which code runs a job.
+
+use chrono::{DateTime, Utc};
+use settled_jobs::job::Job;
+
+use crate::app::State;
+use crate::runner::JobError;
+use crate::store::{Db, ms, on_db};
+
+/// Due work, as jobs. Each query is bounded so one sweep stays short; the next tick takes the rest.
+pub async fn due_jobs(db: &Db, now: DateTime<Utc>) -> Result<Vec<Job>, sqlx::Error> {
+    let rows: Vec<(String, i64)> = on_db!(db, p => {
+        sqlx::query_as(
+            "SELECT id, next_period_start FROM subscriptions WHERE status = 'active' \
+             AND next_period_start IS NOT NULL AND next_period_start <= $1 \
+             ORDER BY next_period_start LIMIT 5000",
+        )
+        .bind(ms(now))
+        .fetch_all(p)
+        .await?
+    });
+    let drafts: Vec<String> = on_db!(db, p => {
+        sqlx::query_scalar(
+            "SELECT id FROM invoices WHERE status = 'draft' AND finalize_at IS NOT NULL \
+             AND finalize_at <= $1 ORDER BY finalize_at LIMIT 5000",
+        )
+        .bind(ms(now))
+        .fetch_all(p)
+        .await?
+    });
+    let mut jobs: Vec<Job> = rows
+        .into_iter()
+        .map(|(subscription_id, period_start)| Job::GenerateInvoice {
+            subscription_id,
+            period_start,
+        })
+        .collect();
+    jobs.extend(
+        drafts
+            .into_iter()
+            .map(|invoice_id| Job::FinalizeInvoice { invoice_id }),
+    );
+    Ok(jobs)
+}
+
+pub async fn run(state: &State, job: &Job) -> Result<(), JobError> {
+    match job {
+        Job::GenerateInvoice {
+            subscription_id,
+            period_start,
+        } => crate::store::invoices::generate(state, subscription_id, *period_start).await,
+        Job::FinalizeInvoice { invoice_id } => {
+            crate::store::invoices::finalize_due(state, invoice_id).await
+        }
+        other => Err(JobError::Permanent(anyhow::anyhow!(
+            "this version of settled does not run {} jobs",
+            other.kind()
+        ))),
+    }
+}

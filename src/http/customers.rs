@@ -1,0 +1,495 @@
+//! Customers, their billing contacts and saved payment methods.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use settled_jobs::gateway::{GatewayError, NewGatewayCustomer};
+use settled_jobs::ids::{new_id, prefix};
+use settled_jobs::money::Currency;
+
+use super::extract::{ApiJson, parse};
+use super::invoices::{amount, rfc3339_ms};
+use super::{ApiError, ListResponse, Paging};
+use crate::app::State;
+use crate::store::customers::{self as store, Customer, CustomerPatch, NewCustomer, PaymentMethodRow};
+use crate::store::ms;
+
+pub fn router() -> Router<Arc<State>> {
+    Router::new()
+        .route("/customers", post(create).get(list))
+        .route("/customers/{id}", get(show).patch(update))
+        .route(
+            "/customers/{id}/payment_methods",
+            post(add_payment_method).get(list_payment_methods),
+        )
+        .route(
+            "/customers/{id}/payment_methods/{pm}",
+            get(show_payment_method).delete(remove_payment_method),
+        )
+        .route(
+            "/customers/{id}/payment_methods/{pm}/default",
+            post(make_default),
+        )
+}
+
+#[derive(Serialize)]
+pub struct CustomerView {
+    pub id: String,
+    pub object: &'static str,
+    pub email: String,
+    pub name: String,
+    pub currency: String,
+    pub timezone: String,
+    pub billing_emails: Vec<String>,
+    pub auto_charge: bool,
+    pub apply_retainer: bool,
+    pub statement_emails: bool,
+    pub gateway_customer_id: Option<String>,
+    pub credit_balance: String,
+    pub retainer_balance: String,
+    pub outstanding: String,
+    pub created_at: String,
+}
+
+impl From<Customer> for CustomerView {
+    fn from(c: Customer) -> Self {
+        let cur = c.row.currency.clone();
+        CustomerView {
+            credit_balance: amount(c.credit_balance, &cur),
+            retainer_balance: amount(c.retainer_balance, &cur),
+            outstanding: amount(c.outstanding, &cur),
+            created_at: rfc3339_ms(c.row.created_at),
+            id: c.row.id,
+            object: "customer",
+            email: c.row.email,
+            name: c.row.name,
+            currency: c.row.currency,
+            timezone: c.row.timezone,
+            billing_emails: c.billing_emails,
+            auto_charge: c.row.auto_charge,
+            apply_retainer: c.row.apply_retainer,
+            statement_emails: c.row.statement_emails,
+            gateway_customer_id: c.row.gateway_customer_id,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateCustomer {
+    email: String,
+    name: String,
+    currency: String,
+    timezone: Option<String>,
+    billing_emails: Option<Vec<String>>,
+    auto_charge: Option<bool>,
+    apply_retainer: Option<bool>,
+    statement_emails: Option<bool>,
+    gateway_customer_id: Option<String>,
+}
+
+/// A pragmatic address check: one @, a non-empty local part, a dotted domain, no spaces or
+/// angle brackets. Deliverability is the mail server's call.
+pub fn valid_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && local.len() <= 64
+        && domain.len() >= 3
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains('@')
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control() || "<>,;\"".contains(c))
+}
+
+fn check_email(field: &str, s: &str) -> Result<String, ApiError> {
+    let s = s.trim();
+    if valid_email(s) {
+        Ok(s.to_string())
+    } else {
+        Err(ApiError::invalid(field, format!("{s:?} is not an email address")))
+    }
+}
+
+fn check_billing_emails(list: &[String]) -> Result<Vec<String>, ApiError> {
+    if list.is_empty() {
+        return Err(ApiError::invalid("billing_emails", "must hold at least one address"));
+    }
+    if list.len() > 20 {
+        return Err(ApiError::invalid("billing_emails", "at most 20 addresses"));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for (i, e) in list.iter().enumerate() {
+        let e = check_email(&format!("billing_emails[{i}]"), e)?;
+        if !out.iter().any(|o| o.eq_ignore_ascii_case(&e)) {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
+fn check_timezone(tz: &str) -> Result<String, ApiError> {
+    tz.parse::<chrono_tz::Tz>()
+        .map(|t| t.name().to_string())
+        .map_err(|_| ApiError::invalid("timezone", format!("{tz:?} is not an IANA time zone like Europe/Berlin")))
+}
+
+fn check_name(name: &str) -> Result<String, ApiError> {
+    let n = name.trim();
+    if n.is_empty() || n.len() > 200 {
+        return Err(ApiError::invalid("name", "must be 1 to 200 characters"));
+    }
+    Ok(n.to_string())
+}
+
+fn check_gateway_customer(id: &str) -> Result<String, ApiError> {
+    if id.starts_with("cus_") && id.len() > 4 && id.len() <= 255 {
+        Ok(id.to_string())
+    } else {
+        Err(ApiError::invalid("gateway_customer_id", "must be a gateway customer id like cus_..."))
+    }
+}
+
+async fn create(
+    AxState(state): AxState<Arc<State>>,
+    ApiJson(body): ApiJson<CreateCustomer>,
+) -> Result<(StatusCode, Json<CustomerView>), ApiError> {
+    let email = check_email("email", &body.email)?;
+    let name = check_name(&body.name)?;
+    let currency = Currency::parse(&body.currency)
+        .map_err(|e| ApiError::invalid("currency", e))?
+        .code()
+        .to_string();
+    let timezone = check_timezone(body.timezone.as_deref().unwrap_or("UTC"))?;
+    let billing_emails = match &body.billing_emails {
+        Some(list) => check_billing_emails(list)?,
+        None => vec![email.clone()],
+    };
+    let gateway_customer_id = body
+        .gateway_customer_id
+        .as_deref()
+        .map(check_gateway_customer)
+        .transpose()?;
+    let new = NewCustomer {
+        id: new_id(prefix::CUSTOMER),
+        email,
+        name,
+        currency,
+        timezone,
+        billing_emails,
+        auto_charge: body.auto_charge.unwrap_or(true),
+        apply_retainer: body.apply_retainer.unwrap_or(false),
+        statement_emails: body.statement_emails.unwrap_or(false),
+        gateway_customer_id,
+    };
+    let mut tx = state.db.begin().await?;
+    store::insert(&mut tx, &new, state.clock.now()).await?;
+    tx.commit().await?;
+    tracing::info!(customer_id = %new.id, "customer created");
+    let customer = store::get(&state.db, &new.id)
+        .await?
+        .ok_or_else(|| ApiError::Unexpected(anyhow::anyhow!("customer vanished after insert")))?;
+    Ok((StatusCode::CREATED, Json(customer.into())))
+}
+
+async fn show(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+) -> Result<Json<CustomerView>, ApiError> {
+    store::get(&state.db, &id)
+        .await?
+        .map(|c| Json(c.into()))
+        .ok_or_else(|| ApiError::not_found("customer", &id))
+}
+
+#[derive(Deserialize)]
+struct CustomerQuery {
+    billing_email: Option<String>,
+    #[serde(flatten)]
+    paging: Paging,
+}
+
+async fn list(
+    AxState(state): AxState<Arc<State>>,
+    Query(q): Query<CustomerQuery>,
+) -> Result<Json<ListResponse<CustomerView>>, ApiError> {
+    let limit = q.paging.limit()?;
+    let items = store::list(
+        &state.db,
+        q.billing_email.as_deref().map(str::trim),
+        limit + 1,
+        q.paging.starting_after.as_deref(),
+    )
+    .await?;
+    Ok(Json(ListResponse::page(
+        items.into_iter().map(CustomerView::from).collect(),
+        limit,
+    )))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateCustomer {
+    name: Option<String>,
+    email: Option<String>,
+    billing_emails: Option<Vec<String>>,
+    auto_charge: Option<bool>,
+    apply_retainer: Option<bool>,
+    statement_emails: Option<bool>,
+    timezone: Option<String>,
+    gateway_customer_id: Option<String>,
+}
+
+async fn update(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateCustomer>,
+) -> Result<Json<CustomerView>, ApiError> {
+    let patch = CustomerPatch {
+        name: body.name.as_deref().map(check_name).transpose()?,
+        email: body.email.as_deref().map(|e| check_email("email", e)).transpose()?,
+        timezone: body.timezone.as_deref().map(check_timezone).transpose()?,
+        auto_charge: body.auto_charge,
+        apply_retainer: body.apply_retainer,
+        statement_emails: body.statement_emails,
+        billing_emails: body.billing_emails.as_deref().map(check_billing_emails).transpose()?,
+        gateway_customer_id: body
+            .gateway_customer_id
+            .as_deref()
+            .map(check_gateway_customer)
+            .transpose()?,
+    };
+    let mut tx = state.db.begin().await?;
+    if !store::update(&mut tx, &id, &patch, state.clock.now()).await? {
+        return Err(ApiError::not_found("customer", &id));
+    }
+    tx.commit().await?;
+    show(AxState(state), Path(id)).await
+}
+
+#[derive(Serialize)]
+pub struct PaymentMethodView {
+    pub id: String,
+    pub object: &'static str,
+    pub customer_id: String,
+    pub gateway: String,
+    pub token: String,
+    pub brand: String,
+    pub last4: String,
+    pub exp_month: i64,
+    pub exp_year: i64,
+    pub default: bool,
+    pub created_at: String,
+}
+
+impl From<PaymentMethodRow> for PaymentMethodView {
+    fn from(p: PaymentMethodRow) -> Self {
+        PaymentMethodView {
+            created_at: rfc3339_ms(p.created_at),
+            id: p.id,
+            object: "payment_method",
+            customer_id: p.customer_id,
+            gateway: p.gateway,
+            token: p.token,
+            brand: p.brand,
+            last4: p.last4,
+            exp_month: p.exp_month,
+            exp_year: p.exp_year,
+            default: p.is_default,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddPaymentMethod {
+    gateway: String,
+    token: String,
+    default: Option<bool>,
+}
+
+/// Keys that would carry raw card data. Their presence refuses the request outright, and the body
+/// is never logged.
+const CARD_FIELDS: &[&str] = &[
+    "number", "card_number", "cardnumber", "pan", "cvc", "cvv", "cvc2", "cvv2", "card", "exp",
+    "security_code",
+];
+
+fn looks_like_card_number(s: &str) -> bool {
+    let digits: String = s.chars().filter(|c| !c.is_whitespace() && *c != '-').collect();
+    (12..=19).contains(&digits.len()) && digits.chars().all(|c| c.is_ascii_digit())
+}
+
+async fn add_payment_method(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<PaymentMethodView>), ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::Malformed(format!("the body is not valid JSON: {e}")))?;
+    if let Some(obj) = value.as_object() {
+        if obj
+            .keys()
+            .any(|k| CARD_FIELDS.contains(&k.to_ascii_lowercase().as_str()))
+            || obj
+                .values()
+                .any(|v| v.as_str().is_some_and(looks_like_card_number))
+        {
+            return Err(ApiError::Invalid {
+                code: "card_data_refused",
+                message: "card numbers and security codes are never accepted; tokenize the card with the gateway and send its payment method token (pm_...)".into(),
+            });
+        }
+    }
+    let req: AddPaymentMethod = parse(&body)?;
+    if req.gateway != "stripe" {
+        return Err(ApiError::invalid("gateway", "only \"stripe\" is supported"));
+    }
+    if !req.token.starts_with("pm_") || req.token.len() > 255 {
+        return Err(ApiError::invalid("token", "must be a gateway payment method token like pm_..."));
+    }
+    let customer = store::get_row(&state.db, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("customer", &id))?;
+    let gateway = state
+        .gateway
+        .as_ref()
+        .ok_or_else(|| ApiError::conflict("gateway_not_configured", "no payment gateway is configured (stripe.api_key)"))?;
+    // The gateway customer is created on first use, so customers can exist before a gateway does.
+    let gateway_customer = match &customer.gateway_customer_id {
+        Some(g) => g.clone(),
+        None => {
+            let created = gateway
+                .create_customer(&NewGatewayCustomer {
+                    customer_id: customer.id.clone(),
+                    email: customer.email.clone(),
+                    name: customer.name.clone(),
+                })
+                .await
+                .map_err(gateway_error)?;
+            let mut tx = state.db.begin().await?;
+            store::update(
+                &mut tx,
+                &customer.id,
+                &CustomerPatch {
+                    gateway_customer_id: Some(created.clone()),
+                    ..Default::default()
+                },
+                state.clock.now(),
+            )
+            .await?;
+            tx.commit().await?;
+            created
+        }
+    };
+    let card = gateway
+        .attach_payment_method(&gateway_customer, &req.token)
+        .await
+        .map_err(gateway_error)?;
+    let existing = store::payment_methods(&state.db, &id).await?;
+    let make_default = req.default.unwrap_or(true) || existing.is_empty();
+    let row = PaymentMethodRow {
+        id: new_id(prefix::PAYMENT_METHOD),
+        customer_id: id.clone(),
+        gateway: "stripe".into(),
+        token: card.token,
+        brand: card.brand,
+        last4: card.last4,
+        exp_month: card.exp_month,
+        exp_year: card.exp_year,
+        is_default: make_default,
+        created_at: ms(state.clock.now()),
+    };
+    let mut tx = state.db.begin().await?;
+    if let Err(e) = store::insert_payment_method(&mut tx, &row, make_default).await {
+        if crate::store::is_unique_violation(&e) {
+            return Err(ApiError::conflict("payment_method_exists", "this payment method is already saved"));
+        }
+        return Err(e.into());
+    }
+    tx.commit().await?;
+    tracing::info!(customer_id = %id, payment_method_id = %row.id, brand = %row.brand, "payment method saved");
+    Ok((StatusCode::CREATED, Json(row.into())))
+}
+
+fn gateway_error(e: GatewayError) -> ApiError {
+    match e {
+        GatewayError::Invalid { message, param } => ApiError::Invalid {
+            code: "gateway_refused",
+            message: match param {
+                Some(p) => format!("the gateway refused {p}: {message}"),
+                None => format!("the gateway refused the request: {message}"),
+            },
+        },
+        GatewayError::Declined { message, .. } => ApiError::Invalid {
+            code: "card_declined",
+            message,
+        },
+        GatewayError::NotConfigured => {
+            ApiError::conflict("gateway_not_configured", "no payment gateway is configured")
+        }
+        GatewayError::Unknown(m) => {
+            tracing::warn!(error = %m, "gateway call failed");
+            ApiError::Gateway("the payment gateway did not answer; try again".into())
+        }
+    }
+}
+
+async fn list_payment_methods(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+) -> Result<Json<ListResponse<PaymentMethodView>>, ApiError> {
+    if store::get_row(&state.db, &id).await?.is_none() {
+        return Err(ApiError::not_found("customer", &id));
+    }
+    let items: Vec<PaymentMethodView> = store::payment_methods(&state.db, &id)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    let limit = items.len() as i64;
+    Ok(Json(ListResponse::page(items, limit)))
+}
+
+async fn show_payment_method(
+    AxState(state): AxState<Arc<State>>,
+    Path((id, pm)): Path<(String, String)>,
+) -> Result<Json<PaymentMethodView>, ApiError> {
+    store::payment_method(&state.db, &id, &pm)
+        .await?
+        .map(|p| Json(p.into()))
+        .ok_or_else(|| ApiError::not_found("payment method", &pm))
+}
+
+async fn make_default(
+    AxState(state): AxState<Arc<State>>,
+    Path((id, pm)): Path<(String, String)>,
+) -> Result<Json<PaymentMethodView>, ApiError> {
+    if !store::set_default_payment_method(&state.db, &id, &pm).await? {
+        return Err(ApiError::not_found("payment method", &pm));
+    }
+    show_payment_method(AxState(state), Path((id, pm))).await
+}
+
+async fn remove_payment_method(
+    AxState(state): AxState<Arc<State>>,
+    Path((id, pm)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let row = store::payment_method(&state.db, &id, &pm)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payment method", &pm))?;
+    if let Some(gateway) = &state.gateway {
+        match gateway.detach_payment_method(&row.token).await {
+            Ok(()) | Err(GatewayError::Invalid { .. }) => {}
+            Err(e) => return Err(gateway_error(e)),
+        }
+    }
+    store::remove_payment_method(&state.db, &id, &pm, state.clock.now()).await?;
+    Ok(Json(serde_json::json!({"id": pm, "object": "payment_method", "deleted": true})))
+}

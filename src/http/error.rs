@@ -1,0 +1,97 @@
+//! One error type for every handler. User errors say what was wrong; unexpected ones answer an
+//! opaque 500 (or 503 when the database is away) and log the cause chain instead.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request could not be read (not JSON, bad query string).
+    #[error("{0}")]
+    Malformed(String),
+    /// 401: no or wrong bearer token.
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    /// 404
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: the request conflicts with the object's state.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// 413
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(usize),
+    /// 422: well-formed but invalid.
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    /// 502: the payment gateway refused or failed.
+    #[error("{0}")]
+    Gateway(String),
+    /// 503: storage unavailable.
+    #[error("the database is unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    /// 500
+    #[error("an unexpected error occurred")]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    /// A 422 naming the field.
+    pub fn invalid(field: &str, problem: impl std::fmt::Display) -> Self {
+        ApiError::Invalid {
+            code: "invalid_request",
+            message: format!("{field}: {problem}"),
+        }
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Conflict {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(what: &str, id: &str) -> Self {
+        ApiError::NotFound(format!("no {what} with id {id}"))
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed_request"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::Invalid { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
+            ApiError::Gateway(_) => (StatusCode::BAD_GATEWAY, "gateway_error"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Unexpected(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                ApiError::Unavailable(err.into())
+            }
+            other => ApiError::Unexpected(anyhow::Error::new(other).context("database query failed")),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        match &self {
+            ApiError::Unexpected(e) => tracing::error!(error = ?e, "request failed"),
+            ApiError::Unavailable(e) => tracing::warn!(error = %e, "database unavailable"),
+            _ => {}
+        }
+        let body = json!({"error": {"code": code, "message": self.to_string()}});
+        (status, Json(body)).into_response()
+    }
+}

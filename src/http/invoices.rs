@@ -1,0 +1,329 @@
+//! Invoices: one-off creation and the read routes, with lines, payments and charge attempts.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use settled_jobs::ids::{new_id, prefix};
+use settled_jobs::invoice::{ItemSpec, Line, build_lines, due_at};
+use settled_jobs::money::{self, Currency, Money};
+
+use super::extract::ApiJson;
+use super::{ApiError, ListResponse, Paging};
+use crate::app::State;
+use crate::store::invoices::{self as store, InvoiceFilter, InvoiceRow, LineRow, NewInvoice};
+use crate::store::{customers, from_ms};
+
+pub fn router() -> Router<Arc<State>> {
+    Router::new()
+        .route("/invoices", post(create).get(list))
+        .route("/invoices/{id}", get(show))
+}
+
+/// An amount in minor units as the API shows it: a decimal string in the currency's major unit.
+pub fn amount(minor: i64, currency: &str) -> String {
+    match Currency::parse(currency) {
+        Ok(c) => Money::new(minor, c).to_decimal_string(),
+        Err(_) => minor.to_string(),
+    }
+}
+
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+pub fn rfc3339_ms(v: i64) -> String {
+    rfc3339(from_ms(v))
+}
+
+/// An item as the API takes it: amounts and quantities are strings, never JSON numbers.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemInput {
+    pub description: String,
+    pub quantity: Option<String>,
+    pub unit_amount: String,
+    pub tax_rate: Option<String>,
+}
+
+/// Validates items against the currency; errors name the field (`items[1].unit_amount`).
+pub fn items_from_input(items: &[ItemInput], currency: Currency) -> Result<Vec<ItemSpec>, ApiError> {
+    if items.is_empty() {
+        return Err(ApiError::invalid("items", "must hold at least one item"));
+    }
+    if items.len() > 250 {
+        return Err(ApiError::invalid("items", "at most 250 items"));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let description = item.description.trim();
+        if description.is_empty() || description.len() > 500 {
+            return Err(ApiError::invalid(
+                &format!("items[{i}].description"),
+                "must be 1 to 500 characters",
+            ));
+        }
+        let quantity = item.quantity.clone().unwrap_or_else(|| "1".into());
+        money::parse_quantity(&quantity)
+            .map_err(|e| ApiError::invalid(&format!("items[{i}].quantity"), e))?;
+        let unit = Money::parse(&item.unit_amount, currency)
+            .map_err(|e| ApiError::invalid(&format!("items[{i}].unit_amount"), e))?;
+        if unit.minor < 0 {
+            return Err(ApiError::invalid(
+                &format!("items[{i}].unit_amount"),
+                "must not be negative",
+            ));
+        }
+        if let Some(rate) = &item.tax_rate {
+            money::parse_rate(rate)
+                .map_err(|e| ApiError::invalid(&format!("items[{i}].tax_rate"), e))?;
+        }
+        out.push(ItemSpec {
+            description: description.to_string(),
+            quantity,
+            unit_amount: unit.minor,
+            tax_rate: item.tax_rate.clone(),
+        });
+    }
+    // Totals must be representable too.
+    build_lines(&out).map_err(|e| ApiError::invalid("items", e))?;
+    Ok(out)
+}
+
+#[derive(Serialize)]
+pub struct LineView {
+    pub id: Option<String>,
+    pub kind: String,
+    pub description: String,
+    pub quantity: String,
+    pub unit_amount: String,
+    pub amount: String,
+    pub tax_rate: Option<String>,
+}
+
+impl LineView {
+    pub fn from_line(_position: i64, l: &Line, currency: &str) -> LineView {
+        LineView {
+            id: None,
+            kind: "item".into(),
+            description: l.description.clone(),
+            quantity: l.quantity.clone(),
+            unit_amount: amount(l.unit_amount, currency),
+            amount: amount(l.amount, currency),
+            tax_rate: l.tax_rate.clone(),
+        }
+    }
+
+    fn from_row(l: LineRow, currency: &str) -> LineView {
+        LineView {
+            id: Some(l.id),
+            kind: l.kind,
+            description: l.description,
+            quantity: l.quantity,
+            unit_amount: amount(l.unit_amount, currency),
+            amount: amount(l.amount, currency),
+            tax_rate: l.tax_rate,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct InvoiceView {
+    pub id: String,
+    pub object: &'static str,
+    pub number: Option<String>,
+    pub customer_id: String,
+    pub subscription_id: Option<String>,
+    pub kind: String,
+    pub status: String,
+    pub currency: String,
+    pub period_start: Option<String>,
+    pub period_end: Option<String>,
+    pub subtotal: String,
+    pub tax: String,
+    pub total: String,
+    pub credits_applied: String,
+    pub retainer_applied: String,
+    pub amount_paid: String,
+    pub amount_due: String,
+    pub auto_charge: bool,
+    pub due_at: Option<String>,
+    pub finalized_at: Option<String>,
+    pub paid_at: Option<String>,
+    pub created_at: String,
+    pub lines: Vec<LineView>,
+    pub payments: Vec<serde_json::Value>,
+    pub attempts: Vec<serde_json::Value>,
+}
+
+pub fn invoice_view(row: InvoiceRow, lines: Vec<LineRow>) -> InvoiceView {
+    let c = row.currency.clone();
+    InvoiceView {
+        lines: lines.into_iter().map(|l| LineView::from_row(l, &c)).collect(),
+        payments: Vec::new(),
+        attempts: Vec::new(),
+        period_start: row.period_start.map(rfc3339_ms),
+        period_end: row.period_end.map(rfc3339_ms),
+        subtotal: amount(row.subtotal, &c),
+        tax: amount(row.tax, &c),
+        total: amount(row.total, &c),
+        credits_applied: amount(row.credits_applied, &c),
+        retainer_applied: amount(row.retainer_applied, &c),
+        amount_paid: amount(row.amount_paid, &c),
+        amount_due: amount(row.amount_due, &c),
+        due_at: row.due_at.map(rfc3339_ms),
+        finalized_at: row.finalized_at.map(rfc3339_ms),
+        paid_at: row.paid_at.map(rfc3339_ms),
+        created_at: rfc3339_ms(row.created_at),
+        id: row.id,
+        object: "invoice",
+        number: row.number,
+        customer_id: row.customer_id,
+        subscription_id: row.subscription_id,
+        kind: row.kind,
+        status: row.status,
+        currency: row.currency,
+        auto_charge: row.auto_charge,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateInvoice {
+    customer_id: String,
+    items: Vec<ItemInput>,
+    due_at: Option<String>,
+    auto_charge: Option<bool>,
+    kind: Option<String>,
+    currency: Option<String>,
+}
+
+async fn create(
+    AxState(state): AxState<Arc<State>>,
+    ApiJson(body): ApiJson<CreateInvoice>,
+) -> Result<(StatusCode, Json<InvoiceView>), ApiError> {
+    let customer = customers::get_row(&state.db, &body.customer_id)
+        .await?
+        .ok_or_else(|| ApiError::invalid("customer_id", format!("no customer {}", body.customer_id)))?;
+    let currency = Currency::parse(&customer.currency)
+        .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("stored currency: {e}")))?;
+    if let Some(c) = &body.currency {
+        if !c.eq_ignore_ascii_case(currency.code()) {
+            return Err(ApiError::invalid(
+                "currency",
+                format!("the customer is billed in {}, not {c}", currency.code()),
+            ));
+        }
+    }
+    let kind = match body.kind.as_deref() {
+        None | Some("standard") => "standard",
+        Some("retainer") => "retainer",
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "kind",
+                format!("{other:?} must be standard or retainer"),
+            ));
+        }
+    };
+    let items = items_from_input(&body.items, currency)?;
+    let now = state.clock.now();
+    let due = match &body.due_at {
+        Some(s) => DateTime::parse_from_rfc3339(s)
+            .map(|d| d.with_timezone(&Utc))
+            .map_err(|_| ApiError::invalid("due_at", "must be an RFC 3339 instant"))?,
+        None => due_at(now, state.config.billing.net_days),
+    };
+    let (lines, totals) = build_lines(&items).map_err(|e| ApiError::invalid("items", e))?;
+    let new = NewInvoice {
+        id: new_id(prefix::INVOICE),
+        customer_id: &customer.id,
+        subscription_id: None,
+        kind,
+        currency: currency.code(),
+        period: None,
+        lines: &lines,
+        subtotal: totals.subtotal,
+        tax: totals.tax,
+        total: totals.total,
+        auto_charge: body.auto_charge.unwrap_or(false),
+        due_at: due,
+        finalize_at: None,
+    };
+    let mut tx = state.db.begin().await?;
+    store::insert(&mut tx, &new, now, &state.config.billing.number_format).await?;
+    tx.commit().await?;
+    tracing::info!(invoice_id = %new.id, customer_id = %customer.id, "invoice created");
+    state.scheduler.nudge();
+    let row = store::get(&state.db, &new.id)
+        .await?
+        .ok_or_else(|| ApiError::Unexpected(anyhow::anyhow!("invoice vanished after insert")))?;
+    let lines = store::lines(&state.db, &new.id).await?;
+    Ok((StatusCode::CREATED, Json(invoice_view(row, lines))))
+}
+
+async fn show(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+) -> Result<Json<InvoiceView>, ApiError> {
+    let row = store::get(&state.db, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("invoice", &id))?;
+    let lines = store::lines(&state.db, &id).await?;
+    Ok(Json(invoice_view(row, lines)))
+}
+
+#[derive(Deserialize)]
+struct InvoiceQuery {
+    customer_id: Option<String>,
+    subscription_id: Option<String>,
+    status: Option<String>,
+    #[serde(flatten)]
+    paging: Paging,
+}
+
+const STATUSES: &[&str] = &[
+    "draft",
+    "open",
+    "partially_paid",
+    "paid",
+    "past_due",
+    "void",
+    "uncollectible",
+];
+
+async fn list(
+    AxState(state): AxState<Arc<State>>,
+    Query(q): Query<InvoiceQuery>,
+) -> Result<Json<ListResponse<InvoiceView>>, ApiError> {
+    let limit = q.paging.limit()?;
+    if let Some(s) = &q.status {
+        if !STATUSES.contains(&s.as_str()) {
+            return Err(ApiError::invalid(
+                "status",
+                format!("must be one of {}", STATUSES.join(", ")),
+            ));
+        }
+    }
+    let filter = InvoiceFilter {
+        customer_id: q.customer_id.as_deref(),
+        subscription_id: q.subscription_id.as_deref(),
+        status: q.status.as_deref(),
+    };
+    let rows = store::list(
+        &state.db,
+        &filter,
+        limit + 1,
+        q.paging.starting_after.as_deref(),
+    )
+    .await?;
+    let mut views = Vec::with_capacity(rows.len());
+    for row in rows {
+        let lines = store::lines(&state.db, &row.id).await?;
+        views.push(invoice_view(row, lines));
+    }
+    Ok(Json(ListResponse::page(views, limit)))
+}

@@ -1,0 +1,93 @@
+//! The HTTP surface: health and metrics, webhook intake, and the authenticated admin API (/v1).
+//! Each module owns its routes; `router()` merges them over one shared state.
+
+pub mod auth;
+pub mod clock;
+pub mod customers;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod invoices;
+pub mod jobs;
+pub mod subscriptions;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::Request;
+use tower_http::trace::TraceLayer;
+
+use crate::app::State;
+
+pub use error::ApiError;
+
+pub fn router(state: Arc<State>) -> Router {
+    let admin = Router::new()
+        .merge(customers::router())
+        .merge(subscriptions::router())
+        .merge(invoices::router())
+        .merge(clock::router())
+        .merge(jobs::router())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_admin,
+        ))
+        .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes));
+    Router::new()
+        .merge(health::router())
+        .nest("/v1", admin)
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<_>| {
+                    // The path only: query strings and bodies may carry personal data.
+                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+                })
+                .on_response(
+                    |res: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {
+                        tracing::debug!(status = res.status().as_u16(), latency_ms = latency.as_millis() as u64, "answered");
+                    },
+                ),
+        )
+        .with_state(state)
+}
+
+/// `{"data": [...], "has_more": bool}` for every list.
+#[derive(serde::Serialize)]
+pub struct ListResponse<T> {
+    pub object: &'static str,
+    pub data: Vec<T>,
+    pub has_more: bool,
+}
+
+impl<T> ListResponse<T> {
+    /// Builds a page from up to `limit + 1` fetched items.
+    pub fn page(mut items: Vec<T>, limit: i64) -> Self {
+        let has_more = items.len() as i64 > limit;
+        items.truncate(limit.max(0) as usize);
+        ListResponse {
+            object: "list",
+            data: items,
+            has_more,
+        }
+    }
+}
+
+/// `?limit=` (default 100, 1..=1000) and `?starting_after=`.
+#[derive(Debug, serde::Deserialize)]
+pub struct Paging {
+    pub limit: Option<i64>,
+    pub starting_after: Option<String>,
+}
+
+impl Paging {
+    pub fn limit(&self) -> Result<i64, ApiError> {
+        match self.limit {
+            None => Ok(100),
+            Some(l) if (1..=1000).contains(&l) => Ok(l),
+            Some(_) => Err(ApiError::invalid("limit", "must be between 1 and 1000")),
+        }
+    }
+}

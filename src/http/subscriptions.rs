@@ -1,0 +1,380 @@
+//! Subscriptions (recurring invoice profiles): create, read, pause, resume, cancel, preview.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use settled_jobs::ids::{new_id, prefix};
+use settled_jobs::invoice::{CatchUp, ItemSpec, ScheduleSpec, build_lines, due_at};
+use settled_jobs::money::Currency;
+use settled_jobs::schedule::{Schedule, Unit};
+
+use super::extract::ApiJson;
+use super::invoices::{ItemInput, LineView, amount, items_from_input, rfc3339, rfc3339_ms};
+use super::{ApiError, ListResponse, Paging};
+use crate::app::State;
+use crate::store::invoices::SubscriptionRow;
+use crate::store::subscriptions as store;
+use crate::store::{customers, ms};
+
+pub fn router() -> Router<Arc<State>> {
+    Router::new()
+        .route("/subscriptions", post(create).get(list))
+        .route("/subscriptions/{id}", get(show))
+        .route("/subscriptions/{id}/pause", post(pause))
+        .route("/subscriptions/{id}/resume", post(resume))
+        .route("/subscriptions/{id}/cancel", post(cancel))
+        .route("/subscriptions/{id}/preview", get(preview))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleInput {
+    every: Option<String>,
+    interval: Option<u32>,
+    anchor: Option<String>,
+    cron: Option<String>,
+    timezone: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateSubscription {
+    customer_id: String,
+    items: Vec<ItemInput>,
+    schedule: ScheduleInput,
+    start_at: Option<String>,
+    auto_charge: Option<bool>,
+    net_days: Option<u32>,
+    catch_up: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct ItemView {
+    pub description: String,
+    pub quantity: String,
+    pub unit_amount: String,
+    pub tax_rate: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct SubscriptionView {
+    pub id: String,
+    pub object: &'static str,
+    pub customer_id: String,
+    pub currency: String,
+    pub items: Vec<ItemView>,
+    pub schedule: serde_json::Value,
+    pub start_at: String,
+    pub next_period_start: Option<String>,
+    pub auto_charge: bool,
+    pub net_days: i64,
+    pub catch_up: String,
+    pub status: String,
+    pub created_at: String,
+}
+
+fn view(row: SubscriptionRow) -> Result<SubscriptionView, ApiError> {
+    let items: Vec<ItemSpec> = serde_json::from_str(&row.items)
+        .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("stored items unreadable: {e}")))?;
+    let schedule: serde_json::Value = serde_json::from_str(&row.schedule)
+        .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("stored schedule unreadable: {e}")))?;
+    Ok(SubscriptionView {
+        items: items
+            .into_iter()
+            .map(|i| ItemView {
+                unit_amount: amount(i.unit_amount, &row.currency),
+                description: i.description,
+                quantity: i.quantity,
+                tax_rate: i.tax_rate,
+            })
+            .collect(),
+        schedule,
+        start_at: rfc3339_ms(row.start_at),
+        next_period_start: row.next_period_start.map(rfc3339_ms),
+        created_at: rfc3339_ms(row.created_at),
+        id: row.id,
+        object: "subscription",
+        customer_id: row.customer_id,
+        currency: row.currency,
+        auto_charge: row.auto_charge,
+        net_days: row.net_days,
+        catch_up: row.catch_up,
+        status: row.status,
+    })
+}
+
+fn parse_instant(field: &str, s: &str) -> Result<DateTime<Utc>, ApiError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|d| settled_jobs::clock::to_millis_precision(d.with_timezone(&Utc)))
+        .map_err(|_| ApiError::invalid(field, format!("{s:?} is not an RFC 3339 instant like 2027-01-31T00:00:00Z")))
+}
+
+fn schedule_spec(
+    input: &ScheduleInput,
+    start_at: DateTime<Utc>,
+    default_tz: &str,
+) -> Result<(ScheduleSpec, Schedule), ApiError> {
+    let timezone = input.timezone.clone().unwrap_or_else(|| default_tz.to_string());
+    let spec = match (&input.every, &input.cron) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid("schedule", "give either every or cron, not both"));
+        }
+        (None, None) => return Err(ApiError::invalid("schedule", "needs every or cron")),
+        (Some(every), None) => {
+            let unit: Unit = every.parse().map_err(|_| {
+                ApiError::invalid("schedule.every", "must be one of day, week, month, year")
+            })?;
+            let anchor = match &input.anchor {
+                Some(a) => parse_instant("schedule.anchor", a)?,
+                None => start_at,
+            };
+            ScheduleSpec::Every {
+                every: unit,
+                interval: input.interval.unwrap_or(1),
+                anchor,
+                timezone,
+            }
+        }
+        (None, Some(cron)) => {
+            if input.interval.is_some() || input.anchor.is_some() {
+                return Err(ApiError::invalid(
+                    "schedule",
+                    "interval and anchor belong to every schedules, not cron",
+                ));
+            }
+            ScheduleSpec::Cron {
+                cron: cron.clone(),
+                timezone,
+            }
+        }
+    };
+    let schedule = spec
+        .to_schedule()
+        .map_err(|e| ApiError::invalid(&format!("schedule.{}", e.field()), e))?;
+    Ok((spec, schedule))
+}
+
+async fn create(
+    AxState(state): AxState<Arc<State>>,
+    ApiJson(body): ApiJson<CreateSubscription>,
+) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
+    let customer = customers::get_row(&state.db, &body.customer_id)
+        .await?
+        .ok_or_else(|| ApiError::invalid("customer_id", format!("no customer {}", body.customer_id)))?;
+    let currency = Currency::parse(&customer.currency)
+        .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("stored currency: {e}")))?;
+    let items = items_from_input(&body.items, currency)?;
+    let now = state.clock.now();
+    let start_at = match &body.start_at {
+        Some(s) => parse_instant("start_at", s)?,
+        None => now,
+    };
+    if start_at < now - Duration::minutes(1) {
+        return Err(ApiError::invalid(
+            "start_at",
+            "is in the past; periods before now are closed",
+        ));
+    }
+    let (spec, schedule) = schedule_spec(&body.schedule, start_at, &customer.timezone)?;
+    if schedule.next_after(start_at).is_none() {
+        return Err(ApiError::invalid("schedule", "never fires after start_at"));
+    }
+    let catch_up = match body.catch_up.as_deref() {
+        None => CatchUp::All,
+        Some(s) => CatchUp::parse(s)
+            .ok_or_else(|| ApiError::invalid("catch_up", "must be one of all, latest, skip"))?,
+    };
+    let net_days = body.net_days.unwrap_or(state.config.billing.net_days);
+    if net_days > 365 {
+        return Err(ApiError::invalid("net_days", "must be at most 365"));
+    }
+    let row = SubscriptionRow {
+        id: new_id(prefix::SUBSCRIPTION),
+        customer_id: customer.id.clone(),
+        currency: customer.currency.clone(),
+        items: serde_json::to_string(&items).map_err(|e| ApiError::Unexpected(e.into()))?,
+        schedule: serde_json::to_string(&spec).map_err(|e| ApiError::Unexpected(e.into()))?,
+        timezone: spec.timezone().to_string(),
+        start_at: ms(start_at),
+        next_period_start: Some(ms(start_at)),
+        auto_charge: body.auto_charge.unwrap_or(true),
+        net_days: i64::from(net_days),
+        catch_up: catch_up.as_str().to_string(),
+        status: "active".into(),
+        paused_at: None,
+        canceled_at: None,
+        created_at: ms(now),
+        updated_at: ms(now),
+    };
+    store::insert(&state.db, &row).await?;
+    tracing::info!(subscription_id = %row.id, customer_id = %row.customer_id, "subscription created");
+    state.scheduler.nudge();
+    Ok((StatusCode::CREATED, Json(view(row)?)))
+}
+
+async fn show(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    let row = store::get(&state.db, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("subscription", &id))?;
+    Ok(Json(view(row)?))
+}
+
+#[derive(Deserialize)]
+struct SubscriptionQuery {
+    customer_id: Option<String>,
+    status: Option<String>,
+    #[serde(flatten)]
+    paging: Paging,
+}
+
+async fn list(
+    AxState(state): AxState<Arc<State>>,
+    Query(q): Query<SubscriptionQuery>,
+) -> Result<Json<ListResponse<SubscriptionView>>, ApiError> {
+    let limit = q.paging.limit()?;
+    let rows = store::list(
+        &state.db,
+        q.customer_id.as_deref(),
+        q.status.as_deref(),
+        limit + 1,
+        q.paging.starting_after.as_deref(),
+    )
+    .await?;
+    let views = rows.into_iter().map(view).collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(ListResponse::page(views, limit)))
+}
+
+async fn transition(
+    state: Arc<State>,
+    id: String,
+    action: store::Action,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    let row = store::get(&state.db, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("subscription", &id))?;
+    let allowed = match action {
+        store::Action::Pause => row.status == "active",
+        store::Action::Resume => row.status == "paused",
+        store::Action::Cancel => row.status != "canceled",
+    };
+    if !allowed {
+        return Err(ApiError::conflict(
+            "invalid_state",
+            format!("subscription {id} is {}; cannot {}", row.status, action.verb()),
+        ));
+    }
+    if !store::transition(&state.db, &id, &row.status, action, state.clock.now()).await? {
+        return Err(ApiError::conflict(
+            "invalid_state",
+            format!("subscription {id} changed meanwhile; try again"),
+        ));
+    }
+    tracing::info!(subscription_id = %id, action = action.verb(), "subscription updated");
+    state.scheduler.nudge();
+    show(AxState(state), Path(id)).await
+}
+
+async fn pause(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    transition(state, id, store::Action::Pause).await
+}
+
+async fn resume(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    transition(state, id, store::Action::Resume).await
+}
+
+async fn cancel(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    transition(state, id, store::Action::Cancel).await
+}
+
+#[derive(Deserialize)]
+struct PreviewQuery {
+    periods: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct PreviewInvoice {
+    object: &'static str,
+    customer_id: String,
+    subscription_id: String,
+    currency: String,
+    period_start: String,
+    period_end: String,
+    due_at: String,
+    subtotal: String,
+    tax: String,
+    total: String,
+    lines: Vec<LineView>,
+}
+
+/// The next invoices exactly as generation would build them; nothing is stored.
+async fn preview(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+    Query(q): Query<PreviewQuery>,
+) -> Result<Json<ListResponse<PreviewInvoice>>, ApiError> {
+    let periods = q.periods.unwrap_or(3);
+    if !(1..=120).contains(&periods) {
+        return Err(ApiError::invalid("periods", "must be between 1 and 120"));
+    }
+    let row = store::get(&state.db, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("subscription", &id))?;
+    let spec: ScheduleSpec = serde_json::from_str(&row.schedule)
+        .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("stored schedule unreadable: {e}")))?;
+    let schedule = spec
+        .to_schedule()
+        .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("stored schedule invalid: {e}")))?;
+    let items: Vec<ItemSpec> = serde_json::from_str(&row.items)
+        .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("stored items unreadable: {e}")))?;
+    let (lines, totals) = build_lines(&items).map_err(|e| ApiError::Unexpected(e.into()))?;
+    let mut out = Vec::new();
+    let mut start = row.next_period_start.map(crate::store::from_ms);
+    if row.status == "canceled" {
+        start = None;
+    }
+    while let Some(s) = start {
+        if out.len() as u32 >= periods {
+            break;
+        }
+        let Some(end) = schedule.next_after(s) else {
+            break;
+        };
+        out.push(PreviewInvoice {
+            object: "invoice_preview",
+            customer_id: row.customer_id.clone(),
+            subscription_id: row.id.clone(),
+            currency: row.currency.clone(),
+            period_start: rfc3339(s),
+            period_end: rfc3339(end),
+            due_at: rfc3339(due_at(s, row.net_days.max(0) as u32)),
+            subtotal: amount(totals.subtotal, &row.currency),
+            tax: amount(totals.tax, &row.currency),
+            total: amount(totals.total, &row.currency),
+            lines: lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| LineView::from_line(i as i64, l, &row.currency))
+                .collect(),
+        });
+        start = Some(end);
+    }
+    let n = out.len() as i64;
+    Ok(Json(ListResponse::page(out, n)))
+}

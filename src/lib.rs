@@ -1,0 +1,13 @@
+//! settled: a daemon that runs a business's receivables. `main.rs` is a thin CLI over this library,
+//! so tests start the very same `Application`.
+
+pub mod app;
+pub mod billing;
+pub mod cli;
+pub mod config;
+pub mod gateway;
+pub mod http;
+pub mod notify;
+pub mod runner;
+pub mod store;
+pub mod telemetry;

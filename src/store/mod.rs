@@ -1,0 +1,250 @@
+//! Storage: one set of queries over SQLite or PostgreSQL. SQL is written once with `$N` placeholders
+//! (both backends accept them) and instants as BIGINT milliseconds; the `on_db!`/`on_tx!` macros
+//! expand a body once per backend so the same code is type-checked against each driver.
+
+pub mod customers;
+pub mod invoices;
+pub mod queue;
+pub mod settings;
+pub mod subscriptions;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+
+use crate::config::{Config, DatabaseKind};
+
+/// A pool on one of the two backends.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// An open write transaction on one of the two backends.
+pub enum Tx {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+/// Runs `$body` with `$p` bound to the backend's pool; the body is compiled once per backend.
+#[macro_export]
+macro_rules! on_db {
+    ($db:expr, $p:ident => $body:expr) => {
+        match $db {
+            $crate::store::Db::Sqlite($p) => $body,
+            $crate::store::Db::Postgres($p) => $body,
+        }
+    };
+}
+
+/// Runs `$body` with `$c` bound to the transaction's connection (`&mut *tx`).
+#[macro_export]
+macro_rules! on_tx {
+    ($tx:expr, $c:ident => $body:expr) => {
+        match $tx {
+            $crate::store::Tx::Sqlite(t) => {
+                let $c = &mut **t;
+                $body
+            }
+            $crate::store::Tx::Postgres(t) => {
+                let $c = &mut **t;
+                $body
+            }
+        }
+    };
+}
+
+pub use crate::{on_db, on_tx};
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Sqlite(t) => t.commit().await,
+            Tx::Postgres(t) => t.commit().await,
+        }
+    }
+
+    /// `FOR UPDATE` where the backend has row locks; SQLite's write transactions are already
+    /// exclusive (BEGIN IMMEDIATE), so it needs none.
+    pub fn lock_rows(&self) -> &'static str {
+        match self {
+            Tx::Sqlite(_) => "",
+            Tx::Postgres(_) => " FOR UPDATE",
+        }
+    }
+}
+
+impl Db {
+    /// Opens the configured database. Connections are made lazily, so an unreachable database does
+    /// not stop start-up: `/readyz` says 503 and work resumes once it answers.
+    pub fn open(config: &Config) -> anyhow::Result<Db> {
+        let timeout = Duration::from_secs(config.database.connect_timeout_seconds.max(1));
+        match config.database_kind()? {
+            DatabaseKind::Sqlite(path) => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).with_context(|| {
+                        format!("cannot create the database folder {}", parent.display())
+                    })?;
+                }
+                Ok(Db::Sqlite(sqlite_pool(
+                    &path,
+                    config.database.max_connections,
+                    timeout,
+                )?))
+            }
+            DatabaseKind::Postgres(url) => {
+                let options = PgConnectOptions::from_str(&url)
+                    .context("database.url is not a valid postgres url")?
+                    .application_name("settled");
+                let pool = PgPoolOptions::new()
+                    .max_connections(config.database.max_connections)
+                    .acquire_timeout(timeout)
+                    .connect_lazy_with(options);
+                Ok(Db::Postgres(pool))
+            }
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    /// A write transaction. On SQLite it takes the write lock up front (BEGIN IMMEDIATE) so two
+    /// writers wait on the busy timeout instead of failing on a lock upgrade.
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        match self {
+            Db::Sqlite(p) => Ok(Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?)),
+            Db::Postgres(p) => Ok(Tx::Postgres(p.begin().await?)),
+        }
+    }
+
+    /// True when the database answers a query.
+    pub async fn ping(&self) -> bool {
+        let probe = async {
+            on_db!(self, p => sqlx::query("SELECT 1").execute(p).await.map(|_| ()))
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), probe).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// True when every migration this binary knows is applied.
+    pub async fn migrations_applied(&self) -> bool {
+        let (migrator, table) = match self {
+            Db::Sqlite(_) => (app_migrator_sqlite(), "_sqlx_migrations"),
+            Db::Postgres(_) => (app_migrator_postgres(), "_sqlx_migrations"),
+        };
+        let latest = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+        let sql = format!("SELECT COUNT(*) FROM {table} WHERE version = $1 AND success");
+        let found: Result<i64, sqlx::Error> = on_db!(self, p => {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str())).bind(latest).fetch_one(p).await
+        });
+        let queue: Result<i64, sqlx::Error> = on_db!(self, p => {
+            sqlx::query_scalar(queue::QUEUE_PROBE[self.index()]).fetch_one(p).await
+        });
+        matches!(found, Ok(1)) && queue.is_ok()
+    }
+
+    fn index(&self) -> usize {
+        match self {
+            Db::Sqlite(_) => 0,
+            Db::Postgres(_) => 1,
+        }
+    }
+
+    /// Applies the application's and the job queue's migrations. The queue keeps its own history
+    /// table so the two histories never confuse each other.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        match self {
+            Db::Sqlite(pool) => {
+                let mut app = app_migrator_sqlite();
+                app.set_ignore_missing(true);
+                app.run(pool)
+                    .await
+                    .context("applying migrations/sqlite failed")?;
+                let mut queue = apalis_sqlite::SqliteStorage::migrations();
+                queue.dangerous_set_table_name("_apalis_migrations");
+                queue.set_ignore_missing(true);
+                queue
+                    .run(pool)
+                    .await
+                    .context("applying the job queue's migrations failed")?;
+            }
+            Db::Postgres(pool) => {
+                let mut app = app_migrator_postgres();
+                app.set_ignore_missing(true);
+                app.run(pool)
+                    .await
+                    .context("applying migrations/postgres failed")?;
+                let mut queue = apalis_postgres::PostgresStorage::migrations();
+                queue.create_schema("apalis");
+                queue.dangerous_set_table_name("apalis._apalis_migrations");
+                queue.set_ignore_missing(true);
+                queue
+                    .run(pool)
+                    .await
+                    .context("applying the job queue's migrations failed")?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        on_db!(self, p => p.close().await)
+    }
+}
+
+fn app_migrator_sqlite() -> sqlx::migrate::Migrator {
+    sqlx::migrate!("./migrations/sqlite")
+}
+
+fn app_migrator_postgres() -> sqlx::migrate::Migrator {
+    sqlx::migrate!("./migrations/postgres")
+}
+
+fn sqlite_pool(path: &Path, max: u32, timeout: Duration) -> anyhow::Result<SqlitePool> {
+    // Every connection gets the pragmas, not just the first one (the queue's own setup only sets
+    // them on one pooled connection).
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10));
+    Ok(SqlitePoolOptions::new()
+        .max_connections(max.max(2))
+        .acquire_timeout(timeout.max(Duration::from_secs(10)))
+        .connect_lazy_with(options))
+}
+
+/// Milliseconds since the epoch, the stored form of every instant.
+pub fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// The instant a stored BIGINT names.
+pub fn from_ms(v: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(v)
+        .single()
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// True when the error is a unique-constraint violation (a natural key already taken).
+pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db.is_unique_violation(),
+        _ => false,
+    }
+}

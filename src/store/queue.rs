@@ -1,0 +1,267 @@
+//! The job queue's rows, seen from the daemon: enqueue inside the caller's transaction with a dedup
+//! key (so a repeated sweep or a second daemon adds nothing), list, retry and count jobs. The rows
+//! live in apalis's own tables (`Jobs` on SQLite, `apalis.jobs` on PostgreSQL) and apalis workers
+//! run them.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use settled_jobs::job::Job;
+use sqlx::Row;
+
+use super::{Db, Tx, from_ms, on_db, on_tx};
+
+/// The queue name (apalis `job_type`) every job of the daemon is pushed to.
+pub const QUEUE: &str = "settled";
+
+/// A query that succeeds only when the queue's tables exist ([sqlite, postgres]).
+pub const QUEUE_PROBE: [&str; 2] = [
+    "SELECT COUNT(*) FROM Jobs WHERE 1 = 0",
+    "SELECT COUNT(*) FROM apalis.jobs WHERE 1 = 0",
+];
+
+const INSERT: [&str; 2] = [
+    "INSERT INTO Jobs (job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key) \
+     VALUES ($1, $2, $3, 'Pending', 0, $4, $5, 0, '{}', $6) \
+     ON CONFLICT (job_type, idempotency_key) DO NOTHING",
+    "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key) \
+     VALUES ($1, $2, $3, 'Pending', 0, $4, to_timestamp($5), 0, ''::hstore, $6) \
+     ON CONFLICT (job_type, idempotency_key) DO NOTHING",
+];
+
+/// The queue compares `run_at` with the real wall clock (it knows nothing of the daemon's manual
+/// clock): due work is enqueued as due a second ago so it is picked up on the next poll.
+fn due_now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+        - 1
+}
+
+fn payload(job: &Job) -> Vec<u8> {
+    // Serialising a plain enum of strings and integers cannot fail.
+    serde_json::to_vec(&job.clone().envelope()).unwrap_or_default()
+}
+
+/// Enqueues `job` inside `tx`; returns false when a job with the same dedup key already exists.
+pub async fn enqueue(
+    tx: &mut Tx,
+    job: &Job,
+    round: u32,
+    max_attempts: u32,
+) -> Result<bool, sqlx::Error> {
+    let key = job.dedup_key(round);
+    let id = ulid::Ulid::generate().to_string();
+    let body = payload(job);
+    let idx = match tx {
+        Tx::Sqlite(_) => 0,
+        Tx::Postgres(_) => 1,
+    };
+    let done = on_tx!(tx, c => {
+        sqlx::query(INSERT[idx])
+            .bind(body)
+            .bind(&id)
+            .bind(QUEUE)
+            .bind(max_attempts as i32)
+            .bind(due_now_secs())
+            .bind(&key)
+            .execute(c)
+            .await?
+            .rows_affected()
+    });
+    Ok(done == 1)
+}
+
+/// Enqueues in a transaction of its own.
+pub async fn enqueue_now(
+    db: &Db,
+    job: &Job,
+    round: u32,
+    max_attempts: u32,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let added = enqueue(&mut tx, job, round, max_attempts).await?;
+    tx.commit().await?;
+    Ok(added)
+}
+
+/// A job as the operator sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobView {
+    pub id: String,
+    pub kind: String,
+    pub status: String,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub run_at: chrono::DateTime<chrono::Utc>,
+    pub done_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_error: Option<String>,
+    pub args: serde_json::Value,
+}
+
+/// The operator's status names: apalis keeps a `Failed` job with attempts left for another try.
+fn status_name(status: &str, attempts: i64, max_attempts: i64) -> &'static str {
+    match status {
+        "Pending" => "pending",
+        "Queued" => "queued",
+        "Running" => "running",
+        "Done" => "done",
+        "Failed" if attempts < max_attempts => "retrying",
+        "Failed" | "Killed" => "failed",
+        _ => "unknown",
+    }
+}
+
+/// SQL condition (with the table's columns) for each operator status.
+fn status_condition(status: &str) -> Option<&'static str> {
+    Some(match status {
+        "pending" => "status = 'Pending'",
+        "queued" => "status = 'Queued'",
+        "running" => "status = 'Running'",
+        "done" => "status = 'Done'",
+        "retrying" => "(status = 'Failed' AND attempts < max_attempts)",
+        "failed" => "(status = 'Killed' OR (status = 'Failed' AND attempts >= max_attempts))",
+        _ => return None,
+    })
+}
+
+pub const JOB_STATUSES: &[&str] = &["pending", "queued", "running", "done", "retrying", "failed"];
+
+fn select_sql(db: &Db) -> &'static str {
+    match db {
+        Db::Sqlite(_) => {
+            "SELECT id, job, status, attempts, max_attempts, run_at * 1000 AS run_at_ms, \
+             done_at * 1000 AS done_at_ms, last_result FROM Jobs WHERE job_type = $1"
+        }
+        Db::Postgres(_) => {
+            "SELECT id, job, status, attempts::BIGINT AS attempts, max_attempts::BIGINT AS max_attempts, \
+             (EXTRACT(EPOCH FROM run_at) * 1000)::BIGINT AS run_at_ms, \
+             (EXTRACT(EPOCH FROM done_at) * 1000)::BIGINT AS done_at_ms, last_result::TEXT AS last_result \
+             FROM apalis.jobs WHERE job_type = $1"
+        }
+    }
+}
+
+fn to_view<R: Row>(row: &R) -> Result<JobView, sqlx::Error>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Vec<u8>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let body: Vec<u8> = row.try_get("job")?;
+    let args: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    let kind = args
+        .get("type")
+        .and_then(|t| t.as_str())
+        .unwrap_or("unknown")
+        .to_string();
+    let status: String = row.try_get("status")?;
+    let attempts: i64 = row.try_get("attempts")?;
+    let max_attempts: i64 = row.try_get("max_attempts")?;
+    Ok(JobView {
+        id: row.try_get("id")?,
+        kind,
+        status: status_name(&status, attempts, max_attempts).to_string(),
+        attempts,
+        max_attempts,
+        run_at: from_ms(row.try_get("run_at_ms")?),
+        done_at: row.try_get::<Option<i64>, _>("done_at_ms")?.map(from_ms),
+        last_error: row.try_get("last_result")?,
+        args,
+    })
+}
+
+/// Lists jobs, newest first, optionally by operator status; `starting_after` pages by id.
+pub async fn list(
+    db: &Db,
+    status: Option<&str>,
+    limit: i64,
+    starting_after: Option<&str>,
+) -> Result<Vec<JobView>, sqlx::Error> {
+    let mut sql = select_sql(db).to_string();
+    if let Some(cond) = status.and_then(status_condition) {
+        sql.push_str(" AND ");
+        sql.push_str(cond);
+    }
+    if starting_after.is_some() {
+        sql.push_str(" AND id < $3");
+    }
+    sql.push_str(" ORDER BY id DESC LIMIT $2");
+    on_db!(db, p => {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(QUEUE).bind(limit);
+        if let Some(after) = starting_after {
+            q = q.bind(after.to_string());
+        }
+        q.fetch_all(p).await?.iter().map(to_view).collect()
+    })
+}
+
+pub async fn get(db: &Db, id: &str) -> Result<Option<JobView>, sqlx::Error> {
+    let sql = format!("{} AND id = $2", select_sql(db));
+    on_db!(db, p => {
+        match sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(QUEUE).bind(id).fetch_optional(p).await? {
+            Some(row) => Ok(Some(to_view(&row)?)),
+            None => Ok(None),
+        }
+    })
+}
+
+/// Puts a failed job back in the queue with fresh attempts. Only failed jobs can be retried.
+pub async fn retry(db: &Db, id: &str) -> Result<RetryOutcome, sqlx::Error> {
+    let Some(job) = get(db, id).await? else {
+        return Ok(RetryOutcome::NotFound);
+    };
+    if job.status != "failed" {
+        return Ok(RetryOutcome::NotFailed(job.status));
+    }
+    let sql = match db {
+        Db::Sqlite(_) => {
+            "UPDATE Jobs SET status = 'Pending', attempts = 0, run_at = $2, lock_by = NULL, \
+             lock_at = NULL, done_at = NULL WHERE id = $1 AND job_type = $3"
+        }
+        Db::Postgres(_) => {
+            "UPDATE apalis.jobs SET status = 'Pending', attempts = 0, run_at = to_timestamp($2), \
+             lock_by = NULL, lock_at = NULL, done_at = NULL WHERE id = $1 AND job_type = $3"
+        }
+    };
+    on_db!(db, p => {
+        sqlx::query(sql).bind(id).bind(due_now_secs()).bind(QUEUE).execute(p).await?;
+    });
+    Ok(RetryOutcome::Retried)
+}
+
+pub enum RetryOutcome {
+    Retried,
+    NotFound,
+    NotFailed(String),
+}
+
+/// Jobs not yet finished (waiting, queued, running or waiting for another try).
+pub async fn unfinished(db: &Db) -> Result<i64, sqlx::Error> {
+    let sql = match db {
+        Db::Sqlite(_) => {
+            "SELECT COUNT(*) FROM Jobs WHERE job_type = $1 AND (status IN ('Pending', 'Queued', 'Running') \
+             OR (status = 'Failed' AND attempts < max_attempts))"
+        }
+        Db::Postgres(_) => {
+            "SELECT COUNT(*) FROM apalis.jobs WHERE job_type = $1 AND (status IN ('Pending', 'Queued', 'Running') \
+             OR (status = 'Failed' AND attempts < max_attempts))"
+        }
+    };
+    on_db!(db, p => sqlx::query_scalar(sql).bind(QUEUE).fetch_one(p).await)
+}
+
+/// Deletes finished jobs done before `before_secs` (Unix seconds), keeping failed ones for the operator.
+pub async fn vacuum(db: &Db, before_secs: i64) -> Result<u64, sqlx::Error> {
+    let sql = match db {
+        Db::Sqlite(_) => "DELETE FROM Jobs WHERE job_type = $1 AND status = 'Done' AND done_at < $2",
+        Db::Postgres(_) => {
+            "DELETE FROM apalis.jobs WHERE job_type = $1 AND status = 'Done' AND done_at < to_timestamp($2)"
+        }
+    };
+    on_db!(db, p => Ok(sqlx::query(sql).bind(QUEUE).bind(before_secs).execute(p).await?.rows_affected()))
+}

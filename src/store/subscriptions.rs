@@ -1,0 +1,111 @@
+//! Subscriptions: the recurring invoice profiles the sweep bills.
+
+use chrono::{DateTime, Utc};
+
+use super::invoices::{SUBSCRIPTION_COLUMNS, SubscriptionRow};
+use super::{Db, ms, on_db};
+
+pub async fn insert(db: &Db, s: &SubscriptionRow) -> Result<(), sqlx::Error> {
+    on_db!(db, p => {
+        sqlx::query(
+            "INSERT INTO subscriptions (id, customer_id, currency, items, schedule, timezone, start_at, \
+             next_period_start, auto_charge, net_days, catch_up, status, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(&s.id)
+        .bind(&s.customer_id)
+        .bind(&s.currency)
+        .bind(&s.items)
+        .bind(&s.schedule)
+        .bind(&s.timezone)
+        .bind(s.start_at)
+        .bind(s.next_period_start)
+        .bind(s.auto_charge)
+        .bind(s.net_days)
+        .bind(&s.catch_up)
+        .bind(&s.status)
+        .bind(s.created_at)
+        .bind(s.updated_at)
+        .execute(p)
+        .await
+        .map(|_| ())
+    })
+}
+
+pub async fn get(db: &Db, id: &str) -> Result<Option<SubscriptionRow>, sqlx::Error> {
+    let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1");
+    on_db!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(p).await)
+}
+
+pub async fn list(
+    db: &Db,
+    customer_id: Option<&str>,
+    status: Option<&str>,
+    limit: i64,
+    starting_after: Option<&str>,
+) -> Result<Vec<SubscriptionRow>, sqlx::Error> {
+    let mut sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE 1 = 1");
+    let mut binds: Vec<String> = Vec::new();
+    for (col, v) in [("customer_id", customer_id), ("status", status)] {
+        if let Some(v) = v {
+            binds.push(v.to_string());
+            sql.push_str(&format!(" AND {col} = ${}", binds.len()));
+        }
+    }
+    if let Some(after) = starting_after {
+        binds.push(after.to_string());
+        sql.push_str(&format!(" AND id > ${}", binds.len()));
+    }
+    sql.push_str(&format!(" ORDER BY id LIMIT ${}", binds.len() + 1));
+    on_db!(db, p => {
+        let mut q = sqlx::query_as::<_, SubscriptionRow>(sqlx::AssertSqlSafe(sql.as_str()));
+        for b in &binds {
+            q = q.bind(b.clone());
+        }
+        q.bind(limit).fetch_all(p).await
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Action {
+    Pause,
+    Resume,
+    Cancel,
+}
+
+impl Action {
+    pub fn verb(self) -> &'static str {
+        match self {
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Cancel => "cancel",
+        }
+    }
+}
+
+/// Applies a lifecycle change if the subscription is still in `from` (compare-and-set, so two
+/// operators racing cannot both win). Pausing keeps `next_period_start`: on resume the catch-up
+/// policy decides what the paused periods become. Canceling clears it: no further invoices.
+pub async fn transition(
+    db: &Db,
+    id: &str,
+    from: &str,
+    action: Action,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let sql = match action {
+        Action::Pause => {
+            "UPDATE subscriptions SET status = 'paused', paused_at = $3, updated_at = $3 WHERE id = $1 AND status = $2"
+        }
+        Action::Resume => {
+            "UPDATE subscriptions SET status = 'active', paused_at = NULL, updated_at = $3 WHERE id = $1 AND status = $2"
+        }
+        Action::Cancel => {
+            "UPDATE subscriptions SET status = 'canceled', canceled_at = $3, next_period_start = NULL, \
+             updated_at = $3 WHERE id = $1 AND status = $2"
+        }
+    };
+    on_db!(db, p => {
+        Ok(sqlx::query(sql).bind(id).bind(from).bind(ms(now)).execute(p).await?.rows_affected() == 1)
+    })
+}
