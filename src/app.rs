@@ -86,15 +86,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let state = self.state;
         let ready = crate::notify::Notifier::from_env();
-        prepare_database(&state, &shutdown).await;
-        if shutdown.is_cancelled() {
-            return Ok(());
-        }
-        let workers = if state.config.daemon.role.runs_workers() {
-            Some(crate::runner::start(state.clone(), shutdown.clone()))
-        } else {
-            None
-        };
+        // HTTP first: /healthz answers and /readyz says 503 while the database is still away.
         let http = self.listener.map(|listener| {
             let addr: Option<SocketAddr> = listener.local_addr().ok();
             if let Some(addr) = addr {
@@ -108,6 +100,13 @@ impl Application {
                     .await
             })
         });
+        prepare_database(&state, &shutdown).await;
+        resume_manual_clock(&state).await;
+        let workers = if state.config.daemon.role.runs_workers() && !shutdown.is_cancelled() {
+            Some(crate::runner::start(state.clone()))
+        } else {
+            None
+        };
         ready.ready();
         let watchdog = ready.spawn_watchdog(state.clone(), shutdown.clone());
         shutdown.cancelled().await;
@@ -145,7 +144,11 @@ async fn prepare_database(state: &State, shutdown: &CancellationToken) {
                 return;
             }
             Err(e) => {
-                tracing::warn!(error = format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "database not ready; retrying");
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "database not ready; retrying"
+                );
             }
         }
         tokio::select! {
@@ -156,18 +159,33 @@ async fn prepare_database(state: &State, shutdown: &CancellationToken) {
     }
 }
 
+/// A manual clock built while the database was away starts at the configured origin; once the
+/// database answers, it moves on to where it stood before the restart.
+async fn resume_manual_clock(state: &State) {
+    if let Some(clock) = &state.manual_clock
+        && let Some(stored) = stored_clock(&state.db).await
+        && stored > clock.now()
+    {
+        let _ = clock.advance_to(stored);
+    }
+}
+
+async fn stored_clock(db: &Db) -> Option<DateTime<Utc>> {
+    crate::store::settings::get(db, CLOCK_SETTING)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+        .map(|d| d.with_timezone(&Utc))
+}
+
 async fn make_clock(config: &Config, db: &Db) -> (Arc<dyn Clock>, Option<Arc<ManualClock>>) {
     match config.clock.mode {
         ClockMode::System => (Arc::new(SystemClock), None),
         ClockMode::Manual => {
             // A restarted daemon resumes where the clock stood; the config's start is only the origin.
-            let stored = crate::store::settings::get(db, CLOCK_SETTING)
+            let start = stored_clock(db)
                 .await
-                .ok()
-                .flatten()
-                .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
-                .map(|d| d.with_timezone(&Utc));
-            let start = stored
                 .or_else(|| config.clock_start())
                 .unwrap_or_else(|| SystemClock.now());
             let manual = Arc::new(ManualClock::new(start));
@@ -190,8 +208,12 @@ fn admin_tokens(config: &Config) -> anyhow::Result<Vec<Secret>> {
             return Ok(vec![Secret::new(token)]);
         }
     }
-    std::fs::create_dir_all(config.state_dir())
-        .with_context(|| format!("cannot create the state directory {}", config.state_dir().display()))?;
+    std::fs::create_dir_all(config.state_dir()).with_context(|| {
+        format!(
+            "cannot create the state directory {}",
+            config.state_dir().display()
+        )
+    })?;
     let token = generate_token();
     write_private(&path, &format!("{token}\n"))?;
     tracing::warn!(path = %path.display(), "no admin token configured; generated one (read it from this file)");

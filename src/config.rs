@@ -349,7 +349,10 @@ impl Config {
         for (key, path) in [
             ("admin.tokens_file", &self.admin.tokens_file),
             ("stripe.api_key_file", &self.stripe.api_key_file),
-            ("stripe.webhook_secrets_file", &self.stripe.webhook_secrets_file),
+            (
+                "stripe.webhook_secrets_file",
+                &self.stripe.webhook_secrets_file,
+            ),
             ("email.smtp_password_file", &self.email.smtp_password_file),
         ] {
             if !path.is_empty() {
@@ -467,12 +470,13 @@ impl Config {
 /// A bare credential name is looked up in `$CREDENTIALS_DIRECTORY` (systemd's LoadCredential=).
 pub fn resolve_credential_path(path: &str) -> PathBuf {
     let p = Path::new(path);
-    if !p.is_absolute() && !path.contains('/') {
-        if let Ok(dir) = std::env::var("CREDENTIALS_DIRECTORY") {
-            let candidate = Path::new(&dir).join(p);
-            if candidate.exists() {
-                return candidate;
-            }
+    if !p.is_absolute()
+        && !path.contains('/')
+        && let Ok(dir) = std::env::var("CREDENTIALS_DIRECTORY")
+    {
+        let candidate = Path::new(&dir).join(p);
+        if candidate.exists() {
+            return candidate;
         }
     }
     p.to_path_buf()
@@ -506,14 +510,19 @@ fn toml_value_literal(value: &str) -> String {
     if value.trim().is_empty() {
         return "\"\"".into();
     }
-    if probe.parse::<toml::Table>().is_ok() {
-        value.to_string()
-    } else {
-        toml::Value::String(value.to_string()).to_string()
+    // Dates stay strings (config keys hold instants as RFC 3339 text, not TOML datetimes).
+    match probe
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|t| t.get("v").cloned())
+    {
+        Some(toml::Value::Datetime(_)) | None => toml::Value::String(value.to_string()).to_string(),
+        Some(_) => value.to_string(),
     }
 }
 
 fn describe_figment_error(err: figment::Error) -> anyhow::Error {
+    let whole = err.to_string();
     let mut lines = Vec::new();
     for e in err {
         let key = if e.path.is_empty() {
@@ -527,6 +536,9 @@ fn describe_figment_error(err: figment::Error) -> anyhow::Error {
             .map(|m| format!(" (from {})", m.name))
             .unwrap_or_default();
         lines.push(format!("{key}: {}{source}", e.kind));
+    }
+    if lines.is_empty() {
+        lines.push(whole);
     }
     anyhow::anyhow!("invalid configuration:\n  - {}", lines.join("\n  - "))
 }
@@ -557,6 +569,7 @@ mod tests {
                 ("SETTLED__SERVER__LISTEN", "127.0.0.1:0"),
                 ("SETTLED__BILLING__RETRY_DAYS", "[2, 4]"),
                 ("SETTLED__CLOCK__MODE", "manual"),
+                ("SETTLED__CLOCK__START", "2027-01-01T00:00:00Z"),
                 ("SETTLED__ADMIN__TOKENS", "[\"abc\"]"),
             ]),
         )
@@ -564,6 +577,7 @@ mod tests {
         assert_eq!(config.server.listen, "127.0.0.1:0");
         assert_eq!(config.billing.retry_days, vec![2, 4]);
         assert_eq!(config.clock.mode, ClockMode::Manual);
+        assert_eq!(config.clock.start, "2027-01-01T00:00:00Z");
         assert_eq!(config.admin_tokens().unwrap()[0].expose(), "abc");
     }
 
@@ -578,8 +592,8 @@ mod tests {
 
     #[test]
     fn a_bad_value_names_the_key_and_the_problem() {
-        let err = Config::load_from(None, env(&[("SETTLED__DATABASE__URL", "mysql://x")]))
-            .unwrap_err();
+        let err =
+            Config::load_from(None, env(&[("SETTLED__DATABASE__URL", "mysql://x")])).unwrap_err();
         let text = format!("{err}");
         assert!(text.contains("database.url"), "{text}");
         let err = Config::load_from(None, env(&[("SETTLED__JOBS__CONCURRENCY", "\"many\"")]))
@@ -596,7 +610,10 @@ mod tests {
         .unwrap();
         let printed = format!("{config:?}");
         assert!(!printed.contains("supersecret"));
-        assert_eq!(config.stripe_api_key().unwrap().expose(), "sk_test_supersecret");
+        assert_eq!(
+            config.stripe_api_key().unwrap().expose(),
+            "sk_test_supersecret"
+        );
     }
 
     #[test]

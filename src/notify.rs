@@ -32,10 +32,10 @@ impl Notifier {
     }
 
     fn send(&self, state: &[NotifyState<'_>]) {
-        if self.enabled {
-            if let Err(e) = sd_notify::notify(false, state) {
-                tracing::warn!(error = %e, "cannot notify systemd");
-            }
+        if self.enabled
+            && let Err(e) = sd_notify::notify(false, state)
+        {
+            tracing::warn!(error = %e, "cannot notify systemd");
         }
     }
 
@@ -71,7 +71,11 @@ impl Notifier {
                 if db_ok && runner_ok {
                     let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
                 } else {
-                    tracing::error!(db_ok, runner_ok, "health check failed; withholding the watchdog ping");
+                    tracing::error!(
+                        db_ok,
+                        runner_ok,
+                        "health check failed; withholding the watchdog ping"
+                    );
                 }
             }
         }))

@@ -137,14 +137,14 @@ impl Workers {
     }
 }
 
-pub fn start(state: Arc<State>, shutdown: CancellationToken) -> Workers {
+pub fn start(state: Arc<State>) -> Workers {
     let stop = CancellationToken::new();
     let drain = Duration::from_secs(state.config.daemon.shutdown_timeout_seconds);
-    let mut handles = Vec::new();
-    handles.push(spawn_queue_worker(state.clone(), stop.clone()));
-    handles.push(spawn_sweeper(state.clone(), stop.clone()));
-    handles.push(spawn_wake_loop(state.clone(), stop.clone()));
-    let _ = shutdown;
+    let handles = vec![
+        spawn_queue_worker(state.clone(), stop.clone()),
+        spawn_sweeper(state.clone(), stop.clone()),
+        spawn_wake_loop(state.clone(), stop.clone()),
+    ];
     Workers {
         handles,
         stop,
@@ -156,7 +156,11 @@ fn worker_name(kind: &str) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "host".into());
-    format!("settled-{kind}-{host}-{}-{}", std::process::id(), ulid::Ulid::generate())
+    format!(
+        "settled-{kind}-{host}-{}-{}",
+        std::process::id(),
+        ulid::Ulid::generate()
+    )
 }
 
 /// Backoff between in-process retries of a transiently failing job: 0.5 s doubling up to a minute.
@@ -290,11 +294,19 @@ async fn handle_job(envelope: Envelope, state: Data<Arc<State>>) -> Result<(), B
             Ok(())
         }
         Err(JobError::Transient(e)) => {
-            tracing::warn!(job = kind, error = format!("{e:#}"), "job failed; it will be retried");
+            tracing::warn!(
+                job = kind,
+                error = format!("{e:#}"),
+                "job failed; it will be retried"
+            );
             Err(e.into())
         }
         Err(JobError::Permanent(e)) => {
-            tracing::error!(job = kind, error = format!("{e:#}"), "job failed permanently");
+            tracing::error!(
+                job = kind,
+                error = format!("{e:#}"),
+                "job failed permanently"
+            );
             Err(Box::new(AbortError::new(e)))
         }
     }

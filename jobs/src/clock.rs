@@ -28,7 +28,10 @@ impl Clock for SystemClock {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ClockError {
     #[error("the clock cannot go back: {to} is before the current time {now}")]
-    Backwards { now: DateTime<Utc>, to: DateTime<Utc> },
+    Backwards {
+        now: DateTime<Utc>,
+        to: DateTime<Utc>,
+    },
 }
 
 /// A clock that stands still until advanced. Subscribers learn of every advance at once.

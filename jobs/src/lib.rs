@@ -5,7 +5,7 @@
 pub mod clock;
 pub mod gateway;
 pub mod ids;
+pub mod invoice;
 pub mod job;
 pub mod money;
 pub mod schedule;
-pub mod invoice;

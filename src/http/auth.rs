@@ -22,7 +22,12 @@ pub async fn require_admin(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .unwrap_or("");
-    if presented.is_empty() || !state.tokens.iter().any(|t| constant_eq(t.expose(), presented)) {
+    if presented.is_empty()
+        || !state
+            .tokens
+            .iter()
+            .any(|t| constant_eq(t.expose(), presented))
+    {
         return Err(ApiError::Unauthorized);
     }
     Ok(next.run(req).await)

@@ -9,8 +9,8 @@ use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::extract::ApiJson;
 use super::ApiError;
+use super::extract::ApiJson;
 use crate::app::State;
 
 pub fn router() -> Router<Arc<State>> {
@@ -58,13 +58,22 @@ async fn advance(
         return Err(ApiError::NotFound("the clock is not in manual mode".into()));
     };
     let to = DateTime::parse_from_rfc3339(&body.to)
-        .map_err(|_| ApiError::invalid("to", "must be an RFC 3339 instant like 2027-02-01T00:00:00Z"))?
+        .map_err(|_| {
+            ApiError::invalid(
+                "to",
+                "must be an RFC 3339 instant like 2027-02-01T00:00:00Z",
+            )
+        })?
         .with_timezone(&Utc);
     let now = jobs_now(clock.as_ref());
     if to < now {
         return Err(ApiError::invalid(
             "to",
-            format!("{} is before the clock's current time {}", body.to, now.to_rfc3339_opts(SecondsFormat::Secs, true)),
+            format!(
+                "{} is before the clock's current time {}",
+                body.to,
+                now.to_rfc3339_opts(SecondsFormat::Secs, true)
+            ),
         ));
     }
     crate::store::settings::set(&state.db, crate::app::CLOCK_SETTING, &to.to_rfc3339()).await?;

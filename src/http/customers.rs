@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State as AxState};
+use axum::extract::{Path, State as AxState};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -11,11 +11,13 @@ use settled_jobs::gateway::{GatewayError, NewGatewayCustomer};
 use settled_jobs::ids::{new_id, prefix};
 use settled_jobs::money::Currency;
 
-use super::extract::{ApiJson, parse};
+use super::extract::{ApiJson, ApiQuery, parse};
 use super::invoices::{amount, rfc3339_ms};
 use super::{ApiError, ListResponse, Paging};
 use crate::app::State;
-use crate::store::customers::{self as store, Customer, CustomerPatch, NewCustomer, PaymentMethodRow};
+use crate::store::customers::{
+    self as store, Customer, CustomerPatch, NewCustomer, PaymentMethodRow,
+};
 use crate::store::ms;
 
 pub fn router() -> Router<Arc<State>> {
@@ -105,7 +107,9 @@ pub fn valid_email(s: &str) -> bool {
         && !domain.starts_with('.')
         && !domain.ends_with('.')
         && !domain.contains('@')
-        && !s.chars().any(|c| c.is_whitespace() || c.is_control() || "<>,;\"".contains(c))
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "<>,;\"".contains(c))
 }
 
 fn check_email(field: &str, s: &str) -> Result<String, ApiError> {
@@ -113,13 +117,19 @@ fn check_email(field: &str, s: &str) -> Result<String, ApiError> {
     if valid_email(s) {
         Ok(s.to_string())
     } else {
-        Err(ApiError::invalid(field, format!("{s:?} is not an email address")))
+        Err(ApiError::invalid(
+            field,
+            format!("{s:?} is not an email address"),
+        ))
     }
 }
 
 fn check_billing_emails(list: &[String]) -> Result<Vec<String>, ApiError> {
     if list.is_empty() {
-        return Err(ApiError::invalid("billing_emails", "must hold at least one address"));
+        return Err(ApiError::invalid(
+            "billing_emails",
+            "must hold at least one address",
+        ));
     }
     if list.len() > 20 {
         return Err(ApiError::invalid("billing_emails", "at most 20 addresses"));
@@ -137,7 +147,12 @@ fn check_billing_emails(list: &[String]) -> Result<Vec<String>, ApiError> {
 fn check_timezone(tz: &str) -> Result<String, ApiError> {
     tz.parse::<chrono_tz::Tz>()
         .map(|t| t.name().to_string())
-        .map_err(|_| ApiError::invalid("timezone", format!("{tz:?} is not an IANA time zone like Europe/Berlin")))
+        .map_err(|_| {
+            ApiError::invalid(
+                "timezone",
+                format!("{tz:?} is not an IANA time zone like Europe/Berlin"),
+            )
+        })
 }
 
 fn check_name(name: &str) -> Result<String, ApiError> {
@@ -152,7 +167,10 @@ fn check_gateway_customer(id: &str) -> Result<String, ApiError> {
     if id.starts_with("cus_") && id.len() > 4 && id.len() <= 255 {
         Ok(id.to_string())
     } else {
-        Err(ApiError::invalid("gateway_customer_id", "must be a gateway customer id like cus_..."))
+        Err(ApiError::invalid(
+            "gateway_customer_id",
+            "must be a gateway customer id like cus_...",
+        ))
     }
 }
 
@@ -217,7 +235,7 @@ struct CustomerQuery {
 
 async fn list(
     AxState(state): AxState<Arc<State>>,
-    Query(q): Query<CustomerQuery>,
+    ApiQuery(q): ApiQuery<CustomerQuery>,
 ) -> Result<Json<ListResponse<CustomerView>>, ApiError> {
     let limit = q.paging.limit()?;
     let items = store::list(
@@ -253,12 +271,20 @@ async fn update(
 ) -> Result<Json<CustomerView>, ApiError> {
     let patch = CustomerPatch {
         name: body.name.as_deref().map(check_name).transpose()?,
-        email: body.email.as_deref().map(|e| check_email("email", e)).transpose()?,
+        email: body
+            .email
+            .as_deref()
+            .map(|e| check_email("email", e))
+            .transpose()?,
         timezone: body.timezone.as_deref().map(check_timezone).transpose()?,
         auto_charge: body.auto_charge,
         apply_retainer: body.apply_retainer,
         statement_emails: body.statement_emails,
-        billing_emails: body.billing_emails.as_deref().map(check_billing_emails).transpose()?,
+        billing_emails: body
+            .billing_emails
+            .as_deref()
+            .map(check_billing_emails)
+            .transpose()?,
         gateway_customer_id: body
             .gateway_customer_id
             .as_deref()
@@ -317,12 +343,24 @@ struct AddPaymentMethod {
 /// Keys that would carry raw card data. Their presence refuses the request outright, and the body
 /// is never logged.
 const CARD_FIELDS: &[&str] = &[
-    "number", "card_number", "cardnumber", "pan", "cvc", "cvv", "cvc2", "cvv2", "card", "exp",
+    "number",
+    "card_number",
+    "cardnumber",
+    "pan",
+    "cvc",
+    "cvv",
+    "cvc2",
+    "cvv2",
+    "card",
+    "exp",
     "security_code",
 ];
 
 fn looks_like_card_number(s: &str) -> bool {
-    let digits: String = s.chars().filter(|c| !c.is_whitespace() && *c != '-').collect();
+    let digits: String = s
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .collect();
     (12..=19).contains(&digits.len()) && digits.chars().all(|c| c.is_ascii_digit())
 }
 
@@ -333,34 +371,38 @@ async fn add_payment_method(
 ) -> Result<(StatusCode, Json<PaymentMethodView>), ApiError> {
     let value: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::Malformed(format!("the body is not valid JSON: {e}")))?;
-    if let Some(obj) = value.as_object() {
-        if obj
+    if let Some(obj) = value.as_object()
+        && (obj
             .keys()
             .any(|k| CARD_FIELDS.contains(&k.to_ascii_lowercase().as_str()))
             || obj
                 .values()
-                .any(|v| v.as_str().is_some_and(looks_like_card_number))
-        {
-            return Err(ApiError::Invalid {
+                .any(|v| v.as_str().is_some_and(looks_like_card_number)))
+    {
+        return Err(ApiError::Invalid {
                 code: "card_data_refused",
                 message: "card numbers and security codes are never accepted; tokenize the card with the gateway and send its payment method token (pm_...)".into(),
             });
-        }
     }
     let req: AddPaymentMethod = parse(&body)?;
     if req.gateway != "stripe" {
         return Err(ApiError::invalid("gateway", "only \"stripe\" is supported"));
     }
     if !req.token.starts_with("pm_") || req.token.len() > 255 {
-        return Err(ApiError::invalid("token", "must be a gateway payment method token like pm_..."));
+        return Err(ApiError::invalid(
+            "token",
+            "must be a gateway payment method token like pm_...",
+        ));
     }
     let customer = store::get_row(&state.db, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("customer", &id))?;
-    let gateway = state
-        .gateway
-        .as_ref()
-        .ok_or_else(|| ApiError::conflict("gateway_not_configured", "no payment gateway is configured (stripe.api_key)"))?;
+    let gateway = state.gateway.as_ref().ok_or_else(|| {
+        ApiError::conflict(
+            "gateway_not_configured",
+            "no payment gateway is configured (stripe.api_key)",
+        )
+    })?;
     // The gateway customer is created on first use, so customers can exist before a gateway does.
     let gateway_customer = match &customer.gateway_customer_id {
         Some(g) => g.clone(),
@@ -409,7 +451,10 @@ async fn add_payment_method(
     let mut tx = state.db.begin().await?;
     if let Err(e) = store::insert_payment_method(&mut tx, &row, make_default).await {
         if crate::store::is_unique_violation(&e) {
-            return Err(ApiError::conflict("payment_method_exists", "this payment method is already saved"));
+            return Err(ApiError::conflict(
+                "payment_method_exists",
+                "this payment method is already saved",
+            ));
         }
         return Err(e.into());
     }
@@ -491,5 +536,7 @@ async fn remove_payment_method(
         }
     }
     store::remove_payment_method(&state.db, &id, &pm, state.clock.now()).await?;
-    Ok(Json(serde_json::json!({"id": pm, "object": "payment_method", "deleted": true})))
+    Ok(Json(
+        serde_json::json!({"id": pm, "object": "payment_method", "deleted": true}),
+    ))
 }

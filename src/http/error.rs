@@ -78,7 +78,9 @@ impl From<sqlx::Error> for ApiError {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 ApiError::Unavailable(err.into())
             }
-            other => ApiError::Unexpected(anyhow::Error::new(other).context("database query failed")),
+            other => {
+                ApiError::Unexpected(anyhow::Error::new(other).context("database query failed"))
+            }
         }
     }
 }

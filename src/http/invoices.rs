@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State as AxState};
+use axum::extract::{Path, State as AxState};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -12,7 +12,7 @@ use settled_jobs::ids::{new_id, prefix};
 use settled_jobs::invoice::{ItemSpec, Line, build_lines, due_at};
 use settled_jobs::money::{self, Currency, Money};
 
-use super::extract::ApiJson;
+use super::extract::{ApiJson, ApiQuery};
 use super::{ApiError, ListResponse, Paging};
 use crate::app::State;
 use crate::store::invoices::{self as store, InvoiceFilter, InvoiceRow, LineRow, NewInvoice};
@@ -51,7 +51,10 @@ pub struct ItemInput {
 }
 
 /// Validates items against the currency; errors name the field (`items[1].unit_amount`).
-pub fn items_from_input(items: &[ItemInput], currency: Currency) -> Result<Vec<ItemSpec>, ApiError> {
+pub fn items_from_input(
+    items: &[ItemInput],
+    currency: Currency,
+) -> Result<Vec<ItemSpec>, ApiError> {
     if items.is_empty() {
         return Err(ApiError::invalid("items", "must hold at least one item"));
     }
@@ -163,7 +166,10 @@ pub struct InvoiceView {
 pub fn invoice_view(row: InvoiceRow, lines: Vec<LineRow>) -> InvoiceView {
     let c = row.currency.clone();
     InvoiceView {
-        lines: lines.into_iter().map(|l| LineView::from_row(l, &c)).collect(),
+        lines: lines
+            .into_iter()
+            .map(|l| LineView::from_row(l, &c))
+            .collect(),
         payments: Vec::new(),
         attempts: Vec::new(),
         period_start: row.period_start.map(rfc3339_ms),
@@ -208,16 +214,18 @@ async fn create(
 ) -> Result<(StatusCode, Json<InvoiceView>), ApiError> {
     let customer = customers::get_row(&state.db, &body.customer_id)
         .await?
-        .ok_or_else(|| ApiError::invalid("customer_id", format!("no customer {}", body.customer_id)))?;
+        .ok_or_else(|| {
+            ApiError::invalid("customer_id", format!("no customer {}", body.customer_id))
+        })?;
     let currency = Currency::parse(&customer.currency)
         .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("stored currency: {e}")))?;
-    if let Some(c) = &body.currency {
-        if !c.eq_ignore_ascii_case(currency.code()) {
-            return Err(ApiError::invalid(
-                "currency",
-                format!("the customer is billed in {}, not {c}", currency.code()),
-            ));
-        }
+    if let Some(c) = &body.currency
+        && !c.eq_ignore_ascii_case(currency.code())
+    {
+        return Err(ApiError::invalid(
+            "currency",
+            format!("the customer is billed in {}, not {c}", currency.code()),
+        ));
     }
     let kind = match body.kind.as_deref() {
         None | Some("standard") => "standard",
@@ -297,16 +305,16 @@ const STATUSES: &[&str] = &[
 
 async fn list(
     AxState(state): AxState<Arc<State>>,
-    Query(q): Query<InvoiceQuery>,
+    ApiQuery(q): ApiQuery<InvoiceQuery>,
 ) -> Result<Json<ListResponse<InvoiceView>>, ApiError> {
     let limit = q.paging.limit()?;
-    if let Some(s) = &q.status {
-        if !STATUSES.contains(&s.as_str()) {
-            return Err(ApiError::invalid(
-                "status",
-                format!("must be one of {}", STATUSES.join(", ")),
-            ));
-        }
+    if let Some(s) = &q.status
+        && !STATUSES.contains(&s.as_str())
+    {
+        return Err(ApiError::invalid(
+            "status",
+            format!("must be one of {}", STATUSES.join(", ")),
+        ));
     }
     let filter = InvoiceFilter {
         customer_id: q.customer_id.as_deref(),

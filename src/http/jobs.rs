@@ -2,11 +2,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State as AxState};
+use axum::extract::{Path, State as AxState};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use super::extract::ApiQuery;
 use super::{ApiError, ListResponse, Paging};
 use crate::app::State;
 use crate::store::queue::{self, JOB_STATUSES, JobView, RetryOutcome};
@@ -27,16 +28,16 @@ struct JobQuery {
 
 async fn list(
     AxState(state): AxState<Arc<State>>,
-    Query(q): Query<JobQuery>,
+    ApiQuery(q): ApiQuery<JobQuery>,
 ) -> Result<Json<ListResponse<JobView>>, ApiError> {
     let limit = q.paging.limit()?;
-    if let Some(s) = &q.status {
-        if !JOB_STATUSES.contains(&s.as_str()) {
-            return Err(ApiError::invalid(
-                "status",
-                format!("must be one of {}", JOB_STATUSES.join(", ")),
-            ));
-        }
+    if let Some(s) = &q.status
+        && !JOB_STATUSES.contains(&s.as_str())
+    {
+        return Err(ApiError::invalid(
+            "status",
+            format!("must be one of {}", JOB_STATUSES.join(", ")),
+        ));
     }
     let jobs = queue::list(
         &state.db,

@@ -47,7 +47,11 @@ pub fn router(state: Arc<State>) -> Router {
                 })
                 .on_response(
                     |res: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {
-                        tracing::debug!(status = res.status().as_u16(), latency_ms = latency.as_millis() as u64, "answered");
+                        tracing::debug!(
+                            status = res.status().as_u16(),
+                            latency_ms = latency.as_millis() as u64,
+                            "answered"
+                        );
                     },
                 ),
         )
@@ -75,19 +79,23 @@ impl<T> ListResponse<T> {
     }
 }
 
-/// `?limit=` (default 100, 1..=1000) and `?starting_after=`.
+/// `?limit=` (default 100, 1..=1000) and `?starting_after=`. The limit is read as text because
+/// query structs flatten this one, and flattened query fields only arrive as strings.
 #[derive(Debug, serde::Deserialize)]
 pub struct Paging {
-    pub limit: Option<i64>,
+    pub limit: Option<String>,
     pub starting_after: Option<String>,
 }
 
 impl Paging {
     pub fn limit(&self) -> Result<i64, ApiError> {
-        match self.limit {
+        match self.limit.as_deref().map(str::parse::<i64>) {
             None => Ok(100),
-            Some(l) if (1..=1000).contains(&l) => Ok(l),
-            Some(_) => Err(ApiError::invalid("limit", "must be between 1 and 1000")),
+            Some(Ok(l)) if (1..=1000).contains(&l) => Ok(l),
+            Some(_) => Err(ApiError::invalid(
+                "limit",
+                "must be a number between 1 and 1000",
+            )),
         }
     }
 }

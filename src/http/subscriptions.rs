@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State as AxState};
+use axum::extract::{Path, State as AxState};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -13,7 +13,7 @@ use settled_jobs::invoice::{CatchUp, ItemSpec, ScheduleSpec, build_lines, due_at
 use settled_jobs::money::Currency;
 use settled_jobs::schedule::{Schedule, Unit};
 
-use super::extract::ApiJson;
+use super::extract::{ApiJson, ApiQuery};
 use super::invoices::{ItemInput, LineView, amount, items_from_input, rfc3339, rfc3339_ms};
 use super::{ApiError, ListResponse, Paging};
 use crate::app::State;
@@ -111,7 +111,12 @@ fn view(row: SubscriptionRow) -> Result<SubscriptionView, ApiError> {
 fn parse_instant(field: &str, s: &str) -> Result<DateTime<Utc>, ApiError> {
     DateTime::parse_from_rfc3339(s)
         .map(|d| settled_jobs::clock::to_millis_precision(d.with_timezone(&Utc)))
-        .map_err(|_| ApiError::invalid(field, format!("{s:?} is not an RFC 3339 instant like 2027-01-31T00:00:00Z")))
+        .map_err(|_| {
+            ApiError::invalid(
+                field,
+                format!("{s:?} is not an RFC 3339 instant like 2027-01-31T00:00:00Z"),
+            )
+        })
 }
 
 fn schedule_spec(
@@ -119,10 +124,16 @@ fn schedule_spec(
     start_at: DateTime<Utc>,
     default_tz: &str,
 ) -> Result<(ScheduleSpec, Schedule), ApiError> {
-    let timezone = input.timezone.clone().unwrap_or_else(|| default_tz.to_string());
+    let timezone = input
+        .timezone
+        .clone()
+        .unwrap_or_else(|| default_tz.to_string());
     let spec = match (&input.every, &input.cron) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::invalid("schedule", "give either every or cron, not both"));
+            return Err(ApiError::invalid(
+                "schedule",
+                "give either every or cron, not both",
+            ));
         }
         (None, None) => return Err(ApiError::invalid("schedule", "needs every or cron")),
         (Some(every), None) => {
@@ -165,7 +176,9 @@ async fn create(
 ) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
     let customer = customers::get_row(&state.db, &body.customer_id)
         .await?
-        .ok_or_else(|| ApiError::invalid("customer_id", format!("no customer {}", body.customer_id)))?;
+        .ok_or_else(|| {
+            ApiError::invalid("customer_id", format!("no customer {}", body.customer_id))
+        })?;
     let currency = Currency::parse(&customer.currency)
         .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("stored currency: {e}")))?;
     let items = items_from_input(&body.items, currency)?;
@@ -237,7 +250,7 @@ struct SubscriptionQuery {
 
 async fn list(
     AxState(state): AxState<Arc<State>>,
-    Query(q): Query<SubscriptionQuery>,
+    ApiQuery(q): ApiQuery<SubscriptionQuery>,
 ) -> Result<Json<ListResponse<SubscriptionView>>, ApiError> {
     let limit = q.paging.limit()?;
     let rows = store::list(
@@ -268,7 +281,11 @@ async fn transition(
     if !allowed {
         return Err(ApiError::conflict(
             "invalid_state",
-            format!("subscription {id} is {}; cannot {}", row.status, action.verb()),
+            format!(
+                "subscription {id} is {}; cannot {}",
+                row.status,
+                action.verb()
+            ),
         ));
     }
     if !store::transition(&state.db, &id, &row.status, action, state.clock.now()).await? {
@@ -327,7 +344,7 @@ struct PreviewInvoice {
 async fn preview(
     AxState(state): AxState<Arc<State>>,
     Path(id): Path<String>,
-    Query(q): Query<PreviewQuery>,
+    ApiQuery(q): ApiQuery<PreviewQuery>,
 ) -> Result<Json<ListResponse<PreviewInvoice>>, ApiError> {
     let periods = q.periods.unwrap_or(3);
     if !(1..=120).contains(&periods) {

@@ -229,7 +229,9 @@ pub async fn generate(
         return Err(permanent(format!("no subscription {subscription_id}")));
     };
     // A stale job (period already billed, subscription paused or canceled) has nothing to do.
-    if sub.status != "active" || sub.next_period_start != Some(period_start) || period_start > ms(now)
+    if sub.status != "active"
+        || sub.next_period_start != Some(period_start)
+        || period_start > ms(now)
     {
         return Ok(());
     }
@@ -293,7 +295,13 @@ pub async fn finalize_due(state: &State, invoice_id: &str) -> Result<(), JobErro
     });
     match status {
         Some((s, Some(at))) if s == "draft" && at <= ms(now) => {
-            finalize(&mut tx, invoice_id, now, &state.config.billing.number_format).await?;
+            finalize(
+                &mut tx,
+                invoice_id,
+                now,
+                &state.config.billing.number_format,
+            )
+            .await?;
             tx.commit().await?;
             Ok(())
         }
@@ -352,7 +360,10 @@ pub async fn list(
             " AND (created_at, id) > (SELECT created_at, id FROM invoices WHERE id = ${n})"
         ));
     }
-    sql.push_str(&format!(" ORDER BY created_at, id LIMIT ${}", binds.len() + 1));
+    sql.push_str(&format!(
+        " ORDER BY created_at, id LIMIT ${}",
+        binds.len() + 1
+    ));
     on_db!(db, p => {
         let mut q = sqlx::query_as::<_, InvoiceRow>(sqlx::AssertSqlSafe(sql.as_str()));
         for b in &binds {

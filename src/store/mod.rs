@@ -130,9 +130,8 @@ impl Db {
 
     /// True when the database answers a query.
     pub async fn ping(&self) -> bool {
-        let probe = async {
-            on_db!(self, p => sqlx::query("SELECT 1").execute(p).await.map(|_| ()))
-        };
+        let probe =
+            async { on_db!(self, p => sqlx::query("SELECT 1").execute(p).await.map(|_| ())) };
         matches!(
             tokio::time::timeout(Duration::from_secs(2), probe).await,
             Ok(Ok(()))

@@ -258,7 +258,9 @@ pub async fn unfinished(db: &Db) -> Result<i64, sqlx::Error> {
 /// Deletes finished jobs done before `before_secs` (Unix seconds), keeping failed ones for the operator.
 pub async fn vacuum(db: &Db, before_secs: i64) -> Result<u64, sqlx::Error> {
     let sql = match db {
-        Db::Sqlite(_) => "DELETE FROM Jobs WHERE job_type = $1 AND status = 'Done' AND done_at < $2",
+        Db::Sqlite(_) => {
+            "DELETE FROM Jobs WHERE job_type = $1 AND status = 'Done' AND done_at < $2"
+        }
         Db::Postgres(_) => {
             "DELETE FROM apalis.jobs WHERE job_type = $1 AND status = 'Done' AND done_at < to_timestamp($2)"
         }

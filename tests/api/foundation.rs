@@ -1,0 +1,353 @@
+//! The frame: health, readiness, authentication, configuration errors, the job queue's operator view.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::both;
+use crate::helpers::*;
+
+#[tokio::test]
+async fn embedded_default_starts_without_config_and_generates_a_private_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = DaemonOptions {
+        with_token: false,
+        manual_clock: None,
+        ..Default::default()
+    };
+    // An empty database url means the embedded default: SQLite in the state directory.
+    let daemon = Daemon::start(dir.path(), "", options).await;
+    let r = daemon
+        .http
+        .get(daemon.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        json!({"status": "ok"})
+    );
+    assert!(daemon.state_dir.join("settled.db").exists());
+
+    let token_file = daemon.state_dir.join("admin-token");
+    let token = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let log = daemon.log_text();
+    assert!(log.contains("admin-token"), "the log names the token file");
+    assert!(!log.contains(&token), "the log never shows the token");
+
+    let r = daemon
+        .http
+        .get(daemon.url("/v1/customers"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(daemon.stop(Duration::from_secs(15)).code(), Some(0));
+}
+
+both!(
+    admin_api_refuses_a_missing_or_wrong_token,
+    |backend| async move {
+        let w = World::start(backend).await;
+        let d = &w.daemon;
+        let missing = d.http.get(d.url("/v1/customers")).send().await.unwrap();
+        assert_eq!(missing.status(), 401);
+        let body: serde_json::Value = missing.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized");
+        let wrong = d
+            .http
+            .post(d.url("/v1/customers"))
+            .bearer_auth("not-the-token")
+            .json(&json!({"email": "a@example.com", "name": "A", "currency": "USD"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401);
+        let (status, list) = d.get("/v1/customers").await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            list["data"].as_array().unwrap().len(),
+            0,
+            "the refused request stored nothing"
+        );
+        // Public routes need no token.
+        let health = d.http.get(d.url("/healthz")).send().await.unwrap();
+        assert_eq!(health.status(), 200);
+    }
+);
+
+#[test]
+fn check_config_names_the_bad_key_and_exits_non_zero() {
+    let out = std::process::Command::new(binary())
+        .arg("check-config")
+        .env("SETTLED__BILLING__RETRY_DAYS", "[1, 0]")
+        .env("SETTLED__SERVER__LISTEN", "not-an-address")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("billing.retry_days"), "{err}");
+    assert!(err.contains("server.listen"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("settled.toml");
+    std::fs::write(&path, "[database]\nurll = \"sqlite:///tmp/x.db\"\n").unwrap();
+    let out = std::process::Command::new(binary())
+        .arg("--config")
+        .arg(&path)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("urll"));
+
+    let out = std::process::Command::new(binary())
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A TCP forwarder the test can switch off and on, standing in for a PostgreSQL outage.
+struct Outage {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Outage {
+    async fn start(target: &str) -> Outage {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = up.clone();
+        let target = target.to_string();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !flag.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = async {
+                            while flag.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        } => {}
+                    }
+                });
+            }
+        });
+        Outage { port, up }
+    }
+
+    fn set(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_while_postgres_is_unreachable_and_200_once_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new(Backend::Postgres, dir.path()).await;
+    let url = url::Url::parse(&db.url).unwrap();
+    let target = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let outage = Outage::start(&target).await;
+    let mut via_proxy = url.clone();
+    via_proxy.set_port(Some(outage.port)).unwrap();
+    via_proxy.set_host(Some("127.0.0.1")).unwrap();
+
+    // Start while the database is away: the daemon must serve /healthz, say 503 on /readyz and retry.
+    let log = dir.path().join("daemon.log");
+    let mut child = std::process::Command::new(binary())
+        .arg("serve")
+        .env("SETTLED__SERVER__LISTEN", "127.0.0.1:0")
+        .env("SETTLED__DAEMON__STATE_DIR", dir.path().join("state"))
+        .env("SETTLED__DATABASE__URL", via_proxy.as_str())
+        .env("SETTLED__DATABASE__CONNECT_TIMEOUT_SECONDS", "1")
+        .env("SETTLED__ADMIN__TOKENS", format!("[\"{TOKEN}\"]"))
+        .env("SETTLED__LOG__FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let guard = KillOnDrop(child.id());
+    let http = reqwest::Client::new();
+    let port = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let found = text.lines().find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                (v["message"] == "listening")
+                    .then(|| v["port"].as_u64())
+                    .flatten()
+            });
+            if let Some(p) = found {
+                break p;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never listened:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the daemon keeps running while the database is away"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("database not ready; retrying"), "{text}");
+
+    outage.set(true);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And it works once ready.
+    let r = http
+        .post(format!("{base}/v1/customers"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"email": "a@example.com", "name": "A", "currency": "EUR"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    // The database goes away again while serving: readiness follows it.
+    outage.set(false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+        if r.status() == 503 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readyz never noticed the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(guard);
+    let _ = child.wait();
+    drop(db);
+}
+
+/// Kills a daemon the test started by hand, even when the test fails half-way.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.0 as i32, libc::SIGKILL);
+        }
+    }
+}
+
+both!(
+    failed_jobs_stay_visible_and_can_be_retried,
+    |backend| async move {
+        let w = World::start(backend).await;
+        let d = &w.daemon;
+        // A job about a subscription that does not exist fails permanently.
+        let config = settled::config::Config::load_from(
+            None,
+            vec![("SETTLED__DATABASE__URL".to_string(), d.database_url.clone())],
+        )
+        .unwrap();
+        let db = settled::store::Db::open(&config).unwrap();
+        let job = settled_jobs::job::Job::GenerateInvoice {
+            subscription_id: "sub_missing".into(),
+            period_start: 0,
+        };
+        assert!(
+            settled::store::queue::enqueue_now(&db, &job, 0, 3)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !settled::store::queue::enqueue_now(&db, &job, 0, 3)
+                .await
+                .unwrap(),
+            "the dedup key holds"
+        );
+
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let failed = loop {
+            let (status, body) = d.get("/v1/jobs?status=failed").await;
+            assert_eq!(status, 200, "{body}");
+            if let Some(j) = body["data"].as_array().and_then(|a| a.first()).cloned() {
+                break j;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "job never failed:\n{}",
+                d.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(failed["kind"], "generate_invoice");
+        assert_eq!(failed["args"]["subscription_id"], "sub_missing");
+        assert!(
+            failed["last_error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("sub_missing"),
+            "{failed}"
+        );
+        let id = failed["id"].as_str().unwrap();
+
+        let (status, _) = d.post(&format!("/v1/jobs/{id}/retry"), json!({})).await;
+        assert_eq!(status, 200);
+        // It runs again (and fails again, the subscription still being missing).
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, job) = d.get(&format!("/v1/jobs/{id}")).await;
+            if job["status"] == "failed" && job["attempts"].as_i64().unwrap_or(0) >= 1 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{job}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (status, body) = d.post("/v1/jobs/nope/retry", json!({})).await;
+        assert_eq!(status, 404, "{body}");
+        let (status, _) = d.get("/v1/jobs?status=bogus").await;
+        assert_eq!(status, 422);
+        db.close().await;
+    }
+);

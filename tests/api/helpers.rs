@@ -1,0 +1,452 @@
+//! Starts the real `settled` binary on port 0 with a fresh database (SQLite file or a new
+//! PostgreSQL database) and drives it over HTTP, as an operator or a portal would.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+pub const TOKEN: &str = "test-admin-token-0123456789abcdef";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server the tests use (override with SETTLED_TEST_POSTGRES).
+pub fn postgres_admin_url() -> String {
+    std::env::var("SETTLED_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A fresh, empty database for one test; PostgreSQL databases are dropped when the test ends.
+pub struct TestDb {
+    pub url: String,
+    pg_name: Option<String>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend, dir: &Path) -> TestDb {
+        match backend {
+            Backend::Sqlite => TestDb {
+                url: format!("sqlite://{}", dir.join("settled.db").display()),
+                pg_name: None,
+            },
+            Backend::Postgres => {
+                let name = format!("settled_test_{}", random_suffix());
+                let admin = postgres_admin_url();
+                let mut conn = connect_admin(&admin).await;
+                sqlx::Executor::execute(
+                    &mut conn,
+                    sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")),
+                )
+                .await
+                .expect("create test database");
+                let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+                TestDb {
+                    url: format!("{base}/{name}"),
+                    pg_name: Some(name),
+                }
+            }
+        }
+    }
+}
+
+async fn connect_admin(url: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(url).await.unwrap_or_else(|e| {
+        panic!("PostgreSQL is required for the tests and does not answer at {url}: {e}")
+    })
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(name) = self.pg_name.take() {
+            let admin = postgres_admin_url();
+            // Dropped from a plain thread: Drop may run inside or outside a runtime.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                if let Ok(rt) = rt {
+                    rt.block_on(async move {
+                        let mut conn = connect_admin(&admin).await;
+                        let _ = sqlx::Executor::execute(
+                            &mut conn,
+                            sqlx::AssertSqlSafe(format!(
+                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                            )),
+                        )
+                        .await;
+                    });
+                }
+            })
+            .join();
+        }
+    }
+}
+
+pub fn random_suffix() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..12)
+        .map(|_| (b'a' + rng.random_range(0..26u8)) as char)
+        .collect()
+}
+
+/// How to start a daemon.
+pub struct DaemonOptions {
+    pub env: Vec<(String, String)>,
+    pub manual_clock: Option<String>,
+    pub notify_socket: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub with_token: bool,
+}
+
+impl Default for DaemonOptions {
+    fn default() -> Self {
+        DaemonOptions {
+            env: Vec::new(),
+            manual_clock: Some("2027-01-01T00:00:00Z".into()),
+            notify_socket: None,
+            database_url: None,
+            with_token: true,
+        }
+    }
+}
+
+impl DaemonOptions {
+    pub fn system_clock(mut self) -> Self {
+        self.manual_clock = None;
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.push((key.to_string(), value.into()));
+        self
+    }
+}
+
+/// One running daemon process.
+pub struct Daemon {
+    pub child: Child,
+
+    pub base: String,
+    pub http: reqwest::Client,
+    pub log: PathBuf,
+    pub state_dir: PathBuf,
+    pub database_url: String,
+    options_env: Vec<(String, String)>,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_settled")
+}
+
+impl Daemon {
+    /// Starts a daemon with its state in `dir` and waits until it serves HTTP.
+    pub async fn start(dir: &Path, database_url: &str, options: DaemonOptions) -> Daemon {
+        let state_dir = dir.join("state");
+        std::fs::create_dir_all(&state_dir).expect("state dir");
+        let log = dir.join(format!("daemon-{}.log", random_suffix()));
+        let mut env: Vec<(String, String)> = vec![
+            ("SETTLED__SERVER__LISTEN".into(), "127.0.0.1:0".into()),
+            (
+                "SETTLED__DAEMON__STATE_DIR".into(),
+                state_dir.display().to_string(),
+            ),
+            ("SETTLED__DATABASE__URL".into(), database_url.to_string()),
+            ("SETTLED__LOG__FORMAT".into(), "json".into()),
+            (
+                "SETTLED__DAEMON__SHUTDOWN_TIMEOUT_SECONDS".into(),
+                "10".into(),
+            ),
+        ];
+        if options.with_token {
+            env.push(("SETTLED__ADMIN__TOKENS".into(), format!("[\"{TOKEN}\"]")));
+        }
+        if let Some(start) = &options.manual_clock {
+            env.push(("SETTLED__CLOCK__MODE".into(), "manual".into()));
+            env.push(("SETTLED__CLOCK__START".into(), start.clone()));
+        }
+        env.extend(options.env.iter().cloned());
+        let mut cmd = Command::new(binary());
+        cmd.arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info,settled=debug")
+            .envs(env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        if let Some(sock) = &options.notify_socket {
+            cmd.env("NOTIFY_SOCKET", sock);
+        }
+        let child = cmd.spawn().expect("start settled");
+        let port = wait_for_port(&log, Duration::from_secs(30));
+        let base = format!("http://127.0.0.1:{port}");
+        let daemon = Daemon {
+            child,
+
+            base,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+            log,
+            state_dir,
+            database_url: database_url.to_string(),
+            options_env: env,
+        };
+        daemon.wait_ready(Duration::from_secs(30)).await;
+        daemon
+    }
+
+    /// The environment this daemon was started with (to start a twin on the same database).
+    pub fn env(&self) -> &[(String, String)] {
+        &self.options_env
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn wait_ready(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(r) = self.http.get(self.url("/readyz")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("daemon not ready in time; log:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("GET");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("POST");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .patch(self.url(path))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("PATCH");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .delete(self.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("DELETE");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates a customer and returns its id.
+    pub async fn customer(&self, currency: &str) -> String {
+        let (status, body) = self
+            .post(
+                "/v1/customers",
+                json!({"email": "ada@example.com", "name": "Ada Ltd", "currency": currency, "timezone": "UTC"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().expect("id").to_string()
+    }
+
+    /// Advances the manual clock and waits until all work due by then is done.
+    pub async fn advance(&self, to: &str) {
+        let (status, body) = self.post("/v1/clock/advance", json!({"to": to})).await;
+        assert_eq!(status, 202, "{body}");
+        self.wait_clock_ready(Duration::from_secs(60)).await;
+    }
+
+    pub async fn wait_clock_ready(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let (status, body) = self.get("/v1/clock").await;
+            assert_eq!(status, 200, "{body}");
+            if body["status"] == "ready" {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("clock not ready in time; log:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every invoice (following pages), oldest first.
+    pub async fn invoices(&self, query: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut path = format!("/v1/invoices?limit=100&{query}");
+            if let Some(a) = &after {
+                path.push_str(&format!("&starting_after={a}"));
+            }
+            let (status, body) = self.get(&path).await;
+            assert_eq!(status, 200, "{body}");
+            let data = body["data"].as_array().cloned().unwrap_or_default();
+            after = data.last().and_then(|i| i["id"].as_str()).map(String::from);
+            out.extend(data);
+            if body["has_more"] != true {
+                return out;
+            }
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Waits for the process to exit, at most `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM and wait; panics when it does not exit cleanly within `within`.
+    pub fn stop(mut self, within: Duration) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        let status = self.wait_exit(within);
+        match status {
+            Some(s) => s,
+            None => {
+                let _ = self.child.kill();
+                panic!(
+                    "daemon did not stop within {within:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn wait_for_port(log: &Path, within: Duration) -> u16 {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(log) {
+            let _ = f.read_to_string(&mut text);
+        }
+        for line in text.lines() {
+            if let Ok(v) = serde_json::from_str::<Value>(line)
+                && v["message"] == "listening"
+                && let Some(p) = v["port"].as_u64()
+            {
+                return p as u16;
+            }
+        }
+        if Instant::now() > deadline {
+            panic!("daemon did not start listening; log:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A test's world: a temp dir, a fresh database and the daemon on it.
+pub struct World {
+    pub dir: TempDir,
+    pub db: TestDb,
+    pub daemon: Daemon,
+}
+
+impl World {
+    pub async fn start(backend: Backend) -> World {
+        Self::start_with(backend, DaemonOptions::default()).await
+    }
+
+    pub async fn start_with(backend: Backend, options: DaemonOptions) -> World {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = TestDb::new(backend, dir.path()).await;
+        let url = options
+            .database_url
+            .clone()
+            .unwrap_or_else(|| db.url.clone());
+        let daemon = Daemon::start(dir.path(), &url, options).await;
+        World { dir, db, daemon }
+    }
+}
+
+/// Runs the same test body on SQLite and on PostgreSQL: `both!(name, |backend| async move {...})`.
+#[macro_export]
+macro_rules! both {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                ($body)($crate::helpers::Backend::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                ($body)($crate::helpers::Backend::Postgres).await;
+            }
+        }
+    };
+}

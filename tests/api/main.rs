@@ -1,0 +1,12 @@
+//! Black-box tests: each starts the real daemon process on port 0 with a fresh database and drives
+//! it through its HTTP API. Every storage-touching test runs on SQLite and on PostgreSQL.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod helpers;
+
+mod customers;
+mod foundation;
+mod lifecycle;
+mod subscriptions;

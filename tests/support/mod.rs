@@ -1,0 +1,3 @@
+//! Shared test support: the Stripe-compatible gateway the daemon is pointed at.
+
+pub mod stripe_gateway;
