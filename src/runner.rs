@@ -205,9 +205,14 @@ fn spawn_queue_worker(state: Arc<State>, stop: CancellationToken) -> JoinHandle<
         }
         Db::Postgres(pool) => {
             let config = apalis_postgres::Config::default().queue(queue::QUEUE);
+            // LISTEN/NOTIFY wakes the worker the moment a due job is inserted (the sweep only
+            // ever enqueues due work); the fixed interval covers rows made due by an UPDATE
+            // (an operator's retry, apalis re-enqueuing an orphan). No idle back-off.
+            let strategy = apalis::prelude::Strategy::new().interval(poll);
             let backend = apalis_postgres::PostgresStorage::<Envelope>::new(&pool)
                 .with_config(config)
-                .poll_with_interval(poll);
+                .with_pubsub()
+                .poll_with_strategy(strategy);
             let worker = WorkerBuilder::new(worker_name("postgres"))
                 .backend(backend)
                 .data(state.clone())

@@ -138,28 +138,36 @@ impl Db {
         )
     }
 
-    /// True when every migration this binary knows is applied.
+    /// True when every migration this binary knows is applied: the application's and the job
+    /// queue's (the queue's run second, so checking only ours would report ready too early).
     pub async fn migrations_applied(&self) -> bool {
-        let (migrator, table) = match self {
-            Db::Sqlite(_) => (app_migrator_sqlite(), "_sqlx_migrations"),
-            Db::Postgres(_) => (app_migrator_postgres(), "_sqlx_migrations"),
+        let checks = match self {
+            Db::Sqlite(_) => [
+                (app_migrator_sqlite(), "_sqlx_migrations"),
+                (
+                    apalis_sqlite::SqliteStorage::migrations(),
+                    "_apalis_migrations",
+                ),
+            ],
+            Db::Postgres(_) => [
+                (app_migrator_postgres(), "_sqlx_migrations"),
+                (
+                    apalis_postgres::PostgresStorage::migrations(),
+                    "apalis._apalis_migrations",
+                ),
+            ],
         };
-        let latest = migrator.iter().map(|m| m.version).max().unwrap_or(0);
-        let sql = format!("SELECT COUNT(*) FROM {table} WHERE version = $1 AND success");
-        let found: Result<i64, sqlx::Error> = on_db!(self, p => {
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str())).bind(latest).fetch_one(p).await
-        });
-        let queue: Result<i64, sqlx::Error> = on_db!(self, p => {
-            sqlx::query_scalar(queue::QUEUE_PROBE[self.index()]).fetch_one(p).await
-        });
-        matches!(found, Ok(1)) && queue.is_ok()
-    }
-
-    fn index(&self) -> usize {
-        match self {
-            Db::Sqlite(_) => 0,
-            Db::Postgres(_) => 1,
+        for (migrator, table) in checks {
+            let latest = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+            let sql = format!("SELECT COUNT(*) FROM {table} WHERE version = $1 AND success");
+            let found: Result<i64, sqlx::Error> = on_db!(self, p => {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str())).bind(latest).fetch_one(p).await
+            });
+            if !matches!(found, Ok(1)) {
+                return false;
+            }
         }
+        true
     }
 
     /// Applies the application's and the job queue's migrations. The queue keeps its own history

@@ -14,12 +14,6 @@ use super::{Db, Tx, from_ms, on_db, on_tx};
 /// The queue name (apalis `job_type`) every job of the daemon is pushed to.
 pub const QUEUE: &str = "settled";
 
-/// A query that succeeds only when the queue's tables exist ([sqlite, postgres]).
-pub const QUEUE_PROBE: [&str; 2] = [
-    "SELECT COUNT(*) FROM Jobs WHERE 1 = 0",
-    "SELECT COUNT(*) FROM apalis.jobs WHERE 1 = 0",
-];
-
 const INSERT: [&str; 2] = [
     "INSERT INTO Jobs (job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key) \
      VALUES ($1, $2, $3, 'Pending', 0, $4, $5, 0, '{}', $6) \
