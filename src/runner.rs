@@ -152,12 +152,22 @@ pub fn start(state: Arc<State>) -> Workers {
     }
 }
 
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it on success.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "host".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Worker names say which host and process a job ran on (several daemons share one database).
 fn worker_name(kind: &str) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "host".into());
     format!(
-        "settled-{kind}-{host}-{}-{}",
+        "settled-{kind}-{}-{}-{}",
+        hostname(),
         std::process::id(),
         ulid::Ulid::generate()
     )
@@ -176,32 +186,68 @@ fn backoff() -> ExponentialBackoff<HasherRng> {
     maker.make_backoff()
 }
 
+/// Runs the queue worker and restarts it if it dies (a lost connection, a driver fault): a daemon
+/// that answers HTTP but no longer runs jobs would be worse than one that restarts.
 fn spawn_queue_worker(state: Arc<State>, stop: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let started = Instant::now();
+            let name = worker_name(state.db.backend());
+            let result = run_queue_worker(state.clone(), stop.clone(), &name).await;
+            if stop.is_cancelled() {
+                return;
+            }
+            // Jobs the dead worker had claimed go back to the queue at once instead of waiting
+            // for the orphan check (their effects are idempotent, so a re-run is harmless).
+            match queue::release_worker(&state.db, &name).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(jobs = n, "released jobs claimed by the failed worker"),
+                Err(e) => tracing::warn!(error = %e, "cannot release the failed worker's jobs"),
+            }
+            match result {
+                Ok(()) => tracing::warn!("job worker stopped; restarting it"),
+                Err(e) => tracing::error!(error = %e, "job worker failed; restarting it"),
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                delay = Duration::from_millis(200);
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    })
+}
+
+async fn run_queue_worker(
+    state: Arc<State>,
+    stop: CancellationToken,
+    name: &str,
+) -> Result<(), WorkerError> {
     let poll = Duration::from_millis(state.config.jobs.poll_interval_ms);
     let retries = state.config.jobs.max_attempts.saturating_sub(1) as usize;
     let concurrency = state.config.jobs.concurrency;
     let policy = RetryPolicy::retries(retries).with_backoff(backoff());
+    let signal = async move {
+        stop.cancelled().await;
+        Ok::<(), std::io::Error>(())
+    };
     match state.db.clone() {
         Db::Sqlite(pool) => {
             let config = apalis_sqlite::Config::default().queue(queue::QUEUE);
             let backend = apalis_sqlite::SqliteStorage::<Envelope>::new(&pool)
                 .with_config(config)
                 .poll_with_interval(poll);
-            let worker = WorkerBuilder::new(worker_name("sqlite"))
+            WorkerBuilder::new(name)
                 .backend(backend)
                 .data(state.clone())
                 .concurrency(concurrency)
                 .retry(policy)
-                .build(handle_job);
-            tokio::spawn(async move {
-                let signal = async move {
-                    stop.cancelled().await;
-                    Ok::<(), std::io::Error>(())
-                };
-                if let Err(e) = worker.run_until(signal).await {
-                    tracing::error!(error = %e, "job worker stopped with an error");
-                }
-            })
+                .build(handle_job)
+                .run_until(signal)
+                .await
         }
         Db::Postgres(pool) => {
             let config = apalis_postgres::Config::default().queue(queue::QUEUE);
@@ -213,21 +259,14 @@ fn spawn_queue_worker(state: Arc<State>, stop: CancellationToken) -> JoinHandle<
                 .with_config(config)
                 .with_pubsub()
                 .poll_with_strategy(strategy);
-            let worker = WorkerBuilder::new(worker_name("postgres"))
+            WorkerBuilder::new(name)
                 .backend(backend)
                 .data(state.clone())
                 .concurrency(concurrency)
                 .retry(policy)
-                .build(handle_job);
-            tokio::spawn(async move {
-                let signal = async move {
-                    stop.cancelled().await;
-                    Ok::<(), std::io::Error>(())
-                };
-                if let Err(e) = worker.run_until(signal).await {
-                    tracing::error!(error = %e, "job worker stopped with an error");
-                }
-            })
+                .build(handle_job)
+                .run_until(signal)
+                .await
         }
     }
 }

@@ -234,6 +234,21 @@ pub enum RetryOutcome {
     NotFailed(String),
 }
 
+/// Returns the jobs a worker had claimed but not finished to the queue.
+pub async fn release_worker(db: &Db, worker: &str) -> Result<u64, sqlx::Error> {
+    let sql = match db {
+        Db::Sqlite(_) => {
+            "UPDATE Jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL \
+             WHERE lock_by = $1 AND status IN ('Queued', 'Running')"
+        }
+        Db::Postgres(_) => {
+            "UPDATE apalis.jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL \
+             WHERE lock_by = $1 AND status IN ('Queued', 'Running')"
+        }
+    };
+    on_db!(db, p => Ok(sqlx::query(sql).bind(worker).execute(p).await?.rows_affected()))
+}
+
 /// Jobs not yet finished (waiting, queued, running or waiting for another try).
 pub async fn unfinished(db: &Db) -> Result<i64, sqlx::Error> {
     let sql = match db {
