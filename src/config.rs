@@ -190,6 +190,7 @@ pub struct JobsConfig {
     pub poll_interval_ms: u64,
     pub max_attempts: u32,
     pub sweep_cron: String,
+    pub heartbeat_seconds: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -313,6 +314,9 @@ impl Config {
         }
         if self.jobs.poll_interval_ms == 0 || self.jobs.poll_interval_ms > 60_000 {
             problems.push("jobs.poll_interval_ms: must be between 1 and 60000".into());
+        }
+        if self.jobs.heartbeat_seconds == 0 || self.jobs.heartbeat_seconds > 300 {
+            problems.push("jobs.heartbeat_seconds: must be between 1 and 300".into());
         }
         if self.jobs.max_attempts == 0 {
             problems.push("jobs.max_attempts: must be at least 1".into());

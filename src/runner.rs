@@ -106,13 +106,20 @@ impl Scheduler {
         Ok(added)
     }
 
-    /// Ready when nothing due at `now` is waiting to be enqueued and no job is unfinished.
-    pub async fn is_ready(&self, db: &Db, _now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
-        let added = self.sweep().await?;
-        if added > 0 {
+    /// Ready when no job is unfinished and every piece of work due at `now` has a finished job.
+    /// The order matters: with nothing running at the first check, any work that becomes due
+    /// later comes from a job enqueued later, which the second check sees as not finished.
+    pub async fn is_ready(&self, db: &Db, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
+        self.sweep().await?;
+        if queue::unfinished(db).await? > 0 {
             return Ok(false);
         }
-        Ok(queue::unfinished(db).await? == 0)
+        let due = self.due_jobs(now).await?;
+        if due.is_empty() {
+            return Ok(true);
+        }
+        let keys: Vec<String> = due.iter().map(|j| j.dedup_key(0)).collect();
+        Ok(queue::count_finished(db, &keys).await? == keys.len())
     }
 }
 
@@ -186,6 +193,10 @@ fn backoff() -> ExponentialBackoff<HasherRng> {
     maker.make_backoff()
 }
 
+/// A worker that missed this many heartbeats is presumed dead (killed, its host lost) and the
+/// jobs it had claimed are handed to another worker.
+const ORPHAN_AFTER_MISSED_HEARTBEATS: usize = 3;
+
 /// Runs the queue worker and restarts it if it dies (a lost connection, a driver fault): a daemon
 /// that answers HTTP but no longer runs jobs would be worse than one that restarts.
 fn spawn_queue_worker(state: Arc<State>, stop: CancellationToken) -> JoinHandle<()> {
@@ -227,6 +238,7 @@ async fn run_queue_worker(
     name: &str,
 ) -> Result<(), WorkerError> {
     let poll = Duration::from_millis(state.config.jobs.poll_interval_ms);
+    let heartbeat = Duration::from_secs(state.config.jobs.heartbeat_seconds);
     let retries = state.config.jobs.max_attempts.saturating_sub(1) as usize;
     let concurrency = state.config.jobs.concurrency;
     let policy = RetryPolicy::retries(retries).with_backoff(backoff());
@@ -236,7 +248,10 @@ async fn run_queue_worker(
     };
     match state.db.clone() {
         Db::Sqlite(pool) => {
-            let config = apalis_sqlite::Config::default().queue(queue::QUEUE);
+            let config = apalis_sqlite::Config::default()
+                .queue(queue::QUEUE)
+                .heartbeat_interval(heartbeat)
+                .missed_heartbeats(ORPHAN_AFTER_MISSED_HEARTBEATS);
             let backend = apalis_sqlite::SqliteStorage::<Envelope>::new(&pool)
                 .with_config(config)
                 .poll_with_interval(poll);
@@ -250,7 +265,10 @@ async fn run_queue_worker(
                 .await
         }
         Db::Postgres(pool) => {
-            let config = apalis_postgres::Config::default().queue(queue::QUEUE);
+            let config = apalis_postgres::Config::default()
+                .queue(queue::QUEUE)
+                .heartbeat_interval(heartbeat)
+                .missed_heartbeats(ORPHAN_AFTER_MISSED_HEARTBEATS);
             // LISTEN/NOTIFY wakes the worker the moment a due job is inserted (the sweep only
             // ever enqueues due work); the fixed interval covers rows made due by an UPDATE
             // (an operator's retry, apalis re-enqueuing an orphan). No idle back-off.

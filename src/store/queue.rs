@@ -264,6 +264,32 @@ pub async fn unfinished(db: &Db) -> Result<i64, sqlx::Error> {
     on_db!(db, p => sqlx::query_scalar(sql).bind(QUEUE).fetch_one(p).await)
 }
 
+/// How many of the jobs with these dedup keys have finished (done or failed for good).
+pub async fn count_finished(db: &Db, keys: &[String]) -> Result<usize, sqlx::Error> {
+    let table = match db {
+        Db::Sqlite(_) => "Jobs",
+        Db::Postgres(_) => "apalis.jobs",
+    };
+    let mut total = 0usize;
+    for chunk in keys.chunks(500) {
+        let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT COUNT(*) FROM {table} WHERE job_type = $1 AND idempotency_key IN ({}) \
+             AND (status IN ('Done', 'Killed') OR (status = 'Failed' AND attempts >= max_attempts))",
+            placeholders.join(", ")
+        );
+        let n: i64 = on_db!(db, p => {
+            let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str())).bind(QUEUE);
+            for k in chunk {
+                q = q.bind(k.as_str());
+            }
+            q.fetch_one(p).await?
+        });
+        total += n as usize;
+    }
+    Ok(total)
+}
+
 /// Deletes finished jobs done before `before_secs` (Unix seconds), keeping failed ones for the operator.
 pub async fn vacuum(db: &Db, before_secs: i64) -> Result<u64, sqlx::Error> {
     let sql = match db {

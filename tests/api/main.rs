@@ -8,5 +8,6 @@ mod helpers;
 
 mod customers;
 mod foundation;
+mod generation;
 mod lifecycle;
 mod subscriptions;
