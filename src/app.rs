@@ -31,6 +31,33 @@ pub struct State {
     pub scheduler: Arc<Scheduler>,
 }
 
+impl State {
+    /// Opens the database, the clock and the gateway. The CLI uses this too, so an operator's
+    /// command runs against exactly what the daemon would.
+    pub async fn build(config: Config) -> anyhow::Result<Arc<State>> {
+        let config = Arc::new(config);
+        let db = Db::open(&config)?;
+        let tokens = admin_tokens(&config)?;
+        let gateway = crate::gateway::from_config(&config)?;
+        let (clock, manual_clock) = make_clock(&config, &db).await;
+        let scheduler = Arc::new(Scheduler::new(
+            db.clone(),
+            clock.clone(),
+            manual_clock.clone(),
+            config.clone(),
+        ));
+        Ok(Arc::new(State {
+            config,
+            db,
+            clock,
+            manual_clock,
+            gateway,
+            tokens,
+            scheduler,
+        }))
+    }
+}
+
 pub struct Application {
     state: Arc<State>,
     listener: Option<TcpListener>,
@@ -41,21 +68,8 @@ impl Application {
     /// Opens everything; applies migrations unless told not to. An unreachable database is retried
     /// in the background rather than failing start-up.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let config = Arc::new(config);
-        let db = Db::open(&config)?;
-        let tokens = admin_tokens(&config)?;
-        let gateway = crate::gateway::from_config(&config)?;
-        let (clock, manual_clock) = make_clock(&config, &db).await;
-        let scheduler = Arc::new(Scheduler::new(db.clone(), clock.clone(), config.clone()));
-        let state = Arc::new(State {
-            config: config.clone(),
-            db,
-            clock,
-            manual_clock,
-            gateway,
-            tokens,
-            scheduler,
-        });
+        let state = State::build(config).await?;
+        let config = state.config.clone();
         let (listener, port) = if config.daemon.role.runs_http() {
             let addr = config.listen_addr()?;
             let listener = TcpListener::bind(addr)
@@ -204,7 +218,7 @@ fn admin_tokens(config: &Config) -> anyhow::Result<Vec<Secret>> {
     if let Ok(text) = std::fs::read_to_string(&path) {
         let token = text.trim();
         if !token.is_empty() {
-            tracing::info!(path = %path.display(), "admin token read from the state directory");
+            tracing::debug!(path = %path.display(), "admin token read from the state directory");
             return Ok(vec![Secret::new(token)]);
         }
     }

@@ -15,6 +15,10 @@ pub mod exit {
     pub const OK: u8 = 0;
     /// The daemon or a command failed at run time.
     pub const FAILURE: u8 = 1;
+    /// The request was refused as invalid or conflicting (the message says why).
+    pub const REFUSED: u8 = 3;
+    /// The object named does not exist.
+    pub const NOT_FOUND: u8 = 4;
     /// The configuration is invalid.
     pub const CONFIG: u8 = 78;
 }
@@ -32,6 +36,10 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
+    /// Print JSON (as the admin API answers) instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -47,6 +55,21 @@ pub enum Command {
     },
     /// Apply the database migrations and exit.
     Migrate,
+    /// Customers and their balances.
+    #[command(subcommand)]
+    Customers(crate::admin_cli::CustomersCommand),
+    /// Subscriptions (recurring invoice profiles).
+    #[command(subcommand)]
+    Subscriptions(crate::admin_cli::SubscriptionsCommand),
+    /// Invoices.
+    #[command(subcommand)]
+    Invoices(crate::admin_cli::InvoicesCommand),
+    /// The job queue: what ran, what failed, retry by id.
+    #[command(subcommand)]
+    Jobs(crate::admin_cli::JobsCommand),
+    /// The manual clock (clock.mode = "manual").
+    #[command(subcommand)]
+    Clock(crate::admin_cli::ClockCommand),
     /// Validate the configuration and exit non-zero on any problem.
     #[command(after_help = "Example:\n  settled --config /etc/settled/settled.toml check-config")]
     CheckConfig {
@@ -88,6 +111,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::CONFIG);
         }
     };
+    // Operator commands print their answer; only warnings and errors go to the log there.
+    if !matches!(cli.command, Command::Serve { .. }) && std::env::var_os("RUST_LOG").is_none() {
+        config.log.level = "warn".into();
+    }
     crate::telemetry::init(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -99,6 +126,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
+    let json = cli.json;
     let result = runtime.block_on(async move {
         match cli.command {
             Command::CheckConfig { .. } => {
@@ -112,29 +140,72 @@ pub fn main() -> ExitCode {
                     path.map(|p| format!(" ({})", p.display()))
                         .unwrap_or_default()
                 );
-                Ok(())
+                Ok(exit::OK)
             }
             Command::Migrate => {
                 let db = crate::store::Db::open(&config)?;
                 db.migrate().await?;
                 println!("migrations applied ({})", db.backend());
-                Ok(())
+                Ok(exit::OK)
             }
             Command::Serve { no_migrate } => {
                 if no_migrate {
                     config.database.migrate_on_start = false;
                 }
-                serve(config).await
+                serve(config).await.map(|()| exit::OK)
+            }
+            admin => {
+                let state = crate::app::State::build(config).await?;
+                state.db.migrate().await?;
+                let answer = match admin {
+                    Command::Customers(c) => crate::admin_cli::customers(&state, c).await?,
+                    Command::Subscriptions(c) => crate::admin_cli::subscriptions(&state, c).await?,
+                    Command::Invoices(c) => crate::admin_cli::invoices(&state, c).await?,
+                    Command::Jobs(c) => crate::admin_cli::jobs(&state, c).await?,
+                    Command::Clock(c) => crate::admin_cli::clock(&state, c).await?,
+                    _ => unreachable!("handled above"),
+                };
+                state.db.close().await;
+                Ok(print_answer(&answer, json))
             }
         }
     });
     match result {
-        Ok(()) => ExitCode::from(exit::OK),
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "settled failed");
             eprintln!("settled: {e:#}");
             ExitCode::from(exit::FAILURE)
         }
+    }
+}
+
+/// Prints an admin answer (a table, or JSON with --json) and picks the exit code.
+fn print_answer(answer: &crate::admin_cli::Answer, json: bool) -> u8 {
+    let ok = (200..300).contains(&answer.status);
+    if ok {
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&answer.body).unwrap_or_default()
+            );
+        } else {
+            print!("{}", crate::admin_cli::render_table(&answer.body));
+        }
+        return exit::OK;
+    }
+    let message = answer.body["error"]["message"]
+        .as_str()
+        .unwrap_or("the request failed");
+    if json {
+        eprintln!("{}", answer.body);
+    } else {
+        eprintln!("settled: {message}");
+    }
+    match answer.status {
+        404 => exit::NOT_FOUND,
+        400..=499 => exit::REFUSED,
+        _ => exit::FAILURE,
     }
 }
 

@@ -1,6 +1,7 @@
 //! settled: a daemon that runs a business's receivables. `main.rs` is a thin CLI over this library,
 //! so tests start the very same `Application`.
 
+pub mod admin_cli;
 pub mod app;
 pub mod billing;
 pub mod cli;

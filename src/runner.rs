@@ -11,7 +11,7 @@ use apalis::prelude::*;
 use apalis_cron::{CronScheduler, Tick};
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
-use settled_jobs::clock::Clock;
+use settled_jobs::clock::{Clock, ManualClock};
 use settled_jobs::job::{Envelope, Job};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -43,6 +43,7 @@ impl From<sqlx::Error> for JobError {
 pub struct Scheduler {
     db: Db,
     clock: Arc<dyn Clock>,
+    manual: Option<Arc<ManualClock>>,
     config: Arc<Config>,
     wake: Notify,
     /// Milliseconds since start of the last completed sweep (the watchdog's sign of life).
@@ -51,10 +52,16 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(db: Db, clock: Arc<dyn Clock>, config: Arc<Config>) -> Scheduler {
+    pub fn new(
+        db: Db,
+        clock: Arc<dyn Clock>,
+        manual: Option<Arc<ManualClock>>,
+        config: Arc<Config>,
+    ) -> Scheduler {
         Scheduler {
             db,
             clock,
+            manual,
             config,
             wake: Notify::new(),
             last_sweep: AtomicI64::new(-1),
@@ -78,6 +85,21 @@ impl Scheduler {
         last >= 0 && (self.started.elapsed().as_millis() as i64 - last) <= within.as_millis() as i64
     }
 
+    /// A manual clock advanced elsewhere (`settled clock advance`, another daemon on the same
+    /// database) is followed here, so every daemon lives at the same instant.
+    async fn follow_stored_clock(&self) -> Result<(), sqlx::Error> {
+        if let Some(manual) = &self.manual {
+            let stored = crate::store::settings::get(&self.db, crate::app::CLOCK_SETTING).await?;
+            if let Some(t) = stored.and_then(|s| DateTime::parse_from_rfc3339(&s).ok()) {
+                let t = t.with_timezone(&Utc);
+                if t > manual.now() {
+                    let _ = manual.advance_to(t);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Every piece of work due at `now` as the job that does it.
     pub async fn due_jobs(&self, now: DateTime<Utc>) -> Result<Vec<Job>, sqlx::Error> {
         crate::billing::due_jobs(&self.db, now).await
@@ -86,6 +108,7 @@ impl Scheduler {
     /// Enqueues every due job not already queued; returns how many were new.
     #[tracing::instrument(skip_all)]
     pub async fn sweep(&self) -> Result<usize, sqlx::Error> {
+        self.follow_stored_clock().await?;
         let now = self.clock.now();
         let jobs = self.due_jobs(now).await?;
         let mut added = 0;

@@ -351,3 +351,87 @@ both!(
         db.close().await;
     }
 );
+
+both!(
+    the_cli_drives_the_same_admin_surface_against_the_configured_database,
+    |backend| async move {
+        let w = World::start(backend).await;
+        let d = &w.daemon;
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new(binary())
+                .args(args)
+                .env("SETTLED__DATABASE__URL", &d.database_url)
+                .env("SETTLED__DAEMON__STATE_DIR", &d.state_dir)
+                .env("SETTLED__ADMIN__TOKENS", format!("[\"{TOKEN}\"]"))
+                .env("SETTLED__CLOCK__MODE", "manual")
+                .env("SETTLED__CLOCK__START", "2027-01-01T00:00:00Z")
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).to_string(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        };
+        let (code, out, err) = run(&[
+            "customers",
+            "create",
+            "--email",
+            "ap@acme.example",
+            "--name",
+            "Acme",
+            "--currency",
+            "USD",
+            "--json",
+        ]);
+        assert_eq!(code, Some(0), "{err}");
+        let customer: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let id = customer["id"].as_str().unwrap();
+        let (code, out, err) = run(&[
+            "subscriptions",
+            "add",
+            "--customer",
+            id,
+            "--item",
+            "Hosting|1|49.00|0.20",
+            "--every",
+            "month",
+            "--start-at",
+            "2027-02-01T00:00:00Z",
+        ]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(
+            out.contains("active") && out.contains("2027-02-01T00:00:00Z"),
+            "{out}"
+        );
+        let (code, _, err) = run(&[
+            "subscriptions",
+            "add",
+            "--customer",
+            id,
+            "--item",
+            "Hosting|1|49.001",
+            "--every",
+            "month",
+        ]);
+        assert_eq!(code, Some(3), "refused: {err}");
+        assert!(err.contains("items[0].unit_amount"), "{err}");
+        let (code, _, _) = run(&["invoices", "show", "in_missing"]);
+        assert_eq!(code, Some(4));
+        // The running daemon sees the CLI's subscription and bills it when the clock gets there.
+        let (code, _, err) = run(&["clock", "advance", "2027-02-01T00:00:00Z"]);
+        assert_eq!(code, Some(0), "{err}");
+        d.wait_clock_ready(Duration::from_secs(30)).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while d.invoices("").await.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "{}", d.log_text());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (code, out, _) = run(&["invoices", "list"]);
+        assert_eq!(code, Some(0));
+        assert!(
+            out.contains("INV-2027-000001") && out.contains("58.80"),
+            "{out}"
+        );
+    }
+);

@@ -1,0 +1,500 @@
+//! The operator's commands (`settled customers|subscriptions|invoices|jobs|clock ...`). They run
+//! the admin API's own handlers in-process against the configured database, so the CLI and the
+//! HTTP API validate, store and answer exactly alike, and no running daemon is needed.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::body::Body;
+use axum::http::{Method, Request, header};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::app::State;
+
+#[derive(Subcommand, Debug)]
+pub enum CustomersCommand {
+    /// List customers (optionally those a billing contact receives bills for).
+    List {
+        #[arg(long)]
+        billing_email: Option<String>,
+    },
+    /// Show one customer with its balances.
+    Show { id: String },
+    /// Create a customer.
+    #[command(
+        after_help = "Example:\n  settled customers create --email ap@acme.example --name Acme --currency USD --timezone America/New_York"
+    )]
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        currency: String,
+        #[arg(long)]
+        timezone: Option<String>,
+        /// A billing contact; repeat for several.
+        #[arg(long = "billing-email")]
+        billing_emails: Vec<String>,
+        /// Never charge this customer automatically.
+        #[arg(long)]
+        no_auto_charge: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct SubscriptionAdd {
+    #[arg(long)]
+    customer: String,
+    /// An item as "description|quantity|unit_amount[|tax_rate]"; repeat for several.
+    #[arg(long = "item", required = true)]
+    items: Vec<String>,
+    /// day, week, month or year (or give --cron).
+    #[arg(long, conflicts_with = "cron")]
+    every: Option<String>,
+    #[arg(long)]
+    interval: Option<u32>,
+    /// RFC 3339 anchor of the schedule (default: the start).
+    #[arg(long)]
+    anchor: Option<String>,
+    /// A cron expression with seconds, e.g. "0 0 9 1 * *".
+    #[arg(long)]
+    cron: Option<String>,
+    #[arg(long)]
+    timezone: Option<String>,
+    /// RFC 3339 start of the first period (default: now).
+    #[arg(long)]
+    start_at: Option<String>,
+    /// all, latest or skip.
+    #[arg(long)]
+    catch_up: Option<String>,
+    #[arg(long)]
+    net_days: Option<u32>,
+    #[arg(long)]
+    no_auto_charge: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SubscriptionsCommand {
+    /// Create a subscription (a recurring invoice profile).
+    #[command(
+        after_help = "Example:\n  settled subscriptions add --customer cus_... --item 'Hosting|1|49.00|0.20' --every month --timezone Europe/Berlin"
+    )]
+    Add(SubscriptionAdd),
+    List {
+        #[arg(long)]
+        customer: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+    },
+    Show {
+        id: String,
+    },
+    /// No invoices for paused periods.
+    Pause {
+        id: String,
+    },
+    /// The catch-up policy decides what the paused periods become.
+    Resume {
+        id: String,
+    },
+    /// No further invoices; the current period's invoice stays.
+    Cancel {
+        id: String,
+    },
+    /// The next invoices exactly as they would be generated; nothing is stored.
+    Preview {
+        id: String,
+        #[arg(long, default_value_t = 3)]
+        periods: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InvoicesCommand {
+    List {
+        #[arg(long)]
+        customer: Option<String>,
+        #[arg(long)]
+        subscription: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+    },
+    Show {
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobsCommand {
+    /// List jobs, newest first (status: pending, queued, running, done, retrying, failed).
+    List {
+        #[arg(long)]
+        status: Option<String>,
+    },
+    Show {
+        id: String,
+    },
+    /// Put a failed job back in the queue.
+    Retry {
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClockCommand {
+    /// Where the manual clock stands and whether all due work is done.
+    Show,
+    /// Move the manual clock forward (a running daemon picks it up on its next sweep).
+    Advance { to: String },
+}
+
+/// What a command produced: an API answer to print.
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+/// Runs one admin API request in-process.
+pub async fn call(
+    state: &Arc<State>,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Answer> {
+    let token = state
+        .tokens
+        .first()
+        .context("no admin token is configured")?
+        .expose()
+        .to_string();
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(match body {
+            Some(b) => Body::from(b.to_string()),
+            None => Body::empty(),
+        })?;
+    let response = crate::http::router(state.clone())
+        .oneshot(request)
+        .await
+        .context("the request failed")?;
+    let status = response.status().as_u16();
+    let bytes = axum::body::to_bytes(response.into_body(), 16 * 1024 * 1024).await?;
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Ok(Answer { status, body })
+}
+
+fn query(pairs: &[(&str, &Option<String>)]) -> String {
+    let parts: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| {
+            v.as_ref().map(|v| {
+                format!(
+                    "{k}={}",
+                    url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
+                )
+            })
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+pub async fn customers(state: &Arc<State>, cmd: CustomersCommand) -> anyhow::Result<Answer> {
+    match cmd {
+        CustomersCommand::List { billing_email } => {
+            call(
+                state,
+                Method::GET,
+                &format!(
+                    "/v1/customers{}",
+                    query(&[("billing_email", &billing_email)])
+                ),
+                None,
+            )
+            .await
+        }
+        CustomersCommand::Show { id } => {
+            call(state, Method::GET, &format!("/v1/customers/{id}"), None).await
+        }
+        CustomersCommand::Create {
+            email,
+            name,
+            currency,
+            timezone,
+            billing_emails,
+            no_auto_charge,
+        } => {
+            let mut body = json!({"email": email, "name": name, "currency": currency, "auto_charge": !no_auto_charge});
+            if let Some(tz) = timezone {
+                body["timezone"] = json!(tz);
+            }
+            if !billing_emails.is_empty() {
+                body["billing_emails"] = json!(billing_emails);
+            }
+            call(state, Method::POST, "/v1/customers", Some(body)).await
+        }
+    }
+}
+
+fn parse_item(s: &str) -> anyhow::Result<Value> {
+    let parts: Vec<&str> = s.split('|').collect();
+    if !(3..=4).contains(&parts.len()) {
+        anyhow::bail!("--item {s:?} must be \"description|quantity|unit_amount[|tax_rate]\"");
+    }
+    let mut item = json!({"description": parts[0], "quantity": parts[1], "unit_amount": parts[2]});
+    if let Some(rate) = parts.get(3) {
+        item["tax_rate"] = json!(rate);
+    }
+    Ok(item)
+}
+
+pub async fn subscriptions(
+    state: &Arc<State>,
+    cmd: SubscriptionsCommand,
+) -> anyhow::Result<Answer> {
+    match cmd {
+        SubscriptionsCommand::Add(a) => {
+            let items = a
+                .items
+                .iter()
+                .map(|i| parse_item(i))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let mut schedule = json!({});
+            if let Some(e) = a.every {
+                schedule["every"] = json!(e);
+            }
+            if let Some(i) = a.interval {
+                schedule["interval"] = json!(i);
+            }
+            if let Some(x) = a.anchor {
+                schedule["anchor"] = json!(x);
+            }
+            if let Some(c) = a.cron {
+                schedule["cron"] = json!(c);
+            }
+            if let Some(tz) = a.timezone {
+                schedule["timezone"] = json!(tz);
+            }
+            let mut body = json!({"customer_id": a.customer, "items": items, "schedule": schedule, "auto_charge": !a.no_auto_charge});
+            if let Some(s) = a.start_at {
+                body["start_at"] = json!(s);
+            }
+            if let Some(c) = a.catch_up {
+                body["catch_up"] = json!(c);
+            }
+            if let Some(n) = a.net_days {
+                body["net_days"] = json!(n);
+            }
+            call(state, Method::POST, "/v1/subscriptions", Some(body)).await
+        }
+        SubscriptionsCommand::List { customer, status } => {
+            call(
+                state,
+                Method::GET,
+                &format!(
+                    "/v1/subscriptions{}",
+                    query(&[("customer_id", &customer), ("status", &status)])
+                ),
+                None,
+            )
+            .await
+        }
+        SubscriptionsCommand::Show { id } => {
+            call(state, Method::GET, &format!("/v1/subscriptions/{id}"), None).await
+        }
+        SubscriptionsCommand::Pause { id } => {
+            call(
+                state,
+                Method::POST,
+                &format!("/v1/subscriptions/{id}/pause"),
+                Some(json!({})),
+            )
+            .await
+        }
+        SubscriptionsCommand::Resume { id } => {
+            call(
+                state,
+                Method::POST,
+                &format!("/v1/subscriptions/{id}/resume"),
+                Some(json!({})),
+            )
+            .await
+        }
+        SubscriptionsCommand::Cancel { id } => {
+            call(
+                state,
+                Method::POST,
+                &format!("/v1/subscriptions/{id}/cancel"),
+                Some(json!({})),
+            )
+            .await
+        }
+        SubscriptionsCommand::Preview { id, periods } => {
+            call(
+                state,
+                Method::GET,
+                &format!("/v1/subscriptions/{id}/preview?periods={periods}"),
+                None,
+            )
+            .await
+        }
+    }
+}
+
+pub async fn invoices(state: &Arc<State>, cmd: InvoicesCommand) -> anyhow::Result<Answer> {
+    match cmd {
+        InvoicesCommand::List {
+            customer,
+            subscription,
+            status,
+        } => {
+            let q = query(&[
+                ("customer_id", &customer),
+                ("subscription_id", &subscription),
+                ("status", &status),
+            ]);
+            call(state, Method::GET, &format!("/v1/invoices{q}"), None).await
+        }
+        InvoicesCommand::Show { id } => {
+            call(state, Method::GET, &format!("/v1/invoices/{id}"), None).await
+        }
+    }
+}
+
+pub async fn jobs(state: &Arc<State>, cmd: JobsCommand) -> anyhow::Result<Answer> {
+    match cmd {
+        JobsCommand::List { status } => {
+            call(
+                state,
+                Method::GET,
+                &format!("/v1/jobs{}", query(&[("status", &status)])),
+                None,
+            )
+            .await
+        }
+        JobsCommand::Show { id } => call(state, Method::GET, &format!("/v1/jobs/{id}"), None).await,
+        JobsCommand::Retry { id } => {
+            call(
+                state,
+                Method::POST,
+                &format!("/v1/jobs/{id}/retry"),
+                Some(json!({})),
+            )
+            .await
+        }
+    }
+}
+
+pub async fn clock(state: &Arc<State>, cmd: ClockCommand) -> anyhow::Result<Answer> {
+    match cmd {
+        ClockCommand::Show => call(state, Method::GET, "/v1/clock", None).await,
+        ClockCommand::Advance { to } => {
+            call(
+                state,
+                Method::POST,
+                "/v1/clock/advance",
+                Some(json!({"to": to})),
+            )
+            .await
+        }
+    }
+}
+
+/// Columns shown for each kind of object in table output.
+fn columns(object: &str) -> &'static [&'static str] {
+    match object {
+        "customer" => &[
+            "id",
+            "name",
+            "email",
+            "currency",
+            "outstanding",
+            "credit_balance",
+        ],
+        "subscription" => &[
+            "id",
+            "customer_id",
+            "status",
+            "currency",
+            "next_period_start",
+            "catch_up",
+        ],
+        "invoice" => &[
+            "id",
+            "number",
+            "status",
+            "period_start",
+            "total",
+            "amount_due",
+            "due_at",
+        ],
+        "invoice_preview" => &[
+            "period_start",
+            "period_end",
+            "due_at",
+            "subtotal",
+            "tax",
+            "total",
+        ],
+        "test_clock" => &["now", "status"],
+        _ => &["id", "kind", "status", "attempts", "run_at", "last_error"],
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Renders an answer as a table (lists and single objects) for people.
+pub fn render_table(body: &Value) -> String {
+    let rows: Vec<&Value> = match body.get("data").and_then(Value::as_array) {
+        Some(items) => items.iter().collect(),
+        None => vec![body],
+    };
+    let object = rows
+        .first()
+        .and_then(|r| r.get("object"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let cols = columns(object);
+    let mut table: Vec<Vec<String>> = vec![cols.iter().map(|c| c.to_uppercase()).collect()];
+    for r in &rows {
+        table.push(cols.iter().map(|c| cell(&r[*c])).collect());
+    }
+    let widths: Vec<usize> = (0..cols.len())
+        .map(|i| {
+            table
+                .iter()
+                .map(|row| row[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in table {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    if rows.is_empty() {
+        out.push_str("(none)\n");
+    }
+    out
+}
