@@ -114,11 +114,7 @@ impl Scheduler {
         let mut added = 0;
         if !jobs.is_empty() {
             let mut tx = self.db.begin().await?;
-            for job in &jobs {
-                if queue::enqueue(&mut tx, job, 0, self.config.jobs.max_attempts).await? {
-                    added += 1;
-                }
-            }
+            added = queue::enqueue_many(&mut tx, &jobs, self.config.jobs.max_attempts).await?;
             tx.commit().await?;
         }
         self.last_sweep

@@ -67,6 +67,53 @@ pub async fn enqueue(
     Ok(done == 1)
 }
 
+/// Enqueues many jobs in a few multi-row statements (a sweep may find thousands due at once);
+/// returns how many were new.
+pub async fn enqueue_many(
+    tx: &mut Tx,
+    jobs: &[Job],
+    max_attempts: u32,
+) -> Result<usize, sqlx::Error> {
+    let run_at = due_now_secs();
+    let mut added = 0usize;
+    for chunk in jobs.chunks(200) {
+        let (table, run_at_sql, metadata) = match tx {
+            Tx::Sqlite(_) => ("Jobs", "$3", "'{}'"),
+            Tx::Postgres(_) => ("apalis.jobs", "to_timestamp($3)", "''::hstore"),
+        };
+        let mut sql = format!(
+            "INSERT INTO {table} (job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key) VALUES "
+        );
+        for i in 0..chunk.len() {
+            let b = 4 + i * 3;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${b}, ${}, $1, 'Pending', 0, $2, {run_at_sql}, 0, {metadata}, ${})",
+                b + 1,
+                b + 2
+            ));
+        }
+        sql.push_str(" ON CONFLICT (job_type, idempotency_key) DO NOTHING");
+        let n = on_tx!(tx, c => {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(QUEUE)
+                .bind(max_attempts as i32)
+                .bind(run_at);
+            for job in chunk {
+                q = q
+                    .bind(payload(job))
+                    .bind(ulid::Ulid::generate().to_string())
+                    .bind(job.dedup_key(0));
+            }
+            q.execute(c).await?.rows_affected()
+        });
+        added += n as usize;
+    }
+    Ok(added)
+}
+
 /// Enqueues in a transaction of its own.
 pub async fn enqueue_now(
     db: &Db,

@@ -1,0 +1,175 @@
+//! Benchmark: generate the invoices of N subscriptions that all fall due at once, through the real
+//! path (sweep, queue, generate_invoice jobs, gapless numbering), on SQLite and on PostgreSQL.
+//! Prints invoices per second. `cargo bench --bench generate` runs 100,000 (BENCH_SUBSCRIPTIONS
+//! changes it); under `cargo test` it runs a small smoke pass so the benchmark keeps working.
+
+use std::time::{Duration, Instant};
+
+use settled::app::{Application, CLOCK_SETTING};
+use settled::config::Config;
+use settled::store::{Db, on_db};
+use tokio_util::sync::CancellationToken;
+
+async fn fresh_database(backend: &str, dir: &std::path::Path) -> String {
+    match backend {
+        "sqlite" => format!("sqlite://{}", dir.join("bench.db").display()),
+        _ => {
+            let admin = std::env::var("SETTLED_TEST_POSTGRES")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+            let name = format!("settled_bench_{}", std::process::id());
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&admin).await.expect("postgres");
+            let _ = sqlx::Executor::execute(
+                &mut conn,
+                sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")),
+            )
+            .await;
+            sqlx::Executor::execute(
+                &mut conn,
+                sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")),
+            )
+            .await
+            .expect("create");
+            let base = admin
+                .rsplit_once('/')
+                .map(|(b, _)| b.to_string())
+                .unwrap_or(admin);
+            format!("{base}/{name}")
+        }
+    }
+}
+
+async fn seed(db: &Db, n: usize) {
+    let start = chrono::DateTime::parse_from_rfc3339("2027-02-01T00:00:00Z")
+        .unwrap()
+        .timestamp_millis();
+    let created = chrono::DateTime::parse_from_rfc3339("2027-01-01T00:00:00Z")
+        .unwrap()
+        .timestamp_millis();
+    let items = r#"[{"description":"Plan","quantity":"1","unit_amount":1999,"tax_rate":"0.20"}]"#;
+    let schedule =
+        r#"{"every":"month","interval":1,"anchor":"2027-02-01T00:00:00Z","timezone":"UTC"}"#;
+    on_db!(db, p => {
+        sqlx::query("INSERT INTO customers (id, email, name, currency, timezone, created_at, updated_at) VALUES ('cus_bench', 'bench@example.com', 'Bench', 'USD', 'UTC', $1, $1)")
+            .bind(created).execute(p).await.expect("customer");
+    });
+    for chunk_start in (0..n).step_by(500) {
+        let count = (n - chunk_start).min(500);
+        let mut sql = String::from(
+            "INSERT INTO subscriptions (id, customer_id, currency, items, schedule, timezone, start_at, next_period_start, created_at, updated_at) VALUES ",
+        );
+        for i in 0..count {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "('sub_bench{:07}', 'cus_bench', 'USD', $1, $2, 'UTC', $3, $3, $4, $4)",
+                chunk_start + i
+            ));
+        }
+        on_db!(db, p => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(items).bind(schedule).bind(start).bind(created).execute(p).await.expect("subscriptions");
+        });
+    }
+}
+
+async fn run(backend: &str, n: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database(backend, dir.path()).await;
+    let concurrency = std::env::var("BENCH_CONCURRENCY").unwrap_or_else(|_| "16".into());
+    let env = vec![
+        ("SETTLED__DATABASE__URL".to_string(), url.clone()),
+        (
+            "SETTLED__DAEMON__STATE_DIR".to_string(),
+            dir.path().display().to_string(),
+        ),
+        (
+            "SETTLED__SERVER__LISTEN".to_string(),
+            "127.0.0.1:0".to_string(),
+        ),
+        ("SETTLED__CLOCK__MODE".to_string(), "manual".to_string()),
+        (
+            "SETTLED__CLOCK__START".to_string(),
+            "2027-01-01T00:00:00Z".to_string(),
+        ),
+        (
+            "SETTLED__ADMIN__TOKENS".to_string(),
+            "[\"bench\"]".to_string(),
+        ),
+        (
+            "SETTLED__JOBS__CONCURRENCY".to_string(),
+            concurrency.clone(),
+        ),
+        (
+            "SETTLED__DATABASE__MAX_CONNECTIONS".to_string(),
+            "24".to_string(),
+        ),
+    ];
+    let config = Config::load_from(None, env).expect("config");
+    let app = Application::build(config).await.expect("build");
+    let state = app.state();
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
+    while !state.db.migrations_applied().await {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    seed(&state.db, n).await;
+    let to = chrono::DateTime::parse_from_rfc3339("2027-02-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    settled::store::settings::set(&state.db, CLOCK_SETTING, &to.to_rfc3339())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    state.manual_clock.as_ref().unwrap().advance_to(to).unwrap();
+    state.scheduler.mark_advanced();
+    loop {
+        let count: i64 = on_db!(&state.db, p => sqlx::query_scalar("SELECT COUNT(*) FROM invoices").fetch_one(p).await.unwrap());
+        if count as usize >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = started.elapsed();
+    let rate = n as f64 / elapsed.as_secs_f64();
+    println!(
+        "generate/{backend}: {n} invoices in {:.2} s = {rate:.0} invoices/s (jobs.concurrency = {concurrency})",
+        elapsed.as_secs_f64()
+    );
+    stop.cancel();
+    let _ = handle.await;
+    if let Some(name) = url
+        .strip_prefix("postgres://")
+        .and_then(|u| u.rsplit_once('/'))
+        .map(|(_, n)| n.to_string())
+    {
+        let admin = std::env::var("SETTLED_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        use sqlx::Connection;
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+            let _ = sqlx::Executor::execute(
+                &mut conn,
+                sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")),
+            )
+            .await;
+        }
+    }
+    rate
+}
+
+fn main() {
+    let benching = std::env::args().any(|a| a == "--bench");
+    let n: usize = std::env::var("BENCH_SUBSCRIPTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if benching { 100_000 } else { 200 });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for backend in ["sqlite", "postgres"] {
+            run(backend, n).await;
+        }
+    });
+}
