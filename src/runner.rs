@@ -48,8 +48,14 @@ pub struct Scheduler {
     wake: Notify,
     /// Milliseconds since start of the last completed sweep (the watchdog's sign of life).
     last_sweep: AtomicI64,
+    /// Milliseconds since start of the last clean-up of finished jobs.
+    last_vacuum: AtomicI64,
     started: Instant,
 }
+
+/// Finished jobs are kept this long for the operator, then deleted (failed ones are kept).
+const KEEP_DONE_JOBS: Duration = Duration::from_secs(7 * 24 * 3600);
+const VACUUM_EVERY: Duration = Duration::from_secs(3600);
 
 impl Scheduler {
     pub fn new(
@@ -65,6 +71,7 @@ impl Scheduler {
             config,
             wake: Notify::new(),
             last_sweep: AtomicI64::new(-1),
+            last_vacuum: AtomicI64::new(-1),
             started: Instant::now(),
         }
     }
@@ -117,8 +124,21 @@ impl Scheduler {
             added = queue::enqueue_many(&mut tx, &jobs, self.config.jobs.max_attempts).await?;
             tx.commit().await?;
         }
-        self.last_sweep
-            .store(self.started.elapsed().as_millis() as i64, Ordering::Relaxed);
+        let elapsed = self.started.elapsed().as_millis() as i64;
+        self.last_sweep.store(elapsed, Ordering::Relaxed);
+        let last_vacuum = self.last_vacuum.load(Ordering::Relaxed);
+        if last_vacuum < 0 || elapsed - last_vacuum >= VACUUM_EVERY.as_millis() as i64 {
+            self.last_vacuum.store(elapsed, Ordering::Relaxed);
+            let before = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.saturating_sub(KEEP_DONE_JOBS).as_secs() as i64)
+                .unwrap_or(0);
+            match queue::vacuum(&self.db, before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "deleted finished jobs older than 7 days"),
+                Err(e) => tracing::warn!(error = %e, "cannot delete old finished jobs"),
+            }
+        }
         if added > 0 {
             tracing::debug!(added, "sweep enqueued due work");
         }

@@ -435,3 +435,57 @@ both!(
         );
     }
 );
+
+both!(
+    finished_jobs_are_cleaned_up_after_a_week_and_failed_ones_kept,
+    |backend| async move {
+        let w = World::start(backend).await;
+        let config = settled::config::Config::load_from(
+            None,
+            vec![(
+                "SETTLED__DATABASE__URL".to_string(),
+                w.daemon.database_url.clone(),
+            )],
+        )
+        .unwrap();
+        let db = settled::store::Db::open(&config).unwrap();
+        use settled::store::queue;
+        let old = settled_jobs::job::Job::SendEmail {
+            email_id: "em_old".into(),
+        };
+        let failed = settled_jobs::job::Job::SendEmail {
+            email_id: "em_failed".into(),
+        };
+        // Enqueued and marked finished in one transaction, so no worker ever sees them pending.
+        let mut tx = db.begin().await.unwrap();
+        queue::enqueue(&mut tx, &old, 0, 1).await.unwrap();
+        queue::enqueue(&mut tx, &failed, 0, 1).await.unwrap();
+        let eight_days_ago = chrono::Utc::now().timestamp() - 8 * 24 * 3600;
+        let (set_done, set_failed) = match backend {
+            Backend::Sqlite => (
+                "UPDATE Jobs SET status = 'Done', done_at = $1 WHERE idempotency_key = 'send_email:em_old'",
+                "UPDATE Jobs SET status = 'Killed', done_at = $1 WHERE idempotency_key = 'send_email:em_failed'",
+            ),
+            Backend::Postgres => (
+                "UPDATE apalis.jobs SET status = 'Done', done_at = to_timestamp($1) WHERE idempotency_key = 'send_email:em_old'",
+                "UPDATE apalis.jobs SET status = 'Killed', done_at = to_timestamp($1) WHERE idempotency_key = 'send_email:em_failed'",
+            ),
+        };
+        settled::store::on_tx!(&mut tx, c => {
+            sqlx::query(set_done).bind(eight_days_ago).execute(&mut *c).await.unwrap();
+            sqlx::query(set_failed).bind(eight_days_ago).execute(&mut *c).await.unwrap();
+        });
+        tx.commit().await.unwrap();
+        let deleted = queue::vacuum(&db, chrono::Utc::now().timestamp() - 7 * 24 * 3600)
+            .await
+            .unwrap();
+        assert_eq!(deleted, 1);
+        let (_, failed_jobs) = w.daemon.get("/v1/jobs?status=failed").await;
+        assert_eq!(
+            failed_jobs["data"].as_array().unwrap().len(),
+            1,
+            "failed jobs stay for the operator"
+        );
+        db.close().await;
+    }
+);
