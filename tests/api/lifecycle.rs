@@ -119,3 +119,59 @@ both!(
         drop(db);
     }
 );
+
+/// Counts WATCHDOG=1 pings on a socket for `during`.
+fn count_pings(sock: &UnixDatagram, during: Duration) -> usize {
+    let deadline = Instant::now() + during;
+    let mut buf = [0u8; 4096];
+    let mut pings = 0;
+    while Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            pings += String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .filter(|l| *l == "WATCHDOG=1")
+                .count();
+        }
+    }
+    pings
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_pings_while_healthy_and_stops_when_the_job_runner_is_stuck() {
+    for (stuck, label) in [(false, "healthy"), (true, "stuck")] {
+        let dir = tempfile::tempdir().unwrap();
+        let sock_path = dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&sock_path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let db = TestDb::new(Backend::Sqlite, dir.path()).await;
+        let mut options = DaemonOptions {
+            notify_socket: Some(sock_path.clone()),
+            ..Default::default()
+        }
+        .env("WATCHDOG_USEC", "2000000");
+        if stuck {
+            // A sweep that never fires stands in for a wedged job runner: no sign of life.
+            options = options.env("SETTLED__JOBS__SWEEP_CRON", "0 0 0 1 1 * 2099");
+        }
+        let daemon = Daemon::start(dir.path(), &db.url, options).await;
+        let (early, late) = tokio::task::spawn_blocking(move || {
+            let early = count_pings(&sock, Duration::from_secs(3));
+            // The runner counts as stuck after 10 s without a sweep.
+            std::thread::sleep(Duration::from_secs(9));
+            let late = count_pings(&sock, Duration::from_secs(4));
+            (early, late)
+        })
+        .await
+        .unwrap();
+        if stuck {
+            assert_eq!(late, 0, "{label}: pings must stop ({early} early)");
+        } else {
+            assert!(
+                early >= 2 && late >= 3,
+                "{label}: early {early}, late {late}"
+            );
+        }
+        drop(daemon);
+    }
+}
