@@ -342,6 +342,15 @@ impl Config {
                     "standard_webhooks.sources.{name}: a source name may hold only letters, digits, - and _"
                 ));
             }
+            if !source.secrets_file.is_empty() {
+                let resolved = resolve_credential_path(&source.secrets_file);
+                if let Err(e) = std::fs::metadata(&resolved) {
+                    problems.push(format!(
+                        "standard_webhooks.sources.{name}.secrets_file: cannot read {}: {e}",
+                        resolved.display()
+                    ));
+                }
+            }
             for s in &source.secrets {
                 if !s.expose().starts_with("whsec_") {
                     problems.push(format!(
@@ -457,6 +466,21 @@ impl Config {
             .cloned()
             .collect();
         secrets.extend(read_secret_lines(&self.stripe.webhook_secrets_file)?);
+        Ok(secrets)
+    }
+
+    /// A Standard Webhooks source's signing secrets: inline ones plus those in its `secrets_file`.
+    pub fn standard_webhook_secrets(&self, source: &str) -> anyhow::Result<Vec<Secret>> {
+        let Some(src) = self.standard_webhooks.sources.get(source) else {
+            return Ok(Vec::new());
+        };
+        let mut secrets: Vec<Secret> = src
+            .secrets
+            .iter()
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect();
+        secrets.extend(read_secret_lines(&src.secrets_file)?);
         Ok(secrets)
     }
 
@@ -617,6 +641,37 @@ mod tests {
         assert_eq!(
             config.stripe_api_key().unwrap().expose(),
             "sk_test_supersecret"
+        );
+    }
+
+    #[test]
+    fn standard_webhook_secrets_come_inline_and_from_a_credentials_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bank-secrets");
+        std::fs::write(&file, "# rotated 2027-01\nwhsec_c2Vjb25k\n").unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[standard_webhooks.sources.bank]\nsecrets = [\"whsec_Zmlyc3Q=\"]\nsecrets_file = {:?}\n",
+                file.display().to_string()
+            ),
+        )
+        .unwrap();
+        let config = Config::load_from(Some(&path), env(&[])).unwrap();
+        let secrets: Vec<String> = config
+            .standard_webhook_secrets("bank")
+            .unwrap()
+            .iter()
+            .map(|s| s.expose().to_string())
+            .collect();
+        assert_eq!(secrets, vec!["whsec_Zmlyc3Q=", "whsec_c2Vjb25k"]);
+        assert!(config.standard_webhook_secrets("other").unwrap().is_empty());
+        std::fs::remove_file(&file).unwrap();
+        let err = Config::load_from(Some(&path), env(&[])).unwrap_err();
+        assert!(
+            format!("{err}").contains("standard_webhooks.sources.bank.secrets_file"),
+            "{err}"
         );
     }
 
