@@ -4,8 +4,9 @@ use chrono::{DateTime, Utc};
 use settled_jobs::job::Job;
 
 use crate::app::State;
-use crate::runner::JobError;
 use crate::store::{Db, ms, on_db};
+use settled_jobs::error::JobError;
+use settled_jobs::generate::Generated;
 
 /// Due work, as jobs. Each query is bounded so one sweep stays short; the next tick takes the rest.
 pub async fn due_jobs(db: &Db, now: DateTime<Utc>) -> Result<Vec<Job>, sqlx::Error> {
@@ -48,7 +49,30 @@ pub async fn run(state: &State, job: &Job) -> Result<(), JobError> {
         Job::GenerateInvoice {
             subscription_id,
             period_start,
-        } => crate::store::invoices::generate(state, subscription_id, *period_start).await,
+        } => {
+            let store = crate::store::invoices::SqlStore {
+                db: &state.db,
+                number_format: &state.config.billing.number_format,
+            };
+            let outcome = settled_jobs::generate::generate_invoice(
+                &store,
+                state.clock.as_ref(),
+                state.config.billing.draft_minutes,
+                subscription_id,
+                crate::store::from_ms(*period_start),
+            )
+            .await?;
+            match outcome {
+                Generated::Invoice(id) => {
+                    tracing::info!(invoice_id = %id, subscription_id = %subscription_id, "invoice generated")
+                }
+                Generated::Skipped => {
+                    tracing::info!(subscription_id = %subscription_id, "period skipped by the catch-up policy")
+                }
+                Generated::Stale => {}
+            }
+            Ok(())
+        }
         Job::FinalizeInvoice { invoice_id } => {
             crate::store::invoices::finalize_due(state, invoice_id).await
         }

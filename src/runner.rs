@@ -23,21 +23,7 @@ use crate::app::State;
 use crate::config::Config;
 use crate::store::{Db, queue};
 
-/// Why a job did not complete: transient failures are retried with backoff, permanent ones are
-/// aborted at once and stay visible as failed.
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    #[error("{0:#}")]
-    Transient(anyhow::Error),
-    #[error("{0:#}")]
-    Permanent(anyhow::Error),
-}
-
-impl From<sqlx::Error> for JobError {
-    fn from(e: sqlx::Error) -> Self {
-        JobError::Transient(anyhow::Error::new(e).context("database error"))
-    }
-}
+pub use settled_jobs::error::JobError;
 
 /// Finds due work and keeps the clock's "ready" promise.
 pub struct Scheduler {

@@ -3,9 +3,12 @@
 //! the daemon implements.
 
 pub mod clock;
+pub mod error;
 pub mod gateway;
+pub mod generate;
 pub mod ids;
 pub mod invoice;
 pub mod job;
 pub mod money;
 pub mod schedule;
+pub mod store;

@@ -1,16 +1,18 @@
-//! Invoices: generation from a subscription period and finalising with a gapless number, each in
-//! one transaction; reads for the API.
+//! Invoices: writing and finalising them with a gapless number, the billing core's `Store` for
+//! generation, and reads for the API.
 
-use chrono::{DateTime, Duration, Utc};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use settled_jobs::error::JobError;
 use settled_jobs::ids::{new_id, prefix};
-use settled_jobs::invoice::{
-    self, CatchUp, ItemSpec, Line, ScheduleSpec, build_lines, format_number, plan_period,
+use settled_jobs::invoice::{CatchUp, ItemSpec, Line, ScheduleSpec, format_number};
+use settled_jobs::store::{
+    NewInvoice as JobsInvoice, Store, StoreError, Subscription, SubscriptionStatus,
 };
 use sqlx::FromRow;
 
 use super::{Db, Tx, from_ms, ms, on_db, on_tx};
 use crate::app::State;
-use crate::runner::JobError;
 
 #[derive(Debug, Clone, FromRow)]
 pub struct SubscriptionRow {
@@ -207,91 +209,131 @@ pub async fn finalize(
     Ok(true)
 }
 
-fn permanent(msg: String) -> JobError {
-    JobError::Permanent(anyhow::anyhow!(msg))
+/// The daemon's storage as the billing core's `Store`.
+pub struct SqlStore<'a> {
+    pub db: &'a Db,
+    pub number_format: &'a str,
 }
 
-/// The generate_invoice job: bills one due period of a subscription, exactly once.
-#[tracing::instrument(skip_all, fields(subscription_id = %subscription_id, period_start))]
-pub async fn generate(
-    state: &State,
-    subscription_id: &str,
-    period_start: i64,
-) -> Result<(), JobError> {
-    let now = state.clock.now();
-    let mut tx = state.db.begin().await?;
-    let lock = tx.lock_rows();
-    let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1{lock}");
-    let sub: Option<SubscriptionRow> = on_tx!(&mut tx, c => {
-        sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(subscription_id).fetch_optional(&mut *c).await?
-    });
-    let Some(sub) = sub else {
-        return Err(permanent(format!("no subscription {subscription_id}")));
+fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(format!("{e:#}"))
+}
+
+fn transient(e: sqlx::Error) -> JobError {
+    JobError::Transient(anyhow::Error::new(e).context("database error"))
+}
+
+fn subscription_from_row(row: SubscriptionRow) -> Result<Subscription, StoreError> {
+    let corrupt = |what: &str, e: serde_json::Error| {
+        StoreError::Corrupt(format!("subscription {}: {what}: {e}", row.id))
     };
-    // A stale job (period already billed, subscription paused or canceled) has nothing to do.
-    if sub.status != "active"
-        || sub.next_period_start != Some(period_start)
-        || period_start > ms(now)
-    {
-        return Ok(());
+    let schedule: ScheduleSpec =
+        serde_json::from_str(&row.schedule).map_err(|e| corrupt("schedule", e))?;
+    let items: Vec<ItemSpec> = serde_json::from_str(&row.items).map_err(|e| corrupt("items", e))?;
+    let status = match row.status.as_str() {
+        "active" => SubscriptionStatus::Active,
+        "paused" => SubscriptionStatus::Paused,
+        _ => SubscriptionStatus::Canceled,
+    };
+    Ok(Subscription {
+        catch_up: CatchUp::parse(&row.catch_up).unwrap_or(CatchUp::All),
+        next_period_start: row.next_period_start.map(from_ms),
+        net_days: row.net_days.max(0) as u32,
+        id: row.id,
+        customer_id: row.customer_id,
+        currency: row.currency,
+        items,
+        schedule,
+        auto_charge: row.auto_charge,
+        status,
+    })
+}
+
+#[async_trait]
+impl Store for SqlStore<'_> {
+    type Tx = Tx;
+
+    async fn begin(&self) -> Result<Tx, StoreError> {
+        self.db.begin().await.map_err(unavailable)
     }
-    let spec: ScheduleSpec = serde_json::from_str(&sub.schedule)
-        .map_err(|e| permanent(format!("stored schedule unreadable: {e}")))?;
-    let schedule = spec
-        .to_schedule()
-        .map_err(|e| permanent(format!("stored schedule invalid: {e}")))?;
-    let items: Vec<ItemSpec> = serde_json::from_str(&sub.items)
-        .map_err(|e| permanent(format!("stored items unreadable: {e}")))?;
-    let policy = CatchUp::parse(&sub.catch_up).unwrap_or(CatchUp::All);
-    let plan = plan_period(&schedule, from_ms(period_start), now, policy);
-    let mut generated = None;
-    if let Some((start, end)) = plan.bill {
-        let (lines, totals) = build_lines(&items).map_err(|e| permanent(e.to_string()))?;
-        let draft = state.config.billing.draft_minutes;
+
+    async fn commit(&self, tx: Tx) -> Result<(), StoreError> {
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn lock_subscription(
+        &self,
+        tx: &mut Tx,
+        id: &str,
+    ) -> Result<Option<Subscription>, StoreError> {
+        let lock = tx.lock_rows();
+        let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1{lock}");
+        let row: Option<SubscriptionRow> = on_tx!(tx, c => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(id)
+                .fetch_optional(&mut *c)
+                .await
+                .map_err(unavailable)?
+        });
+        row.map(subscription_from_row).transpose()
+    }
+
+    async fn insert_invoice(
+        &self,
+        tx: &mut Tx,
+        invoice: &JobsInvoice,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
         let new = NewInvoice {
-            id: new_id(prefix::INVOICE),
-            customer_id: &sub.customer_id,
-            subscription_id: Some(&sub.id),
-            kind: "standard",
-            currency: &sub.currency,
-            period: Some((start, end)),
-            lines: &lines,
-            subtotal: totals.subtotal,
-            tax: totals.tax,
-            total: totals.total,
-            auto_charge: sub.auto_charge,
-            due_at: invoice::due_at(start, sub.net_days.max(0) as u32),
-            finalize_at: (draft > 0).then(|| now + Duration::minutes(i64::from(draft))),
+            id: invoice.id.clone(),
+            customer_id: &invoice.customer_id,
+            subscription_id: invoice.subscription_id.as_deref(),
+            kind: invoice.kind,
+            currency: &invoice.currency,
+            period: invoice.period,
+            lines: &invoice.lines,
+            subtotal: invoice.subtotal,
+            tax: invoice.tax,
+            total: invoice.total,
+            auto_charge: invoice.auto_charge,
+            due_at: invoice.due_at,
+            finalize_at: invoice.finalize_at,
         };
-        if insert(&mut tx, &new, now, &state.config.billing.number_format).await? {
-            generated = Some(new.id.clone());
-        }
+        insert(tx, &new, now, self.number_format)
+            .await
+            .map_err(unavailable)
     }
-    on_tx!(&mut tx, c => {
-        sqlx::query("UPDATE subscriptions SET next_period_start = $2, updated_at = $3 WHERE id = $1")
-            .bind(&sub.id)
-            .bind(plan.next_period_start.map(ms))
-            .bind(ms(now))
-            .execute(&mut *c)
-            .await?;
-    });
-    tx.commit().await?;
-    match generated {
-        Some(id) => tracing::info!(invoice_id = %id, "invoice generated"),
-        None => tracing::info!("period skipped by the catch-up policy"),
+
+    async fn set_next_period_start(
+        &self,
+        tx: &mut Tx,
+        subscription_id: &str,
+        next: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        on_tx!(tx, c => {
+            sqlx::query("UPDATE subscriptions SET next_period_start = $2, updated_at = $3 WHERE id = $1")
+                .bind(subscription_id)
+                .bind(next.map(ms))
+                .bind(ms(now))
+                .execute(&mut *c)
+                .await
+                .map_err(unavailable)?;
+        });
+        Ok(())
     }
-    Ok(())
 }
 
 /// The finalize_invoice job: a draft whose review window has passed gets its number.
 pub async fn finalize_due(state: &State, invoice_id: &str) -> Result<(), JobError> {
     let now = state.clock.now();
-    let mut tx = state.db.begin().await?;
+    let mut tx = state.db.begin().await.map_err(transient)?;
     let status: Option<(String, Option<i64>)> = on_tx!(&mut tx, c => {
         sqlx::query_as("SELECT status, finalize_at FROM invoices WHERE id = $1")
             .bind(invoice_id)
             .fetch_optional(&mut *c)
-            .await?
+            .await
+            .map_err(transient)?
     });
     match status {
         Some((s, Some(at))) if s == "draft" && at <= ms(now) => {
@@ -301,12 +343,13 @@ pub async fn finalize_due(state: &State, invoice_id: &str) -> Result<(), JobErro
                 now,
                 &state.config.billing.number_format,
             )
-            .await?;
-            tx.commit().await?;
+            .await
+            .map_err(transient)?;
+            tx.commit().await.map_err(transient)?;
             Ok(())
         }
         Some(_) => Ok(()),
-        None => Err(permanent(format!("no invoice {invoice_id}"))),
+        None => Err(JobError::permanent(format!("no invoice {invoice_id}"))),
     }
 }
 

@@ -313,7 +313,7 @@ both!(
                 "customer_id": customer,
                 "items": [{"description": "Plan", "quantity": "1", "unit_amount": "1000", "tax_rate": "0.10"}],
                 "schedule": {"cron": "0 0 9 1 * *", "timezone": "Asia/Tokyo"},
-                "start_at": "2027-01-01T00:00:00Z"
+                "start_at": "2027-02-01T00:00:00Z"
             }),
         )
         .await;
@@ -327,11 +327,12 @@ both!(
         assert_eq!(status, 200, "{preview}");
         let data = preview["data"].as_array().unwrap();
         assert_eq!(data.len(), 3);
-        assert_eq!(data[0]["period_start"], "2027-01-01T00:00:00Z");
+        assert_eq!(data[0]["period_start"], "2027-02-01T00:00:00Z");
         // 09:00 in Tokyo is 00:00 UTC.
-        assert_eq!(data[0]["period_end"], "2027-02-01T00:00:00Z");
-        assert_eq!(data[1]["period_end"], "2027-03-01T00:00:00Z");
+        assert_eq!(data[0]["period_end"], "2027-03-01T00:00:00Z");
+        assert_eq!(data[1]["period_end"], "2027-04-01T00:00:00Z");
         assert_eq!(data[0]["total"], "1100");
+        d.wait_clock_ready(Duration::from_secs(10)).await;
         assert!(d.invoices("").await.is_empty(), "a preview stores nothing");
     }
 );

@@ -1,0 +1,92 @@
+//! What the billing core needs from storage, as one transaction at a time: the daemon implements
+//! it for SQLite and PostgreSQL. Every change a job makes goes through one `Tx` and commits once.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::invoice::{CatchUp, ItemSpec, Line, ScheduleSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database did not answer or the transaction failed: try again later.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record cannot be read: retrying will not help.
+    #[error("stored data unreadable: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionStatus {
+    Active,
+    Paused,
+    Canceled,
+}
+
+/// A subscription as the billing core sees it.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub id: String,
+    pub customer_id: String,
+    pub currency: String,
+    pub items: Vec<ItemSpec>,
+    pub schedule: ScheduleSpec,
+    pub auto_charge: bool,
+    pub net_days: u32,
+    pub catch_up: CatchUp,
+    pub status: SubscriptionStatus,
+    pub next_period_start: Option<DateTime<Utc>>,
+}
+
+/// An invoice to write: totals are already exact; the store numbers it when it finalises.
+#[derive(Debug, Clone)]
+pub struct NewInvoice {
+    pub id: String,
+    pub customer_id: String,
+    pub subscription_id: Option<String>,
+    /// "standard" or "retainer".
+    pub kind: &'static str,
+    pub currency: String,
+    pub period: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    pub lines: Vec<Line>,
+    pub subtotal: i64,
+    pub tax: i64,
+    pub total: i64,
+    pub auto_charge: bool,
+    pub due_at: DateTime<Utc>,
+    /// None: finalise at once; Some(t): stay a draft until t.
+    pub finalize_at: Option<DateTime<Utc>>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    type Tx: Send;
+
+    async fn begin(&self) -> Result<Self::Tx, StoreError>;
+
+    async fn commit(&self, tx: Self::Tx) -> Result<(), StoreError>;
+
+    /// Reads a subscription and holds it until commit, so no other transaction bills it meanwhile.
+    async fn lock_subscription(
+        &self,
+        tx: &mut Self::Tx,
+        id: &str,
+    ) -> Result<Option<Subscription>, StoreError>;
+
+    /// Writes the invoice and, unless it has a draft window, finalises it with the next gapless
+    /// number. Returns false when the period already has its invoice.
+    async fn insert_invoice(
+        &self,
+        tx: &mut Self::Tx,
+        invoice: &NewInvoice,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    async fn set_next_period_start(
+        &self,
+        tx: &mut Self::Tx,
+        subscription_id: &str,
+        next: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+}
