@@ -10,6 +10,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use settled_jobs::clock::{Clock, ManualClock, SystemClock};
 use settled_jobs::gateway::Gateway;
+use settled_jobs::mailer::Mailer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +28,7 @@ pub struct State {
     pub clock: Arc<dyn Clock>,
     pub manual_clock: Option<Arc<ManualClock>>,
     pub gateway: Option<Arc<dyn Gateway>>,
+    pub mailer: Arc<dyn Mailer>,
     pub tokens: Vec<Secret>,
     pub scheduler: Arc<Scheduler>,
 }
@@ -39,6 +41,7 @@ impl State {
         let db = Db::open(&config)?;
         let tokens = admin_tokens(&config)?;
         let gateway = crate::gateway::from_config(&config)?;
+        let mailer: Arc<dyn Mailer> = Arc::new(crate::mail::LettreMailer::from_config(&config)?);
         let (clock, manual_clock) = make_clock(&config, &db).await;
         let scheduler = Arc::new(Scheduler::new(
             db.clone(),
@@ -52,6 +55,7 @@ impl State {
             clock,
             manual_clock,
             gateway,
+            mailer,
             tokens,
             scheduler,
         }))

@@ -135,6 +135,8 @@ pub fn main() -> ExitCode {
                 config.stripe_api_key()?;
                 config.stripe_webhook_secrets()?;
                 config.smtp_password()?;
+                crate::mail::LettreMailer::from_config(&config)?;
+                crate::gateway::from_config(&config)?;
                 println!(
                     "configuration is valid{}",
                     path.map(|p| format!(" ({})", p.display()))

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod gateway;
 pub mod http;
+pub mod mail;
 pub mod notify;
 pub mod runner;
 pub mod store;

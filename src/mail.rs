@@ -1,0 +1,275 @@
+//! Mail transports with lettre: SMTP (`email.smtp_url`, STARTTLS, implicit TLS or plain for
+//! localhost, AUTH from config or credentials) or, when no server is configured, a folder of .eml
+//! files in the state directory so a local run shows real messages.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::{Attachment as LettreAttachment, Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use settled_jobs::mailer::{MailError, Mailer, OutgoingEmail};
+
+use crate::config::Config;
+
+pub enum LettreMailer {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    File(AsyncFileTransport<Tokio1Executor>, PathBuf),
+}
+
+impl LettreMailer {
+    pub fn from_config(config: &Config) -> anyhow::Result<LettreMailer> {
+        if config.email.smtp_url.is_empty() {
+            let dir = config.state_dir().join("mail");
+            return Ok(LettreMailer::File(AsyncFileTransport::new(&dir), dir));
+        }
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(&config.email.smtp_url)
+            .context("email.smtp_url is not a usable SMTP url")?
+            .timeout(Some(Duration::from_secs(30)));
+        let password = config.smtp_password()?;
+        if !config.email.smtp_username.is_empty() {
+            builder = builder.credentials(Credentials::new(
+                config.email.smtp_username.clone(),
+                password.expose().to_string(),
+            ));
+        }
+        Ok(LettreMailer::Smtp(builder.build()))
+    }
+
+    /// The folder of the file transport, if that is the one in use.
+    pub fn folder(&self) -> Option<&PathBuf> {
+        match self {
+            LettreMailer::File(_, dir) => Some(dir),
+            LettreMailer::Smtp(_) => None,
+        }
+    }
+}
+
+fn mailbox(field: &str, s: &str) -> Result<Mailbox, MailError> {
+    s.parse()
+        .map_err(|e| MailError::Permanent(format!("{field} address {s:?} is unusable: {e}")))
+}
+
+/// Builds the MIME message: text and HTML alternatives, then the attachments.
+pub fn build_message(email: &OutgoingEmail) -> Result<Message, MailError> {
+    if email.to.is_empty() {
+        return Err(MailError::Permanent("the message has no recipient".into()));
+    }
+    let mut builder = Message::builder()
+        .from(mailbox("from", &email.from)?)
+        .subject(email.subject.clone())
+        .message_id(Some(email.message_id.clone()));
+    for to in &email.to {
+        builder = builder.to(mailbox("to", to)?);
+    }
+    let text = SinglePart::builder()
+        .header(ContentType::TEXT_PLAIN)
+        .body(email.text.clone());
+    let body = match &email.html {
+        Some(html) => MultiPart::alternative().singlepart(text).singlepart(
+            SinglePart::builder()
+                .header(ContentType::TEXT_HTML)
+                .body(html.clone()),
+        ),
+        None => MultiPart::mixed().singlepart(text),
+    };
+    let body = if email.attachments.is_empty() {
+        body
+    } else {
+        let mut mixed = MultiPart::mixed().multipart(body);
+        for a in &email.attachments {
+            let content_type = ContentType::parse(&a.content_type).map_err(|e| {
+                MailError::Permanent(format!("attachment {}: bad content type: {e}", a.filename))
+            })?;
+            mixed = mixed.singlepart(
+                LettreAttachment::new(a.filename.clone()).body(a.bytes.clone(), content_type),
+            );
+        }
+        mixed
+    };
+    let mut message = builder
+        .multipart(body)
+        .map_err(|e| MailError::Permanent(format!("cannot build the message: {e}")))?;
+    // A header naming the daemon helps an operator trace a message back to its outbox row.
+    message.headers_mut().insert_raw(HeaderValue::new(
+        HeaderName::new_from_ascii_str("X-Mailer"),
+        "settled".to_string(),
+    ));
+    Ok(message)
+}
+
+#[async_trait]
+impl Mailer for LettreMailer {
+    async fn send(&self, email: &OutgoingEmail) -> Result<(), MailError> {
+        let message = build_message(email)?;
+        match self {
+            LettreMailer::Smtp(t) => t.send(message).await.map(|_| ()).map_err(|e| {
+                if e.is_permanent() {
+                    MailError::Permanent(e.to_string())
+                } else {
+                    MailError::Transient(e.to_string())
+                }
+            }),
+            LettreMailer::File(t, dir) => {
+                tokio::fs::create_dir_all(dir).await.map_err(|e| {
+                    MailError::Transient(format!("cannot create {}: {e}", dir.display()))
+                })?;
+                t.send(message)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| MailError::Transient(e.to_string()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    fn email() -> OutgoingEmail {
+        OutgoingEmail {
+            message_id: "<receipt.pay_1.0@settled>".into(),
+            from: "Billing <billing@example.com>".into(),
+            to: vec!["ap@acme.example".into(), "cfo@acme.example".into()],
+            subject: "Receipt for INV-2027-000042".into(),
+            text: "Thank you for your payment.".into(),
+            html: Some("<p>Thank you for your payment.</p>".into()),
+            attachments: vec![settled_jobs::mailer::Attachment {
+                filename: "receipt.pdf".into(),
+                content_type: "application/pdf".into(),
+                bytes: b"%PDF-1.4 test".to_vec(),
+            }],
+        }
+    }
+
+    fn config(env: &[(&str, &str)]) -> Config {
+        Config::load_from(
+            None,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_file_transport_writes_one_eml_per_message_into_the_state_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().display().to_string();
+        let mailer =
+            LettreMailer::from_config(&config(&[("SETTLED__DAEMON__STATE_DIR", &state)])).unwrap();
+        mailer.send(&email()).await.unwrap();
+        let folder = mailer.folder().unwrap().clone();
+        let files: Vec<_> = std::fs::read_dir(&folder).unwrap().collect();
+        assert_eq!(files.len(), 1);
+        let text = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
+        assert!(
+            text.contains("Subject: Receipt for INV-2027-000042"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Message-ID: <receipt.pay_1.0@settled>"),
+            "{text}"
+        );
+        assert!(
+            text.contains("text/plain") && text.contains("text/html"),
+            "{text}"
+        );
+        assert!(text.contains("receipt.pdf"), "{text}");
+    }
+
+    /// A minimal SMTP server: answers `rcpt_reply` to RCPT TO and records accepted messages.
+    async fn smtp_server(rcpt_reply: &'static str) -> (u16, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let store = got.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let (r, mut w) = sock.into_split();
+                    let mut lines = BufReader::new(r).lines();
+                    w.write_all(b"220 test ESMTP\r\n").await.unwrap();
+                    let mut data = String::new();
+                    let mut in_data = false;
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if in_data {
+                            if line == "." {
+                                in_data = false;
+                                store.lock().unwrap().push(std::mem::take(&mut data));
+                                w.write_all(b"250 queued\r\n").await.unwrap();
+                            } else {
+                                data.push_str(&line);
+                                data.push('\n');
+                            }
+                            continue;
+                        }
+                        let upper = line.to_ascii_uppercase();
+                        let reply: &[u8] = if upper.starts_with("EHLO") {
+                            b"250-test\r\n250 8BITMIME\r\n"
+                        } else if upper.starts_with("RCPT") {
+                            rcpt_reply.as_bytes()
+                        } else if upper.starts_with("DATA") {
+                            in_data = true;
+                            b"354 go ahead\r\n"
+                        } else if upper.starts_with("QUIT") {
+                            let _ = w.write_all(b"221 bye\r\n").await;
+                            return;
+                        } else {
+                            b"250 ok\r\n"
+                        };
+                        w.write_all(reply).await.unwrap();
+                    }
+                });
+            }
+        });
+        (port, got)
+    }
+
+    #[tokio::test]
+    async fn smtp_delivers_and_classifies_refusals() {
+        let (port, got) = smtp_server("250 ok\r\n").await;
+        let url = format!("smtp://127.0.0.1:{port}");
+        let mailer =
+            LettreMailer::from_config(&config(&[("SETTLED__EMAIL__SMTP_URL", &url)])).unwrap();
+        mailer.send(&email()).await.unwrap();
+        let messages = got.lock().unwrap().clone();
+        assert_eq!(messages.len(), 1);
+        assert!(messages[0].contains("Subject: Receipt for INV-2027-000042"));
+
+        let (port, _) = smtp_server("550 no such user\r\n").await;
+        let url = format!("smtp://127.0.0.1:{port}");
+        let mailer =
+            LettreMailer::from_config(&config(&[("SETTLED__EMAIL__SMTP_URL", &url)])).unwrap();
+        assert!(matches!(
+            mailer.send(&email()).await,
+            Err(MailError::Permanent(_))
+        ));
+
+        let (port, _) = smtp_server("451 try later\r\n").await;
+        let url = format!("smtp://127.0.0.1:{port}");
+        let mailer =
+            LettreMailer::from_config(&config(&[("SETTLED__EMAIL__SMTP_URL", &url)])).unwrap();
+        assert!(matches!(
+            mailer.send(&email()).await,
+            Err(MailError::Transient(_))
+        ));
+
+        // Nobody listening: a connection error is worth retrying.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed = listener.local_addr().unwrap().port();
+        drop(listener);
+        let url = format!("smtp://127.0.0.1:{closed}");
+        let mailer =
+            LettreMailer::from_config(&config(&[("SETTLED__EMAIL__SMTP_URL", &url)])).unwrap();
+        assert!(matches!(
+            mailer.send(&email()).await,
+            Err(MailError::Transient(_))
+        ));
+    }
+}
