@@ -15,8 +15,9 @@ use settled_jobs::money::{self, Currency, Money};
 use super::extract::{ApiJson, ApiQuery};
 use super::{ApiError, ListResponse, Paging};
 use crate::app::State;
-use crate::store::invoices::{self as store, InvoiceFilter, InvoiceRow, LineRow, NewInvoice};
+use crate::store::invoices::{self as store, InvoiceFilter, InvoiceRow, LineRow};
 use crate::store::{customers, from_ms};
+use settled_jobs::store::NewInvoice;
 
 pub fn router() -> Router<Arc<State>> {
     Router::new()
@@ -248,12 +249,12 @@ async fn create(
     let (lines, totals) = build_lines(&items).map_err(|e| ApiError::invalid("items", e))?;
     let new = NewInvoice {
         id: new_id(prefix::INVOICE),
-        customer_id: &customer.id,
+        customer_id: customer.id.clone(),
         subscription_id: None,
         kind,
-        currency: currency.code(),
+        currency: currency.code().to_string(),
         period: None,
-        lines: &lines,
+        lines,
         subtotal: totals.subtotal,
         tax: totals.tax,
         total: totals.total,

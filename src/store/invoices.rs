@@ -5,10 +5,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use settled_jobs::error::JobError;
 use settled_jobs::ids::{new_id, prefix};
-use settled_jobs::invoice::{CatchUp, ItemSpec, Line, ScheduleSpec, format_number};
-use settled_jobs::store::{
-    NewInvoice as JobsInvoice, Store, StoreError, Subscription, SubscriptionStatus,
-};
+use settled_jobs::invoice::{CatchUp, ItemSpec, ScheduleSpec, format_number};
+use settled_jobs::store::{NewInvoice, Store, StoreError, Subscription, SubscriptionStatus};
 use sqlx::FromRow;
 
 use super::{Db, Tx, from_ms, ms, on_db, on_tx};
@@ -80,29 +78,11 @@ pub struct LineRow {
     pub tax_rate: Option<String>,
 }
 
-/// Everything needed to write a new invoice.
-pub struct NewInvoice<'a> {
-    pub id: String,
-    pub customer_id: &'a str,
-    pub subscription_id: Option<&'a str>,
-    pub kind: &'a str,
-    pub currency: &'a str,
-    pub period: Option<(DateTime<Utc>, DateTime<Utc>)>,
-    pub lines: &'a [Line],
-    pub subtotal: i64,
-    pub tax: i64,
-    pub total: i64,
-    pub auto_charge: bool,
-    pub due_at: DateTime<Utc>,
-    /// None: finalise now; Some(t): stay a draft until t.
-    pub finalize_at: Option<DateTime<Utc>>,
-}
-
 /// Inserts the invoice and its lines; finalises it at once unless it has a draft window.
 /// Returns false when the period already has its invoice (the natural key held).
 pub async fn insert(
     tx: &mut Tx,
-    inv: &NewInvoice<'_>,
+    inv: &NewInvoice,
     now: DateTime<Utc>,
     number_format: &str,
 ) -> Result<bool, sqlx::Error> {
@@ -114,10 +94,10 @@ pub async fn insert(
              ON CONFLICT (subscription_id, period_start) DO NOTHING",
         )
         .bind(&inv.id)
-        .bind(inv.customer_id)
-        .bind(inv.subscription_id)
+        .bind(&inv.customer_id)
+        .bind(&inv.subscription_id)
         .bind(inv.kind)
-        .bind(inv.currency)
+        .bind(&inv.currency)
         .bind(inv.period.map(|p| ms(p.0)))
         .bind(inv.period.map(|p| ms(p.1)))
         .bind(inv.subtotal)
@@ -281,25 +261,10 @@ impl Store for SqlStore<'_> {
     async fn insert_invoice(
         &self,
         tx: &mut Tx,
-        invoice: &JobsInvoice,
+        invoice: &NewInvoice,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let new = NewInvoice {
-            id: invoice.id.clone(),
-            customer_id: &invoice.customer_id,
-            subscription_id: invoice.subscription_id.as_deref(),
-            kind: invoice.kind,
-            currency: &invoice.currency,
-            period: invoice.period,
-            lines: &invoice.lines,
-            subtotal: invoice.subtotal,
-            tax: invoice.tax,
-            total: invoice.total,
-            auto_charge: invoice.auto_charge,
-            due_at: invoice.due_at,
-            finalize_at: invoice.finalize_at,
-        };
-        insert(tx, &new, now, self.number_format)
+        insert(tx, invoice, now, self.number_format)
             .await
             .map_err(unavailable)
     }

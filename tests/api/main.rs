@@ -9,5 +9,6 @@ mod helpers;
 mod customers;
 mod foundation;
 mod generation;
+mod invoices;
 mod lifecycle;
 mod subscriptions;
