@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 
 use apalis::layers::retry::RetryPolicy;
 use apalis::prelude::*;
+use apalis_core::backend::ext::poll_strategy::{PollSnapshot, PollStrategy};
 use apalis_cron::{CronScheduler, Tick};
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use settled_jobs::clock::{Clock, ManualClock};
 use settled_jobs::job::{Envelope, Job};
+use std::future::Future;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -205,6 +207,47 @@ fn worker_name(kind: &str) -> String {
     )
 }
 
+/// Wakes the queue worker every `period`, always leaving the next wake-up armed. (apalis's own
+/// interval strategy re-arms its timer without polling it, so a fetch that completes within one
+/// poll leaves the worker asleep until something else wakes it; seen as jobs starting seconds late.)
+struct FixedInterval {
+    period: Duration,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl FixedInterval {
+    fn new(period: Duration) -> Self {
+        FixedInterval {
+            period,
+            sleep: None,
+        }
+    }
+}
+
+impl PollStrategy for FixedInterval {
+    fn poll_drive(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        _snapshot: &PollSnapshot,
+    ) -> std::task::Poll<Option<()>> {
+        let mut fired = false;
+        loop {
+            let period = self.period;
+            let sleep = self
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(period)));
+            match sleep.as_mut().poll(cx) {
+                std::task::Poll::Ready(()) => {
+                    self.sleep = None;
+                    fired = true;
+                }
+                std::task::Poll::Pending if fired => return std::task::Poll::Ready(Some(())),
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            }
+        }
+    }
+}
+
 /// Backoff between in-process retries of a transiently failing job: 0.5 s doubling up to a minute.
 fn backoff() -> ExponentialBackoff<HasherRng> {
     let maker = ExponentialBackoffMaker::new(
@@ -279,7 +322,7 @@ async fn run_queue_worker(
                 .missed_heartbeats(ORPHAN_AFTER_MISSED_HEARTBEATS);
             let backend = apalis_sqlite::SqliteStorage::<Envelope>::new(&pool)
                 .with_config(config)
-                .poll_with_interval(poll);
+                .poll_with_strategy(FixedInterval::new(poll));
             WorkerBuilder::new(name)
                 .backend(backend)
                 .data(state.clone())
@@ -297,11 +340,10 @@ async fn run_queue_worker(
             // LISTEN/NOTIFY wakes the worker the moment a due job is inserted (the sweep only
             // ever enqueues due work); the fixed interval covers rows made due by an UPDATE
             // (an operator's retry, apalis re-enqueuing an orphan). No idle back-off.
-            let strategy = apalis::prelude::Strategy::new().interval(poll);
             let backend = apalis_postgres::PostgresStorage::<Envelope>::new(&pool)
                 .with_config(config)
                 .with_pubsub()
-                .poll_with_strategy(strategy);
+                .poll_with_strategy(FixedInterval::new(poll));
             WorkerBuilder::new(name)
                 .backend(backend)
                 .data(state.clone())
