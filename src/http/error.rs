@@ -78,6 +78,15 @@ impl From<sqlx::Error> for ApiError {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 ApiError::Unavailable(err.into())
             }
+            // Contention that outlasted the busy timeout, or a lock conflict: try again.
+            sqlx::Error::Database(ref db)
+                if matches!(
+                    db.code().as_deref(),
+                    Some("5" | "6" | "517" | "40001" | "40P01")
+                ) =>
+            {
+                ApiError::Unavailable(err.into())
+            }
             other => {
                 ApiError::Unexpected(anyhow::Error::new(other).context("database query failed"))
             }

@@ -61,7 +61,7 @@ both!(
         d.advance("2027-12-31T00:00:00Z").await;
         let mut invoices = d.invoices(&format!("subscription_id={id}")).await;
         invoices.sort_by_key(|i| at(&i["period_start"]));
-        assert_eq!(invoices.len(), 52);
+        assert_eq!(invoices.len(), 52, "{}", d.log_text());
         let ny = chrono_tz::America::New_York;
         for pair in invoices.windows(2) {
             let a = at(&pair[0]["period_start"]).with_timezone(&ny);

@@ -289,7 +289,12 @@ impl Daemon {
         let deadline = Instant::now() + within;
         loop {
             let (status, body) = self.get("/v1/clock").await;
-            assert_eq!(status, 200, "{body}");
+            // 503 means "busy, ask again" (another process holds the SQLite write lock).
+            assert!(
+                status == 200 || status == 503,
+                "{status} {body}\n{}",
+                self.log_text()
+            );
             if body["status"] == "ready" {
                 return;
             }
