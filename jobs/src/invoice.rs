@@ -139,13 +139,6 @@ pub fn plan_period(
     }
 }
 
-/// The first period of a new subscription starts at `start_at`; with an anchor in the past or the
-/// future the schedule decides the later boundaries, so a subscription starting between two
-/// boundaries has a shorter first period (billed in full: the price is per period).
-pub fn first_period_start(start_at: DateTime<Utc>) -> DateTime<Utc> {
-    start_at
-}
-
 /// A line ready to store: the exact amount it contributes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line {

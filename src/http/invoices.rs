@@ -110,7 +110,7 @@ pub struct LineView {
 }
 
 impl LineView {
-    pub fn from_line(_position: i64, l: &Line, currency: &str) -> LineView {
+    pub fn from_line(l: &Line, currency: &str) -> LineView {
         LineView {
             id: None,
             kind: "item".into(),

@@ -386,8 +386,7 @@ async fn preview(
             total: amount(totals.total, &row.currency),
             lines: lines
                 .iter()
-                .enumerate()
-                .map(|(i, l)| LineView::from_line(i as i64, l, &row.currency))
+                .map(|l| LineView::from_line(l, &row.currency))
                 .collect(),
         });
         start = Some(end);
