@@ -14,15 +14,6 @@ use super::{Db, Tx, from_ms, on_db, on_tx};
 /// The queue name (apalis `job_type`) every job of the daemon is pushed to.
 pub const QUEUE: &str = "settled";
 
-const INSERT: [&str; 2] = [
-    "INSERT INTO Jobs (job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key) \
-     VALUES ($1, $2, $3, 'Pending', 0, $4, $5, 0, '{}', $6) \
-     ON CONFLICT (job_type, idempotency_key) DO NOTHING",
-    "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key) \
-     VALUES ($1, $2, $3, 'Pending', 0, $4, to_timestamp($5), 0, ''::hstore, $6) \
-     ON CONFLICT (job_type, idempotency_key) DO NOTHING",
-];
-
 /// The queue compares `run_at` with the real wall clock (it knows nothing of the daemon's manual
 /// clock): due work is enqueued as due a second ago so it is picked up on the next poll.
 fn due_now_secs() -> i64 {
@@ -39,32 +30,8 @@ fn payload(job: &Job) -> Vec<u8> {
 }
 
 /// Enqueues `job` inside `tx`; returns false when a job with the same dedup key already exists.
-pub async fn enqueue(
-    tx: &mut Tx,
-    job: &Job,
-    round: u32,
-    max_attempts: u32,
-) -> Result<bool, sqlx::Error> {
-    let key = job.dedup_key(round);
-    let id = ulid::Ulid::generate().to_string();
-    let body = payload(job);
-    let idx = match tx {
-        Tx::Sqlite(_) => 0,
-        Tx::Postgres(_) => 1,
-    };
-    let done = on_tx!(tx, c => {
-        sqlx::query(INSERT[idx])
-            .bind(body)
-            .bind(&id)
-            .bind(QUEUE)
-            .bind(max_attempts as i32)
-            .bind(due_now_secs())
-            .bind(&key)
-            .execute(c)
-            .await?
-            .rows_affected()
-    });
-    Ok(done == 1)
+pub async fn enqueue(tx: &mut Tx, job: &Job, max_attempts: u32) -> Result<bool, sqlx::Error> {
+    Ok(enqueue_many(tx, std::slice::from_ref(job), max_attempts).await? == 1)
 }
 
 /// Enqueues many jobs in a few multi-row statements (a sweep may find thousands due at once);
@@ -115,14 +82,9 @@ pub async fn enqueue_many(
 }
 
 /// Enqueues in a transaction of its own.
-pub async fn enqueue_now(
-    db: &Db,
-    job: &Job,
-    round: u32,
-    max_attempts: u32,
-) -> Result<bool, sqlx::Error> {
+pub async fn enqueue_now(db: &Db, job: &Job, max_attempts: u32) -> Result<bool, sqlx::Error> {
     let mut tx = db.begin().await?;
-    let added = enqueue(&mut tx, job, round, max_attempts).await?;
+    let added = enqueue(&mut tx, job, max_attempts).await?;
     tx.commit().await?;
     Ok(added)
 }

@@ -296,12 +296,12 @@ both!(
             period_start: 0,
         };
         assert!(
-            settled::store::queue::enqueue_now(&db, &job, 0, 3)
+            settled::store::queue::enqueue_now(&db, &job, 3)
                 .await
                 .unwrap()
         );
         assert!(
-            !settled::store::queue::enqueue_now(&db, &job, 0, 3)
+            !settled::store::queue::enqueue_now(&db, &job, 3)
                 .await
                 .unwrap(),
             "the dedup key holds"
@@ -458,8 +458,8 @@ both!(
         };
         // Enqueued and marked finished in one transaction, so no worker ever sees them pending.
         let mut tx = db.begin().await.unwrap();
-        queue::enqueue(&mut tx, &old, 0, 1).await.unwrap();
-        queue::enqueue(&mut tx, &failed, 0, 1).await.unwrap();
+        queue::enqueue(&mut tx, &old, 1).await.unwrap();
+        queue::enqueue(&mut tx, &failed, 1).await.unwrap();
         let eight_days_ago = chrono::Utc::now().timestamp() - 8 * 24 * 3600;
         let (set_done, set_failed) = match backend {
             Backend::Sqlite => (
