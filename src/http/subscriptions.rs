@@ -12,13 +12,13 @@ use settled_jobs::ids::{new_id, prefix};
 use settled_jobs::invoice::{CatchUp, ItemSpec, ScheduleSpec, build_lines, due_at};
 use settled_jobs::money::Currency;
 use settled_jobs::schedule::{Schedule, Unit};
+use settled_jobs::store::SubscriptionStatus;
 
 use super::extract::{ApiJson, ApiQuery};
 use super::invoices::{ItemInput, LineView, amount, items_from_input, rfc3339, rfc3339_ms};
 use super::{ApiError, ListResponse, Paging};
 use crate::app::State;
-use crate::store::invoices::SubscriptionRow;
-use crate::store::subscriptions as store;
+use crate::store::subscriptions::{self as store, SubscriptionRow, subscription_from_row};
 use crate::store::{customers, ms};
 
 pub fn router() -> Router<Arc<State>> {
@@ -353,17 +353,16 @@ async fn preview(
     let row = store::get(&state.db, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("subscription", &id))?;
-    let spec: ScheduleSpec = serde_json::from_str(&row.schedule)
-        .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("stored schedule unreadable: {e}")))?;
-    let schedule = spec
+    let sub = subscription_from_row(row.clone())
+        .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("{e}")))?;
+    let schedule = sub
+        .schedule
         .to_schedule()
         .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("stored schedule invalid: {e}")))?;
-    let items: Vec<ItemSpec> = serde_json::from_str(&row.items)
-        .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("stored items unreadable: {e}")))?;
-    let (lines, totals) = build_lines(&items).map_err(|e| ApiError::Unexpected(e.into()))?;
+    let (lines, totals) = build_lines(&sub.items).map_err(|e| ApiError::Unexpected(e.into()))?;
     let mut out = Vec::new();
-    let mut start = row.next_period_start.map(crate::store::from_ms);
-    if row.status == "canceled" {
+    let mut start = sub.next_period_start;
+    if sub.status == SubscriptionStatus::Canceled {
         start = None;
     }
     while let Some(s) = start {
@@ -380,7 +379,7 @@ async fn preview(
             currency: row.currency.clone(),
             period_start: rfc3339(s),
             period_end: rfc3339(end),
-            due_at: rfc3339(due_at(s, row.net_days.max(0) as u32)),
+            due_at: rfc3339(due_at(s, sub.net_days)),
             subtotal: amount(totals.subtotal, &row.currency),
             tax: amount(totals.tax, &row.currency),
             total: amount(totals.total, &row.currency),

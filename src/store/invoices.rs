@@ -5,35 +5,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use settled_jobs::error::JobError;
 use settled_jobs::ids::{new_id, prefix};
-use settled_jobs::invoice::{CatchUp, ItemSpec, ScheduleSpec, format_number};
-use settled_jobs::store::{NewInvoice, Store, StoreError, Subscription, SubscriptionStatus};
+use settled_jobs::invoice::format_number;
+use settled_jobs::store::{NewInvoice, Store, StoreError, Subscription};
 use sqlx::FromRow;
 
-use super::{Db, Tx, from_ms, ms, on_db, on_tx};
+use super::subscriptions::{SUBSCRIPTION_COLUMNS, SubscriptionRow, subscription_from_row};
+use super::{Db, Tx, ms, on_db, on_tx};
 use crate::app::State;
-
-#[derive(Debug, Clone, FromRow)]
-pub struct SubscriptionRow {
-    pub id: String,
-    pub customer_id: String,
-    pub currency: String,
-    pub items: String,
-    pub schedule: String,
-    pub timezone: String,
-    pub start_at: i64,
-    pub next_period_start: Option<i64>,
-    pub auto_charge: bool,
-    pub net_days: i64,
-    pub catch_up: String,
-    pub status: String,
-    pub paused_at: Option<i64>,
-    pub canceled_at: Option<i64>,
-    pub created_at: i64,
-    pub updated_at: i64,
-}
-
-pub const SUBSCRIPTION_COLUMNS: &str = "id, customer_id, currency, items, schedule, timezone, start_at, \
-     next_period_start, auto_charge, net_days, catch_up, status, paused_at, canceled_at, created_at, updated_at";
 
 #[derive(Debug, Clone, FromRow)]
 pub struct InvoiceRow {
@@ -201,32 +179,6 @@ fn unavailable(e: sqlx::Error) -> StoreError {
 
 fn transient(e: sqlx::Error) -> JobError {
     JobError::Transient(anyhow::Error::new(e).context("database error"))
-}
-
-fn subscription_from_row(row: SubscriptionRow) -> Result<Subscription, StoreError> {
-    let corrupt = |what: &str, e: serde_json::Error| {
-        StoreError::Corrupt(format!("subscription {}: {what}: {e}", row.id))
-    };
-    let schedule: ScheduleSpec =
-        serde_json::from_str(&row.schedule).map_err(|e| corrupt("schedule", e))?;
-    let items: Vec<ItemSpec> = serde_json::from_str(&row.items).map_err(|e| corrupt("items", e))?;
-    let status = match row.status.as_str() {
-        "active" => SubscriptionStatus::Active,
-        "paused" => SubscriptionStatus::Paused,
-        _ => SubscriptionStatus::Canceled,
-    };
-    Ok(Subscription {
-        catch_up: CatchUp::parse(&row.catch_up).unwrap_or(CatchUp::All),
-        next_period_start: row.next_period_start.map(from_ms),
-        net_days: row.net_days.max(0) as u32,
-        id: row.id,
-        customer_id: row.customer_id,
-        currency: row.currency,
-        items,
-        schedule,
-        auto_charge: row.auto_charge,
-        status,
-    })
 }
 
 #[async_trait]

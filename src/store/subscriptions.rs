@@ -1,9 +1,61 @@
 //! Subscriptions: the recurring invoice profiles the sweep bills.
 
 use chrono::{DateTime, Utc};
+use settled_jobs::invoice::{CatchUp, ItemSpec, ScheduleSpec};
+use settled_jobs::store::{StoreError, Subscription, SubscriptionStatus};
+use sqlx::FromRow;
 
-use super::invoices::{SUBSCRIPTION_COLUMNS, SubscriptionRow};
-use super::{Db, ms, on_db};
+use super::{Db, from_ms, ms, on_db};
+
+#[derive(Debug, Clone, FromRow)]
+pub struct SubscriptionRow {
+    pub id: String,
+    pub customer_id: String,
+    pub currency: String,
+    pub items: String,
+    pub schedule: String,
+    pub timezone: String,
+    pub start_at: i64,
+    pub next_period_start: Option<i64>,
+    pub auto_charge: bool,
+    pub net_days: i64,
+    pub catch_up: String,
+    pub status: String,
+    pub paused_at: Option<i64>,
+    pub canceled_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+pub const SUBSCRIPTION_COLUMNS: &str = "id, customer_id, currency, items, schedule, timezone, start_at, \
+     next_period_start, auto_charge, net_days, catch_up, status, paused_at, canceled_at, created_at, updated_at";
+
+/// The billing core's view of a stored subscription (its JSON documents parsed).
+pub fn subscription_from_row(row: SubscriptionRow) -> Result<Subscription, StoreError> {
+    let corrupt = |what: &str, e: serde_json::Error| {
+        StoreError::Corrupt(format!("subscription {}: {what}: {e}", row.id))
+    };
+    let schedule: ScheduleSpec =
+        serde_json::from_str(&row.schedule).map_err(|e| corrupt("schedule", e))?;
+    let items: Vec<ItemSpec> = serde_json::from_str(&row.items).map_err(|e| corrupt("items", e))?;
+    let status = match row.status.as_str() {
+        "active" => SubscriptionStatus::Active,
+        "paused" => SubscriptionStatus::Paused,
+        _ => SubscriptionStatus::Canceled,
+    };
+    Ok(Subscription {
+        catch_up: CatchUp::parse(&row.catch_up).unwrap_or(CatchUp::All),
+        next_period_start: row.next_period_start.map(from_ms),
+        net_days: row.net_days.max(0) as u32,
+        id: row.id,
+        customer_id: row.customer_id,
+        currency: row.currency,
+        items,
+        schedule,
+        auto_charge: row.auto_charge,
+        status,
+    })
+}
 
 pub async fn insert(db: &Db, s: &SubscriptionRow) -> Result<(), sqlx::Error> {
     on_db!(db, p => {
