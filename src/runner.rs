@@ -38,6 +38,9 @@ pub struct Scheduler {
     last_sweep: AtomicI64,
     /// Milliseconds since start of the last clean-up of finished jobs.
     last_vacuum: AtomicI64,
+    /// Jobs this process has finished; readiness is only trusted if none finished while it was
+    /// being checked (a job finishing mid-check can make new work due between two queries).
+    finished_jobs: AtomicI64,
     started: Instant,
 }
 
@@ -60,6 +63,7 @@ impl Scheduler {
             wake: Notify::new(),
             last_sweep: AtomicI64::new(-1),
             last_vacuum: AtomicI64::new(-1),
+            finished_jobs: AtomicI64::new(0),
             started: Instant::now(),
         }
     }
@@ -136,17 +140,26 @@ impl Scheduler {
     /// Ready when no job is unfinished and every piece of work due at `now` has a finished job.
     /// The order matters: with nothing running at the first check, any work that becomes due
     /// later comes from a job enqueued later, which the second check sees as not finished.
-    pub async fn is_ready(&self, db: &Db, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
+    pub async fn is_ready(&self, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
+        let db = &self.db;
+        let finished_before = self.finished_jobs.load(Ordering::SeqCst);
         self.sweep().await?;
         if queue::unfinished(db).await? > 0 {
             return Ok(false);
         }
         let due = self.due_jobs(now).await?;
-        if due.is_empty() {
-            return Ok(true);
+        if !due.is_empty() {
+            let keys: Vec<String> = due.iter().map(|j| j.dedup_key(0)).collect();
+            if queue::count_finished(db, &keys).await? != keys.len() {
+                return Ok(false);
+            }
         }
-        let keys: Vec<String> = due.iter().map(|j| j.dedup_key(0)).collect();
-        Ok(queue::count_finished(db, &keys).await? == keys.len())
+        Ok(self.finished_jobs.load(Ordering::SeqCst) == finished_before)
+    }
+
+    /// Called by the worker each time a job finishes, whatever its outcome.
+    pub fn job_finished(&self) {
+        self.finished_jobs.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -415,6 +428,7 @@ async fn handle_job(envelope: Envelope, state: Data<Arc<State>>) -> Result<(), B
         .await
         .unwrap_or_else(|_| Err(JobError::Permanent(anyhow::anyhow!("the job panicked"))));
     let elapsed_ms = started.elapsed().as_millis() as u64;
+    state.scheduler.job_finished();
     match result {
         Ok(()) => {
             tracing::info!(job = kind, elapsed_ms, "job done");

@@ -37,7 +37,7 @@ async fn show(AxState(state): AxState<Arc<State>>) -> Result<Json<ClockView>, Ap
         return Err(ApiError::NotFound("the clock is not in manual mode".into()));
     };
     let now = jobs_now(clock.as_ref());
-    let ready = state.scheduler.is_ready(&state.db, now).await?;
+    let ready = state.scheduler.is_ready(now).await?;
     Ok(Json(ClockView {
         object: "test_clock",
         now: now.to_rfc3339_opts(SecondsFormat::Secs, true),
