@@ -4,12 +4,14 @@
 pub mod auth;
 pub mod clock;
 pub mod customers;
+pub mod emails;
 pub mod error;
 pub mod extract;
 pub mod health;
 pub mod invoices;
 pub mod jobs;
 pub mod subscriptions;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +32,8 @@ pub fn router(state: Arc<State>) -> Router {
         .merge(invoices::router())
         .merge(clock::router())
         .merge(jobs::router())
+        .merge(webhooks::admin_router())
+        .merge(emails::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_admin,
@@ -37,6 +41,7 @@ pub fn router(state: Arc<State>) -> Router {
         .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes));
     Router::new()
         .merge(health::router())
+        .merge(webhooks::public_router())
         .nest("/v1", admin)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(

@@ -6,9 +6,12 @@ mod support;
 
 mod helpers;
 
+mod charges;
 mod customers;
+mod emails;
 mod foundation;
 mod generation;
 mod invoices;
 mod lifecycle;
 mod subscriptions;
+mod webhooks;

@@ -1,0 +1,3 @@
+//! Stored gateway events: intake writes them, the process_event job applies them.
+
+pub mod apply;

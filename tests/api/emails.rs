@@ -1,0 +1,1 @@
+//! The email outbox: what is sent, to whom, once, over a real SMTP listener.

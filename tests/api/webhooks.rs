@@ -1,0 +1,1 @@
+//! Webhook intake: signatures, storage, duplicates, limits, and the operator view of events.
