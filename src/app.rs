@@ -39,6 +39,7 @@ impl State {
     pub async fn build(config: Config) -> anyhow::Result<Arc<State>> {
         let config = Arc::new(config);
         let db = Db::open(&config)?;
+        crate::store::queue::set_default_max_attempts(config.jobs.max_attempts);
         let tokens = admin_tokens(&config)?;
         let gateway = crate::gateway::from_config(&config)?;
         let mailer: Arc<dyn Mailer> = Arc::new(crate::mail::LettreMailer::from_config(&config)?);

@@ -161,6 +161,33 @@ pub struct BillingConfig {
     pub net_days: u32,
     pub draft_minutes: u32,
     pub number_format: String,
+    pub late_fee_amount: String,
+    pub late_fee_percent: String,
+    pub late_fee_days: u32,
+}
+
+impl BillingConfig {
+    /// The configured late fee for `currency`, or None when late fees are off. The fixed amount
+    /// is rounded to the currency's minor unit, half away from zero (¥ has none).
+    pub fn late_fee(
+        &self,
+        currency: settled_jobs::money::Currency,
+    ) -> Option<settled_jobs::dunning::LateFee> {
+        use rust_decimal::Decimal;
+        use std::str::FromStr;
+        if self.late_fee_amount.is_empty() && self.late_fee_percent.is_empty() {
+            return None;
+        }
+        let fixed = Decimal::from_str(&self.late_fee_amount).unwrap_or_default();
+        let scaled = fixed * Decimal::from(10i64.pow(currency.exponent()));
+        let fixed_minor = scaled
+            .round_dp_with_strategy(0, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
+            .try_into()
+            .unwrap_or(0i64);
+        let rate =
+            Decimal::from_str(&self.late_fee_percent).unwrap_or_default() / Decimal::from(100);
+        Some(settled_jobs::dunning::LateFee { fixed_minor, rate })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -293,6 +320,19 @@ impl Config {
         }
         if self.stripe.request_timeout_seconds == 0 {
             problems.push("stripe.request_timeout_seconds: must be positive".into());
+        }
+        for (key, value) in [
+            ("billing.late_fee_amount", &self.billing.late_fee_amount),
+            ("billing.late_fee_percent", &self.billing.late_fee_percent),
+        ] {
+            let ok = value.is_empty()
+                || <rust_decimal::Decimal as std::str::FromStr>::from_str(value)
+                    .is_ok_and(|d| d.is_sign_positive() && !d.is_zero());
+            if !ok {
+                problems.push(format!(
+                    "{key}: {value:?} must be empty or a positive decimal string such as \"5.00\""
+                ));
+            }
         }
         if self.billing.retry_days.contains(&0) {
             problems.push("billing.retry_days: every delay must be at least 1 day".into());

@@ -4,6 +4,7 @@
 pub mod admin_cli;
 pub mod app;
 pub mod billing;
+pub mod charges;
 pub mod cli;
 pub mod config;
 pub mod events;
@@ -12,6 +13,7 @@ pub mod http;
 pub mod mail;
 pub mod notify;
 pub mod outbox;
+pub mod payments;
 pub mod runner;
 pub mod store;
 pub mod telemetry;

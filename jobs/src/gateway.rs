@@ -22,6 +22,47 @@ pub struct NewGatewayCustomer {
     pub name: String,
 }
 
+/// One off-session charge: everything that goes into the request, so a retry of the same attempt
+/// sends exactly the same parameters under the same key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargeRequest {
+    pub idempotency_key: String,
+    /// Minor units of `currency`.
+    pub amount: i64,
+    /// ISO 4217, upper case (the gateway adapter converts to its own form).
+    pub currency: String,
+    pub gateway_customer_id: String,
+    /// The payment method's gateway token (pm_...).
+    pub payment_method: String,
+    pub description: String,
+    /// Sent as the PaymentIntent's metadata (`invoice_id`, `attempt`, ...), sorted by key.
+    pub metadata: Vec<(String, String)>,
+}
+
+/// What the gateway says happened to a charge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargeResult {
+    /// The PaymentIntent (pi_...): the payment's gateway id.
+    pub payment_intent_id: String,
+    pub status: ChargeStatus,
+    /// Minor units actually received (0 unless succeeded).
+    pub amount_received: i64,
+    pub currency: String,
+    /// The decline, when the charge failed.
+    pub decline_code: Option<String>,
+    pub failure_message: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChargeStatus {
+    Succeeded,
+    /// The gateway is still working on it (e.g. `processing`): ask again later.
+    Pending,
+    /// It did not go through and will not without a new attempt (declined, canceled, needs the
+    /// customer to authenticate).
+    Failed,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GatewayError {
     /// The gateway refused the request as invalid (unknown token, wrong customer): the caller's fault.
@@ -64,4 +105,15 @@ pub trait Gateway: Send + Sync + 'static {
 
     /// Detaches a payment method so it can no longer be charged.
     async fn detach_payment_method(&self, token: &str) -> Result<(), GatewayError>;
+
+    /// Creates and confirms an off-session charge under the request's idempotency key. A decline
+    /// is `Err(Declined)`; an answer that cannot be trusted is `Err(Unknown)`.
+    async fn charge(&self, request: &ChargeRequest) -> Result<ChargeResult, GatewayError>;
+
+    /// Looks a charge up by the metadata it was created with (for attempts whose idempotency key
+    /// the gateway may have forgotten). `Ok(None)`: the gateway knows no such charge.
+    async fn find_charge(
+        &self,
+        metadata: &[(String, String)],
+    ) -> Result<Option<ChargeResult>, GatewayError>;
 }

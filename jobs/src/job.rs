@@ -32,6 +32,10 @@ pub enum Job {
     ProcessEvent { event_id: String },
     /// Render and send one outbox row.
     SendEmail { email_id: String },
+    /// Ask the gateway what happened to a whole-balance charge whose outcome is unknown.
+    ResolveBalanceCharge { charge_id: String },
+    /// Add the configured late fee to an overdue invoice, once.
+    ApplyLateFee { invoice_id: String },
 }
 
 impl Job {
@@ -44,6 +48,8 @@ impl Job {
             Job::ResolveCharge { .. } => "resolve_charge",
             Job::ProcessEvent { .. } => "process_event",
             Job::SendEmail { .. } => "send_email",
+            Job::ResolveBalanceCharge { .. } => "resolve_balance_charge",
+            Job::ApplyLateFee { .. } => "apply_late_fee",
         }
     }
 
@@ -66,6 +72,10 @@ impl Job {
             } => format!("resolve_charge:{invoice_id}:{attempt}"),
             Job::ProcessEvent { event_id } => format!("process_event:{event_id}"),
             Job::SendEmail { email_id } => format!("send_email:{email_id}"),
+            Job::ResolveBalanceCharge { charge_id } => {
+                format!("resolve_balance_charge:{charge_id}")
+            }
+            Job::ApplyLateFee { invoice_id } => format!("apply_late_fee:{invoice_id}"),
         };
         if round == 0 {
             base

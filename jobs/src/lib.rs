@@ -3,6 +3,7 @@
 //! the daemon implements.
 
 pub mod clock;
+pub mod dunning;
 pub mod error;
 pub mod gateway;
 pub mod generate;

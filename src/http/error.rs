@@ -26,6 +26,12 @@ pub enum ApiError {
     /// 422: well-formed but invalid.
     #[error("{message}")]
     Invalid { code: &'static str, message: String },
+    /// 402: the card was declined (the gateway's decline code says why).
+    #[error("{message}")]
+    Declined {
+        decline_code: String,
+        message: String,
+    },
     /// 502: the payment gateway refused or failed.
     #[error("{0}")]
     Gateway(String),
@@ -65,6 +71,7 @@ impl ApiError {
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::Invalid { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
+            ApiError::Declined { .. } => (StatusCode::PAYMENT_REQUIRED, "card_declined"),
             ApiError::Gateway(_) => (StatusCode::BAD_GATEWAY, "gateway_error"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Unexpected(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
@@ -102,7 +109,10 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(e) => tracing::warn!(error = %e, "database unavailable"),
             _ => {}
         }
-        let body = json!({"error": {"code": code, "message": self.to_string()}});
+        let mut body = json!({"error": {"code": code, "message": self.to_string()}});
+        if let ApiError::Declined { decline_code, .. } = &self {
+            body["error"]["decline_code"] = json!(decline_code);
+        }
         (status, Json(body)).into_response()
     }
 }

@@ -159,9 +159,64 @@ pub struct InvoiceView {
     pub finalized_at: Option<String>,
     pub paid_at: Option<String>,
     pub created_at: String,
+    /// When the next automatic charge attempt is scheduled, if one is.
+    pub next_attempt_at: Option<String>,
     pub lines: Vec<LineView>,
-    pub payments: Vec<serde_json::Value>,
-    pub attempts: Vec<serde_json::Value>,
+    pub payments: Vec<crate::payments::PaymentView>,
+    pub attempts: Vec<AttemptView>,
+}
+
+/// One charge attempt as the invoice shows it. Scheduled attempts that have not run yet are not
+/// listed; the invoice's `next_attempt_at` says when the next one is due.
+#[derive(Serialize)]
+pub struct AttemptView {
+    pub attempt: i64,
+    pub at: Option<String>,
+    pub amount: String,
+    pub automatic: bool,
+    /// succeeded, failed, or unknown (sent, outcome not yet known).
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decline_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_payment_id: Option<String>,
+}
+
+/// The invoice with its lines, payments and charge attempts, as every route shows it.
+pub async fn load_view(db: &crate::store::Db, row: InvoiceRow) -> Result<InvoiceView, ApiError> {
+    let lines = store::lines(db, &row.id).await?;
+    let payments = crate::payments::list(db, None, Some(&row.id), 1000, None).await?;
+    let attempts = crate::charges::attempts_of(db, &row.id).await?;
+    let mut view = invoice_view(row, lines);
+    view.payments = payments.into_iter().map(Into::into).collect();
+    for a in attempts {
+        if a.status == "pending" && a.started_at.is_none() {
+            if a.automatic {
+                view.next_attempt_at = Some(rfc3339_ms(a.scheduled_at));
+            }
+            continue;
+        }
+        view.attempts.push(AttemptView {
+            attempt: a.attempt,
+            at: a.started_at.map(rfc3339_ms),
+            amount: amount(a.amount, &a.currency),
+            automatic: a.automatic,
+            outcome: match a.status.as_str() {
+                "succeeded" => "succeeded",
+                "failed" => "failed",
+                _ => "unknown",
+            },
+            decline_code: a.decline_code,
+            failure_message: a.failure_message,
+            next_attempt_at: a.next_attempt_at.map(rfc3339_ms),
+            gateway_payment_id: a.gateway_payment_id,
+        });
+    }
+    Ok(view)
 }
 
 pub fn invoice_view(row: InvoiceRow, lines: Vec<LineRow>) -> InvoiceView {
@@ -171,6 +226,7 @@ pub fn invoice_view(row: InvoiceRow, lines: Vec<LineRow>) -> InvoiceView {
             .into_iter()
             .map(|l| LineView::from_row(l, &c))
             .collect(),
+        next_attempt_at: None,
         payments: Vec::new(),
         attempts: Vec::new(),
         period_start: row.period_start.map(rfc3339_ms),
@@ -270,8 +326,7 @@ async fn create(
     let row = store::get(&state.db, &new.id)
         .await?
         .ok_or_else(|| ApiError::Unexpected(anyhow::anyhow!("invoice vanished after insert")))?;
-    let lines = store::lines(&state.db, &new.id).await?;
-    Ok((StatusCode::CREATED, Json(invoice_view(row, lines))))
+    Ok((StatusCode::CREATED, Json(load_view(&state.db, row).await?)))
 }
 
 async fn show(
@@ -281,8 +336,7 @@ async fn show(
     let row = store::get(&state.db, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("invoice", &id))?;
-    let lines = store::lines(&state.db, &id).await?;
-    Ok(Json(invoice_view(row, lines)))
+    Ok(Json(load_view(&state.db, row).await?))
 }
 
 #[derive(Deserialize)]
@@ -331,8 +385,7 @@ async fn list(
     .await?;
     let mut views = Vec::with_capacity(rows.len());
     for row in rows {
-        let lines = store::lines(&state.db, &row.id).await?;
-        views.push(invoice_view(row, lines));
+        views.push(load_view(&state.db, row).await?);
     }
     Ok(Json(ListResponse::page(views, limit)))
 }

@@ -2,6 +2,7 @@
 //! Each module owns its routes; `router()` merges them over one shared state.
 
 pub mod auth;
+pub mod charges;
 pub mod clock;
 pub mod customers;
 pub mod emails;
@@ -30,6 +31,7 @@ pub fn router(state: Arc<State>) -> Router {
         .merge(customers::router())
         .merge(subscriptions::router())
         .merge(invoices::router())
+        .merge(charges::router())
         .merge(clock::router())
         .merge(jobs::router())
         .merge(webhooks::admin_router())

@@ -164,6 +164,7 @@ pub async fn finalize(
         .execute(&mut *c)
         .await?;
     });
+    crate::charges::on_finalized(tx, invoice_id, now).await?;
     Ok(true)
 }
 

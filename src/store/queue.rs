@@ -29,6 +29,20 @@ fn payload(job: &Job) -> Vec<u8> {
     serde_json::to_vec(&job.clone().envelope()).unwrap_or_default()
 }
 
+/// How many times a job is tried before it is left failed for the operator (`jobs.max_attempts`),
+/// set once at start so code deep in a transaction can enqueue without carrying the config.
+static DEFAULT_MAX_ATTEMPTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(5);
+
+pub fn set_default_max_attempts(n: u32) {
+    DEFAULT_MAX_ATTEMPTS.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Enqueues `job` inside `tx` with the configured number of tries; false when already queued.
+pub async fn push(tx: &mut Tx, job: &Job) -> Result<bool, sqlx::Error> {
+    let max = DEFAULT_MAX_ATTEMPTS.load(std::sync::atomic::Ordering::Relaxed);
+    enqueue(tx, job, max).await
+}
+
 /// Enqueues `job` inside `tx`; returns false when a job with the same dedup key already exists.
 pub async fn enqueue(tx: &mut Tx, job: &Job, max_attempts: u32) -> Result<bool, sqlx::Error> {
     Ok(enqueue_many(tx, std::slice::from_ref(job), max_attempts).await? == 1)
