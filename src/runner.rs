@@ -282,11 +282,24 @@ const ORPHAN_AFTER_MISSED_HEARTBEATS: usize = 3;
 /// that answers HTTP but no longer runs jobs would be worse than one that restarts.
 fn spawn_queue_worker(state: Arc<State>, stop: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
+        // The queue gets a pool of its own, opened after the migrations ran. The queue's fetch
+        // statements select every column (`RETURNING *`); a connection that loaded the schema
+        // before a migration altered the jobs table would describe them with the old column
+        // count (a driver panic on SQLite, "cached plan must not change result type" on
+        // PostgreSQL).
+        let queue_db = match Db::open(&state.config) {
+            Ok(db) => db,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open a pool for the job queue; sharing the main one");
+                state.db.clone()
+            }
+        };
         let mut delay = Duration::from_millis(200);
         loop {
             let started = Instant::now();
             let name = worker_name(state.db.backend());
-            let result = run_queue_worker(state.clone(), stop.clone(), &name).await;
+            let result =
+                run_queue_worker(state.clone(), queue_db.clone(), stop.clone(), &name).await;
             if stop.is_cancelled() {
                 return;
             }
@@ -315,6 +328,7 @@ fn spawn_queue_worker(state: Arc<State>, stop: CancellationToken) -> JoinHandle<
 
 async fn run_queue_worker(
     state: Arc<State>,
+    queue_db: Db,
     stop: CancellationToken,
     name: &str,
 ) -> Result<(), WorkerError> {
@@ -327,7 +341,7 @@ async fn run_queue_worker(
         stop.cancelled().await;
         Ok::<(), std::io::Error>(())
     };
-    match state.db.clone() {
+    match queue_db {
         Db::Sqlite(pool) => {
             let config = apalis_sqlite::Config::default()
                 .queue(queue::QUEUE)

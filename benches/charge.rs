@@ -1,0 +1,247 @@
+//! Benchmark: charge N open invoices that all fall due at once, through the real path (sweep,
+//! queue, charge_invoice jobs, one PaymentIntent each, payment recorded) against the local
+//! Stripe-compatible gateway answering after a realistic latency. Prints charges per second and
+//! the job concurrency used, on SQLite and on PostgreSQL.
+//!
+//! `cargo bench --bench charge` runs 10,000 at 300 ms (BENCH_INVOICES, BENCH_LATENCY_MS and
+//! BENCH_CONCURRENCY change that); under `cargo test` it runs a small smoke pass.
+
+#[path = "../tests/support/stripe_gateway.rs"]
+#[allow(unused_imports)]
+mod stripe_gateway;
+
+use std::time::{Duration, Instant};
+
+use settled::app::{Application, CLOCK_SETTING};
+use settled::config::Config;
+use settled::store::{Db, on_db};
+use stripe_gateway::StripeGateway;
+use tokio_util::sync::CancellationToken;
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn fresh_database(backend: &str, dir: &std::path::Path) -> String {
+    match backend {
+        "sqlite" => format!("sqlite://{}", dir.join("bench.db").display()),
+        _ => {
+            let admin = std::env::var("SETTLED_TEST_POSTGRES")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+            let name = format!("settled_bench_charge_{}", std::process::id());
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&admin).await.expect("postgres");
+            let _ = sqlx::Executor::execute(
+                &mut conn,
+                sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")),
+            )
+            .await;
+            sqlx::Executor::execute(
+                &mut conn,
+                sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")),
+            )
+            .await
+            .expect("create");
+            let base = admin
+                .rsplit_once('/')
+                .map(|(b, _)| b.to_string())
+                .unwrap_or(admin);
+            format!("{base}/{name}")
+        }
+    }
+}
+
+async fn drop_database(url: &str) {
+    let Some(name) = url
+        .strip_prefix("postgres://")
+        .and_then(|u| u.rsplit_once('/'))
+        .map(|(_, n)| n.to_string())
+    else {
+        return;
+    };
+    let admin = std::env::var("SETTLED_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    use sqlx::Connection;
+    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+        let _ = sqlx::Executor::execute(
+            &mut conn,
+            sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")),
+        )
+        .await;
+    }
+}
+
+/// A customer and a saved card at the gateway, as the daemon would have created them.
+async fn gateway_customer(gateway: &StripeGateway) -> (String, String) {
+    let http = reqwest::Client::new();
+    let base = gateway.base_url();
+    let customer: serde_json::Value = http
+        .post(format!("{base}/v1/customers"))
+        .bearer_auth("sk_test_bench")
+        .form(&[("email", "bench@example.com")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cus = customer["id"].as_str().unwrap().to_string();
+    let pm: serde_json::Value = http
+        .post(format!("{base}/v1/payment_methods/pm_card_visa/attach"))
+        .bearer_auth("sk_test_bench")
+        .form(&[("customer", cus.as_str())])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (cus, pm["id"].as_str().unwrap().to_string())
+}
+
+/// N open auto-charge invoices, each with its first attempt scheduled for `due`.
+async fn seed(db: &Db, n: usize, gateway_customer: &str, token: &str, due: i64) {
+    let created = due - 86_400_000;
+    on_db!(db, p => {
+        sqlx::query("INSERT INTO customers (id, email, name, currency, timezone, gateway_customer_id, created_at, updated_at) VALUES ('cus_bench', 'bench@example.com', 'Bench', 'USD', 'UTC', $1, $2, $2)")
+            .bind(gateway_customer).bind(created).execute(p).await.expect("customer");
+        sqlx::query("INSERT INTO payment_methods (id, customer_id, gateway, token, brand, last4, exp_month, exp_year, is_default, created_at) VALUES ('spm_bench', 'cus_bench', 'stripe', $1, 'visa', '4242', 12, 2034, TRUE, $2)")
+            .bind(token).bind(created).execute(p).await.expect("payment method");
+    });
+    for chunk_start in (0..n).step_by(400) {
+        let count = (n - chunk_start).min(400);
+        let mut invoices = String::from(
+            "INSERT INTO invoices (id, number, customer_id, kind, status, currency, subtotal, tax, total, amount_due, auto_charge, due_at, finalized_at, created_at, updated_at) VALUES ",
+        );
+        let mut attempts = String::from(
+            "INSERT INTO charge_attempts (id, invoice_id, customer_id, attempt, idempotency_key, amount, currency, automatic, status, scheduled_at) VALUES ",
+        );
+        for i in 0..count {
+            let k = chunk_start + i;
+            if i > 0 {
+                invoices.push_str(", ");
+                attempts.push_str(", ");
+            }
+            invoices.push_str(&format!(
+                "('in_bench{k:07}', 'BENCH-{k:07}', 'cus_bench', 'standard', 'open', 'USD', 1999, 0, 1999, 1999, TRUE, $1, $2, $2, $2)"
+            ));
+            attempts.push_str(&format!(
+                "('ca_bench{k:07}', 'in_bench{k:07}', 'cus_bench', 1, 'settled:in_bench{k:07}:1', 1999, 'USD', TRUE, 'pending', $1)"
+            ));
+        }
+        on_db!(db, p => {
+            sqlx::query(sqlx::AssertSqlSafe(invoices.as_str())).bind(due).bind(created).execute(p).await.expect("invoices");
+            sqlx::query(sqlx::AssertSqlSafe(attempts.as_str())).bind(due).execute(p).await.expect("attempts");
+        });
+    }
+}
+
+async fn run(backend: &str, n: usize, latency: Duration, concurrency: usize) -> f64 {
+    let gateway = StripeGateway::start().await;
+    gateway.set_latency(latency);
+    let (gateway_customer, token) = gateway_customer(&gateway).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database(backend, dir.path()).await;
+    let env = vec![
+        ("SETTLED__DATABASE__URL".to_string(), url.clone()),
+        (
+            "SETTLED__DAEMON__STATE_DIR".to_string(),
+            dir.path().display().to_string(),
+        ),
+        (
+            "SETTLED__SERVER__LISTEN".to_string(),
+            "127.0.0.1:0".to_string(),
+        ),
+        ("SETTLED__CLOCK__MODE".to_string(), "manual".to_string()),
+        (
+            "SETTLED__CLOCK__START".to_string(),
+            "2027-01-01T00:00:00Z".to_string(),
+        ),
+        (
+            "SETTLED__ADMIN__TOKENS".to_string(),
+            "[\"bench\"]".to_string(),
+        ),
+        (
+            "SETTLED__STRIPE__API_KEY".to_string(),
+            "sk_test_bench".to_string(),
+        ),
+        ("SETTLED__STRIPE__API_BASE".to_string(), gateway.base_url()),
+        (
+            "SETTLED__JOBS__CONCURRENCY".to_string(),
+            concurrency.to_string(),
+        ),
+        (
+            "SETTLED__DATABASE__MAX_CONNECTIONS".to_string(),
+            "32".to_string(),
+        ),
+    ];
+    let config = Config::load_from(None, env).expect("config");
+    let app = Application::build(config).await.expect("build");
+    let state = app.state();
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
+    while !state.db.migrations_applied().await {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let to = chrono::DateTime::parse_from_rfc3339("2027-02-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    seed(
+        &state.db,
+        n,
+        &gateway_customer,
+        &token,
+        to.timestamp_millis(),
+    )
+    .await;
+    settled::store::settings::set(&state.db, CLOCK_SETTING, &to.to_rfc3339())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    state.manual_clock.as_ref().unwrap().advance_to(to).unwrap();
+    state.scheduler.mark_advanced();
+    loop {
+        let paid: i64 = on_db!(&state.db, p => sqlx::query_scalar("SELECT COUNT(*) FROM invoices WHERE status = 'paid'").fetch_one(p).await.unwrap());
+        if paid as usize >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = started.elapsed();
+    let rate = n as f64 / elapsed.as_secs_f64();
+    let payments: i64 = on_db!(&state.db, p => sqlx::query_scalar("SELECT COUNT(*) FROM payments").fetch_one(p).await.unwrap());
+    assert_eq!(payments as usize, n, "one payment per invoice");
+    assert_eq!(
+        gateway.payment_intent_count(),
+        n,
+        "one PaymentIntent per invoice"
+    );
+    println!(
+        "charge/{backend}: {n} charges in {:.2} s = {rate:.0} charges/s (gateway latency {} ms, jobs.concurrency = {concurrency})",
+        elapsed.as_secs_f64(),
+        latency.as_millis()
+    );
+    stop.cancel();
+    let _ = handle.await;
+    drop_database(&url).await;
+    rate
+}
+
+fn main() {
+    let benching = std::env::args().any(|a| a == "--bench");
+    let n = env_or("BENCH_INVOICES", if benching { 10_000 } else { 100 });
+    let latency = Duration::from_millis(env_or("BENCH_LATENCY_MS", 300));
+    let concurrency = env_or("BENCH_CONCURRENCY", 256);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for backend in ["sqlite", "postgres"] {
+            run(backend, n, latency, concurrency).await;
+        }
+    });
+}
