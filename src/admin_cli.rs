@@ -42,6 +42,9 @@ pub enum CustomersCommand {
         #[arg(long)]
         no_auto_charge: bool,
     },
+    /// Charge everything the customer owes in one payment with its default card.
+    #[command(after_help = "Example:\n  settled customers charge-balance cus_123")]
+    ChargeBalance { id: String },
 }
 
 #[derive(Args, Debug)]
@@ -121,6 +124,34 @@ pub enum InvoicesCommand {
         subscription: Option<String>,
         #[arg(long)]
         status: Option<String>,
+    },
+    Show {
+        id: String,
+    },
+    /// Charge an invoice now with the customer's default card (or --payment-method).
+    #[command(
+        after_help = "Examples:\n  settled invoices charge in_123\n  settled invoices charge in_123 --amount 40.00"
+    )]
+    Charge {
+        id: String,
+        /// Part of the amount due (decimal string); default: all of it.
+        #[arg(long)]
+        amount: Option<String>,
+        /// A saved method of the customer (spm_...).
+        #[arg(long)]
+        payment_method: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PaymentsCommand {
+    /// List payments, oldest first.
+    #[command(after_help = "Example:\n  settled payments list --customer cus_123")]
+    List {
+        #[arg(long)]
+        customer: Option<String>,
+        #[arg(long)]
+        invoice: Option<String>,
     },
     Show {
         id: String,
@@ -224,6 +255,15 @@ pub async fn customers(state: &Arc<State>, cmd: CustomersCommand) -> anyhow::Res
         }
         CustomersCommand::Show { id } => {
             call(state, Method::GET, &format!("/v1/customers/{id}"), None).await
+        }
+        CustomersCommand::ChargeBalance { id } => {
+            call(
+                state,
+                Method::POST,
+                &format!("/v1/customers/{id}/charge_balance"),
+                Some(json!({})),
+            )
+            .await
         }
         CustomersCommand::Create {
             email,
@@ -367,6 +407,38 @@ pub async fn invoices(state: &Arc<State>, cmd: InvoicesCommand) -> anyhow::Resul
         InvoicesCommand::Show { id } => {
             call(state, Method::GET, &format!("/v1/invoices/{id}"), None).await
         }
+        InvoicesCommand::Charge {
+            id,
+            amount,
+            payment_method,
+        } => {
+            let mut body = json!({});
+            if let Some(a) = amount {
+                body["amount"] = json!(a);
+            }
+            if let Some(pm) = payment_method {
+                body["payment_method"] = json!(pm);
+            }
+            call(
+                state,
+                Method::POST,
+                &format!("/v1/invoices/{id}/charge"),
+                Some(body),
+            )
+            .await
+        }
+    }
+}
+
+pub async fn payments(state: &Arc<State>, cmd: PaymentsCommand) -> anyhow::Result<Answer> {
+    match cmd {
+        PaymentsCommand::List { customer, invoice } => {
+            let q = query(&[("customer_id", &customer), ("invoice_id", &invoice)]);
+            call(state, Method::GET, &format!("/v1/payments{q}"), None).await
+        }
+        PaymentsCommand::Show { id } => {
+            call(state, Method::GET, &format!("/v1/payments/{id}"), None).await
+        }
     }
 }
 
@@ -446,6 +518,15 @@ fn columns(object: &str) -> &'static [&'static str] {
             "total",
         ],
         "test_clock" => &["now", "status"],
+        "payment" => &[
+            "id",
+            "invoice_id",
+            "amount",
+            "currency",
+            "method",
+            "status",
+            "at",
+        ],
         _ => &["id", "kind", "status", "attempts", "run_at", "last_error"],
     }
 }

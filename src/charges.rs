@@ -194,6 +194,16 @@ pub async fn on_finalized(
     Ok(())
 }
 
+/// An attempt by (invoice, number) or, for balance charges, by its id; locked for update.
+pub async fn find_attempt(
+    tx: &mut Tx,
+    invoice_id: Option<&str>,
+    attempt: i64,
+    id: &str,
+) -> Result<Option<AttemptRow>, sqlx::Error> {
+    lock_attempt(tx, invoice_id, (attempt, id)).await
+}
+
 async fn lock_attempt(
     tx: &mut Tx,
     invoice_id: Option<&str>,
@@ -609,6 +619,7 @@ pub async fn record_success(
             brand: card.as_ref().map(|c| c.0.as_str()),
             last4: card.as_ref().map(|c| c.1.as_str()),
             at: now,
+            unapplied: false,
         },
         now,
     )

@@ -64,6 +64,9 @@ pub enum Command {
     /// Invoices.
     #[command(subcommand)]
     Invoices(crate::admin_cli::InvoicesCommand),
+    /// Payments received (card, webhook, offline).
+    #[command(subcommand)]
+    Payments(crate::admin_cli::PaymentsCommand),
     /// The job queue: what ran, what failed, retry by id.
     #[command(subcommand)]
     Jobs(crate::admin_cli::JobsCommand),
@@ -163,6 +166,7 @@ pub fn main() -> ExitCode {
                     Command::Customers(c) => crate::admin_cli::customers(&state, c).await?,
                     Command::Subscriptions(c) => crate::admin_cli::subscriptions(&state, c).await?,
                     Command::Invoices(c) => crate::admin_cli::invoices(&state, c).await?,
+                    Command::Payments(c) => crate::admin_cli::payments(&state, c).await?,
                     Command::Jobs(c) => crate::admin_cli::jobs(&state, c).await?,
                     Command::Clock(c) => crate::admin_cli::clock(&state, c).await?,
                     _ => unreachable!("handled above"),

@@ -164,6 +164,7 @@ pub struct BillingConfig {
     pub late_fee_amount: String,
     pub late_fee_percent: String,
     pub late_fee_days: u32,
+    pub refunds: String,
 }
 
 impl BillingConfig {
@@ -333,6 +334,12 @@ impl Config {
                     "{key}: {value:?} must be empty or a positive decimal string such as \"5.00\""
                 ));
             }
+        }
+        if !["reopen", "credit"].contains(&self.billing.refunds.as_str()) {
+            problems.push(format!(
+                "billing.refunds: {:?} must be \"reopen\" or \"credit\"",
+                self.billing.refunds
+            ));
         }
         if self.billing.retry_days.contains(&0) {
             problems.push("billing.retry_days: every delay must be at least 1 day".into());

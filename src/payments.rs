@@ -31,6 +31,8 @@ pub struct NewPayment<'a> {
     pub brand: Option<&'a str>,
     pub last4: Option<&'a str>,
     pub at: DateTime<Utc>,
+    /// Keep it all as credit instead of paying open invoices (money that came with no invoice).
+    pub unapplied: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +151,7 @@ async fn allocate(
 ) -> Result<(), sqlx::Error> {
     let lock = tx.lock_rows();
     let targets: Vec<(String, i64)> = match p.invoice_id {
+        _ if p.unapplied => Vec::new(),
         Some(invoice_id) => {
             let sql = format!(
                 "SELECT id, amount_due FROM invoices WHERE id = $1 AND currency = $2 \

@@ -557,3 +557,43 @@ async fn two_daemons_on_one_database_never_charge_an_attempt_twice() {
     assert_eq!(keys.len(), unique.len(), "no attempt was sent twice");
     assert_eq!(keys.len(), ids.len());
 }
+
+both!(
+    the_cli_charges_invoices_and_lists_payments,
+    |backend| async move {
+        let (gateway, w) = billed(backend, &[]).await;
+        let d = &w.daemon;
+        let cus = card_customer(d, "pm_card_visa", false).await;
+        let inv = invoice(d, &cus, "80.00", false).await;
+        let id = inv["id"].as_str().unwrap();
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new(binary())
+                .args(args)
+                .envs(d.env().iter().cloned())
+                .env("RUST_LOG", "error")
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).to_string(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        };
+        let (code, _, err) = run(&["invoices", "charge", id, "--amount", "90.00"]);
+        assert_eq!(code, Some(3), "refused: {err}");
+        assert!(err.contains("more than"), "{err}");
+        assert_eq!(gateway.payment_intent_count(), 0);
+        let (code, out, err) = run(&["--json", "invoices", "charge", id, "--amount", "30.00"]);
+        assert_eq!(code, Some(0), "{err}");
+        let charged: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(charged["status"], "partially_paid");
+        assert_eq!(charged["amount_due"], "50.00");
+        let (code, out, err) = run(&["customers", "charge-balance", &cus]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.contains("50.00"), "{out}");
+        let (code, out, err) = run(&["payments", "list", "--invoice", id]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.contains("30.00") && out.contains("50.00"), "{out}");
+        assert_eq!(show(d, id).await["status"], "paid");
+    }
+);
