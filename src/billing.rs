@@ -4,12 +4,17 @@ use chrono::{DateTime, Utc};
 use settled_jobs::job::Job;
 
 use crate::app::State;
+use crate::config::Config;
 use crate::store::{Db, ms, on_db};
 use settled_jobs::error::JobError;
 use settled_jobs::generate::Generated;
 
 /// Due work, as jobs. Each query is bounded so one sweep stays short; the next tick takes the rest.
-pub async fn due_jobs(db: &Db, now: DateTime<Utc>) -> Result<Vec<Job>, sqlx::Error> {
+pub async fn due_jobs(
+    db: &Db,
+    config: &Config,
+    now: DateTime<Utc>,
+) -> Result<Vec<Job>, sqlx::Error> {
     let rows: Vec<(String, i64)> = on_db!(db, p => {
         sqlx::query_as(
             "SELECT id, next_period_start FROM subscriptions WHERE status = 'active' \
@@ -41,6 +46,7 @@ pub async fn due_jobs(db: &Db, now: DateTime<Utc>) -> Result<Vec<Job>, sqlx::Err
             .into_iter()
             .map(|invoice_id| Job::FinalizeInvoice { invoice_id }),
     );
+    jobs.extend(crate::outbox::due_jobs(db, config.email.reminder_days, now).await?);
     Ok(jobs)
 }
 
@@ -76,6 +82,14 @@ pub async fn run(state: &State, job: &Job) -> Result<(), JobError> {
         Job::FinalizeInvoice { invoice_id } => {
             crate::store::invoices::finalize_due(state, invoice_id).await
         }
+        Job::SendEmail { email_id } => crate::outbox::send(state, email_id, 0).await,
+        Job::SendEmailRetry { email_id, attempt } => {
+            crate::outbox::send(state, email_id, *attempt).await
+        }
+        Job::RemindUpcomingCharge {
+            subscription_id,
+            period_start,
+        } => crate::outbox::remind_upcoming_charge(state, subscription_id, *period_start).await,
         other => Err(JobError::Permanent(anyhow::anyhow!(
             "this version of settled does not run {} jobs",
             other.kind()

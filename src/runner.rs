@@ -101,7 +101,7 @@ impl Scheduler {
 
     /// Every piece of work due at `now` as the job that does it.
     pub async fn due_jobs(&self, now: DateTime<Utc>) -> Result<Vec<Job>, sqlx::Error> {
-        crate::billing::due_jobs(&self.db, now).await
+        crate::billing::due_jobs(&self.db, &self.config, now).await
     }
 
     /// Enqueues every due job not already queued; returns how many were new.

@@ -32,6 +32,15 @@ pub enum Job {
     ProcessEvent { event_id: String },
     /// Render and send one outbox row.
     SendEmail { email_id: String },
+    /// Another try at an outbox row after a temporary failure or an operator's retry; it runs
+    /// only while the row has had exactly `attempt` tries, so a stale copy does nothing.
+    SendEmailRetry { email_id: String, attempt: i64 },
+    /// Write the upcoming-charge reminder of one subscription period; unique per period.
+    RemindUpcomingCharge {
+        subscription_id: String,
+        /// Start of the period that will be charged, milliseconds since the epoch (UTC).
+        period_start: i64,
+    },
 }
 
 impl Job {
@@ -44,6 +53,8 @@ impl Job {
             Job::ResolveCharge { .. } => "resolve_charge",
             Job::ProcessEvent { .. } => "process_event",
             Job::SendEmail { .. } => "send_email",
+            Job::SendEmailRetry { .. } => "send_email_retry",
+            Job::RemindUpcomingCharge { .. } => "remind_upcoming_charge",
         }
     }
 
@@ -66,6 +77,13 @@ impl Job {
             } => format!("resolve_charge:{invoice_id}:{attempt}"),
             Job::ProcessEvent { event_id } => format!("process_event:{event_id}"),
             Job::SendEmail { email_id } => format!("send_email:{email_id}"),
+            Job::SendEmailRetry { email_id, attempt } => {
+                format!("send_email:{email_id}:a{attempt}")
+            }
+            Job::RemindUpcomingCharge {
+                subscription_id,
+                period_start,
+            } => format!("remind_upcoming_charge:{subscription_id}:{period_start}"),
         };
         if round == 0 {
             base
