@@ -1,4 +1,4 @@
-//! The operator's commands (`settled customers|subscriptions|invoices|jobs|clock ...`). They run
+//! The operator's commands (`settled customers|subscriptions|invoices|jobs|emails|clock ...`). They run
 //! the admin API's own handlers in-process against the configured database, so the CLI and the
 //! HTTP API validate, store and answer exactly alike, and no running daemon is needed.
 
@@ -169,6 +169,29 @@ pub enum JobsCommand {
         id: String,
     },
     /// Put a failed job back in the queue.
+    Retry {
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EmailsCommand {
+    /// List emails, newest first (status: pending, sent, failed).
+    #[command(after_help = "Example:\n  settled emails list --status failed")]
+    List {
+        #[arg(long)]
+        customer: Option<String>,
+        #[arg(long)]
+        invoice: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        template: Option<String>,
+    },
+    Show {
+        id: String,
+    },
+    /// Send a failed email again (a running daemon sends it at its next poll).
     Retry {
         id: String,
     },
@@ -466,6 +489,37 @@ pub async fn jobs(state: &Arc<State>, cmd: JobsCommand) -> anyhow::Result<Answer
     }
 }
 
+pub async fn emails(state: &Arc<State>, cmd: EmailsCommand) -> anyhow::Result<Answer> {
+    match cmd {
+        EmailsCommand::List {
+            customer,
+            invoice,
+            status,
+            template,
+        } => {
+            let q = query(&[
+                ("customer_id", &customer),
+                ("invoice_id", &invoice),
+                ("status", &status),
+                ("template", &template),
+            ]);
+            call(state, Method::GET, &format!("/v1/emails{q}"), None).await
+        }
+        EmailsCommand::Show { id } => {
+            call(state, Method::GET, &format!("/v1/emails/{id}"), None).await
+        }
+        EmailsCommand::Retry { id } => {
+            call(
+                state,
+                Method::POST,
+                &format!("/v1/emails/{id}/retry"),
+                Some(json!({})),
+            )
+            .await
+        }
+    }
+}
+
 pub async fn clock(state: &Arc<State>, cmd: ClockCommand) -> anyhow::Result<Answer> {
     match cmd {
         ClockCommand::Show => call(state, Method::GET, "/v1/clock", None).await,
@@ -527,6 +581,16 @@ fn columns(object: &str) -> &'static [&'static str] {
             "status",
             "at",
         ],
+        "email" => &[
+            "id",
+            "template",
+            "status",
+            "attempts",
+            "to",
+            "subject",
+            "sent_at",
+            "last_error",
+        ],
         _ => &["id", "kind", "status", "attempts", "run_at", "last_error"],
     }
 }
@@ -535,6 +599,11 @@ fn cell(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
+        Value::Array(items) if items.iter().all(Value::is_string) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(", "),
         other => other.to_string(),
     }
 }

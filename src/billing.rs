@@ -48,6 +48,7 @@ pub async fn due_jobs(
     );
     jobs.extend(crate::charges::due_jobs(db, now).await?);
     jobs.extend(crate::charges::late_fee_jobs(db, config, now).await?);
+    jobs.extend(crate::outbox::due_jobs(db, config.email.reminder_days, now).await?);
     Ok(jobs)
 }
 
@@ -95,6 +96,14 @@ pub async fn run(state: &State, job: &Job) -> Result<(), JobError> {
             crate::charges::resolve_charge(state, None, 0, charge_id).await
         }
         Job::ApplyLateFee { invoice_id } => crate::charges::apply_late_fee(state, invoice_id).await,
+        Job::SendEmail { email_id } => crate::outbox::send(state, email_id, 0).await,
+        Job::SendEmailRetry { email_id, attempt } => {
+            crate::outbox::send(state, email_id, *attempt).await
+        }
+        Job::RemindUpcomingCharge {
+            subscription_id,
+            period_start,
+        } => crate::outbox::remind_upcoming_charge(state, subscription_id, *period_start).await,
         other => Err(JobError::Permanent(anyhow::anyhow!(
             "this version of settled does not run {} jobs",
             other.kind()

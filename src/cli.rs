@@ -70,6 +70,9 @@ pub enum Command {
     /// The job queue: what ran, what failed, retry by id.
     #[command(subcommand)]
     Jobs(crate::admin_cli::JobsCommand),
+    /// The email outbox: what was sent to whom, what failed, retry by id.
+    #[command(subcommand)]
+    Emails(crate::admin_cli::EmailsCommand),
     /// The manual clock (clock.mode = "manual").
     #[command(subcommand)]
     Clock(crate::admin_cli::ClockCommand),
@@ -168,6 +171,7 @@ pub fn main() -> ExitCode {
                     Command::Invoices(c) => crate::admin_cli::invoices(&state, c).await?,
                     Command::Payments(c) => crate::admin_cli::payments(&state, c).await?,
                     Command::Jobs(c) => crate::admin_cli::jobs(&state, c).await?,
+                    Command::Emails(c) => crate::admin_cli::emails(&state, c).await?,
                     Command::Clock(c) => crate::admin_cli::clock(&state, c).await?,
                     _ => unreachable!("handled above"),
                 };

@@ -201,6 +201,7 @@ pub struct EmailConfig {
     pub from: String,
     pub reminder_days: u32,
     pub templates_dir: String,
+    pub smtp_timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -356,6 +357,7 @@ impl Config {
                 self.email.smtp_url
             ));
         }
+        problems.extend(self.email_problems());
         if self.jobs.concurrency == 0 {
             problems.push("jobs.concurrency: must be at least 1".into());
         }
@@ -427,6 +429,68 @@ impl Config {
         } else {
             bail!("invalid configuration:\n  - {}", problems.join("\n  - "))
         }
+    }
+
+    fn email_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Ok(url) = url::Url::parse(&self.email.smtp_url) {
+            let tls = url
+                .query_pairs()
+                .find(|(k, _)| k == "tls")
+                .map(|(_, v)| v.into_owned());
+            // smtp:// is not a "special" scheme to the url crate, so an IP comes back as text.
+            let host = url.host_str().unwrap_or("").trim_matches(['[', ']']);
+            let loopback = host.eq_ignore_ascii_case("localhost")
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            match (url.scheme(), tls.as_deref()) {
+                ("smtps", None) | ("smtp", Some("required" | "opportunistic" | "none")) => {}
+                ("smtp", None) if loopback => {}
+                ("smtp", None) => problems.push(format!(
+                    "email.smtp_url: {:?} would send mail (and any password) unencrypted to a remote \
+                     host; use smtps:// (implicit TLS), ?tls=required (STARTTLS), or ?tls=none to \
+                     accept plain SMTP",
+                    self.email.smtp_url
+                )),
+                _ => problems.push(format!(
+                    "email.smtp_url: {:?} must be smtp:// or smtps://, with tls=required, \
+                     opportunistic or none",
+                    self.email.smtp_url
+                )),
+            }
+        }
+        if self.email.from.parse::<lettre::message::Mailbox>().is_err() {
+            problems.push(format!(
+                "email.from: {:?} is not an address like \"Billing <billing@example.com>\"",
+                self.email.from
+            ));
+        }
+        if !self.business.support_email.is_empty()
+            && self
+                .business
+                .support_email
+                .parse::<lettre::Address>()
+                .is_err()
+        {
+            problems.push(format!(
+                "business.support_email: {:?} is not an email address",
+                self.business.support_email
+            ));
+        }
+        if self.email.reminder_days > 365 {
+            problems.push("email.reminder_days: at most 365 (0 turns reminders off)".into());
+        }
+        if self.email.smtp_timeout_seconds == 0 || self.email.smtp_timeout_seconds > 600 {
+            problems.push("email.smtp_timeout_seconds: must be between 1 and 600".into());
+        }
+        if !self.email.templates_dir.is_empty() && !Path::new(&self.email.templates_dir).is_dir() {
+            problems.push(format!(
+                "email.templates_dir: {:?} is not a folder",
+                self.email.templates_dir
+            ));
+        }
+        problems
     }
 
     pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
@@ -720,6 +784,33 @@ mod tests {
             format!("{err}").contains("standard_webhooks.sources.bank.secrets_file"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn plain_smtp_is_for_the_local_machine_unless_asked_for() {
+        for ok in [
+            "smtp://127.0.0.1:2525",
+            "smtp://localhost",
+            "smtp://[::1]:25",
+            "smtps://mail.example.com",
+            "smtp://mail.example.com:587?tls=required",
+            "smtp://relay.internal:25?tls=none",
+        ] {
+            Config::load_from(None, env(&[("SETTLED__EMAIL__SMTP_URL", ok)]))
+                .unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "smtp://mail.example.com:25",
+            "smtp://x?tls=sometimes",
+            "http://x",
+        ] {
+            let err =
+                Config::load_from(None, env(&[("SETTLED__EMAIL__SMTP_URL", bad)])).unwrap_err();
+            assert!(format!("{err}").contains("email.smtp_url"), "{bad}: {err}");
+        }
+        let err = Config::load_from(None, env(&[("SETTLED__EMAIL__FROM", "not an address")]))
+            .unwrap_err();
+        assert!(format!("{err}").contains("email.from"), "{err}");
     }
 
     #[test]

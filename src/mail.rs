@@ -26,9 +26,12 @@ impl LettreMailer {
             let dir = config.state_dir().join("mail");
             return Ok(LettreMailer::File(AsyncFileTransport::new(&dir), dir));
         }
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(&config.email.smtp_url)
+        let url = lettre_url(&config.email.smtp_url)?;
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)
             .context("email.smtp_url is not a usable SMTP url")?
-            .timeout(Some(Duration::from_secs(30)));
+            .timeout(Some(Duration::from_secs(
+                config.email.smtp_timeout_seconds.max(1),
+            )));
         let password = config.smtp_password()?;
         if !config.email.smtp_username.is_empty() {
             builder = builder.credentials(Credentials::new(
@@ -48,6 +51,30 @@ impl LettreMailer {
     }
 }
 
+/// lettre reads `smtp://` as plain SMTP, `?tls=required` as STARTTLS and `smtps://` as implicit
+/// TLS; `?tls=none` (our spelling for "plain, on purpose") is dropped before it sees the URL.
+fn lettre_url(raw: &str) -> anyhow::Result<String> {
+    let mut url = url::Url::parse(raw).context("email.smtp_url is not a URL")?;
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, v)| !(k == "tls" && v == "none"))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if pairs.is_empty() {
+        url.set_query(None);
+    } else {
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    Ok(url.to_string())
+}
+
+/// A MIME boundary derived from the Message-ID, so a resend is the same bytes.
+fn boundary(message_id: &str, part: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{message_id}/{part}").as_bytes());
+    format!("=_settled_{part}_{}", hex::encode(&digest[..12]))
+}
+
 fn mailbox(field: &str, s: &str) -> Result<Mailbox, MailError> {
     s.parse()
         .map_err(|e| MailError::Permanent(format!("{field} address {s:?} is unusable: {e}")))
@@ -62,6 +89,12 @@ pub fn build_message(email: &OutgoingEmail) -> Result<Message, MailError> {
         .from(mailbox("from", &email.from)?)
         .subject(email.subject.clone())
         .message_id(Some(email.message_id.clone()));
+    if let Some(date) = email.date {
+        builder = builder.date(date.into());
+    }
+    if let Some(reply_to) = &email.reply_to {
+        builder = builder.reply_to(mailbox("reply-to", reply_to)?);
+    }
     for to in &email.to {
         builder = builder.to(mailbox("to", to)?);
     }
@@ -69,17 +102,24 @@ pub fn build_message(email: &OutgoingEmail) -> Result<Message, MailError> {
         .header(ContentType::TEXT_PLAIN)
         .body(email.text.clone());
     let body = match &email.html {
-        Some(html) => MultiPart::alternative().singlepart(text).singlepart(
-            SinglePart::builder()
-                .header(ContentType::TEXT_HTML)
-                .body(html.clone()),
-        ),
-        None => MultiPart::mixed().singlepart(text),
+        Some(html) => MultiPart::alternative()
+            .boundary(boundary(&email.message_id, "alt"))
+            .singlepart(text)
+            .singlepart(
+                SinglePart::builder()
+                    .header(ContentType::TEXT_HTML)
+                    .body(html.clone()),
+            ),
+        None => MultiPart::mixed()
+            .boundary(boundary(&email.message_id, "body"))
+            .singlepart(text),
     };
     let body = if email.attachments.is_empty() {
         body
     } else {
-        let mut mixed = MultiPart::mixed().multipart(body);
+        let mut mixed = MultiPart::mixed()
+            .boundary(boundary(&email.message_id, "mixed"))
+            .multipart(body);
         for a in &email.attachments {
             let content_type = ContentType::parse(&a.content_type).map_err(|e| {
                 MailError::Permanent(format!("attachment {}: bad content type: {e}", a.filename))
@@ -135,7 +175,9 @@ mod tests {
     fn email() -> OutgoingEmail {
         OutgoingEmail {
             message_id: "<receipt.pay_1.0@settled>".into(),
+            date: Some("2027-02-01T10:00:00Z".parse().unwrap()),
             from: "Billing <billing@example.com>".into(),
+            reply_to: Some("support@example.com".into()),
             to: vec!["ap@acme.example".into(), "cfo@acme.example".into()],
             subject: "Receipt for INV-2027-000042".into(),
             text: "Thank you for your payment.".into(),

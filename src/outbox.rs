@@ -1,64 +1,766 @@
 //! The email outbox: one row per message, written in the same transaction as the event that causes
 //! it, unique on (template, subject object, attempt), and a send_email job enqueued beside it.
 //!
-//! Every function here takes the caller's open transaction; none of them sends anything.
+//! The entry points take the caller's open transaction; none of them sends anything. They read the
+//! facts the message is about into a snapshot stored with the row, so a send, a retry or a resend
+//! renders the same message. The send job renders a row and hands it to the mailer; temporary
+//! failures are tried again with a growing delay, permanent ones leave the row `failed` with the
+//! reason for the operator (`GET /v1/emails?status=failed`, `settled emails retry`).
+
+pub mod pdf;
+pub mod render;
+pub mod snapshot;
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use settled_jobs::error::JobError;
+use settled_jobs::invoice::build_lines;
+use settled_jobs::job::Job;
+use settled_jobs::mailer::{MailError, OutgoingEmail};
 
-use crate::store::Tx;
+use crate::app::State;
+use crate::store::emails::{self, EmailRow, NewEmail, Outcome};
+use crate::store::subscriptions::{SUBSCRIPTION_COLUMNS, SubscriptionRow, subscription_from_row};
+use crate::store::{Db, Tx, from_ms, ms, on_db, on_tx};
+use snapshot::{ChargeSnap, LineSnap, Snapshot};
 
-/// An invoice was finalised: send it to every billing contact.
-pub async fn invoice_issued(
-    _tx: &mut Tx,
-    _invoice_id: &str,
-    _now: DateTime<Utc>,
+/// Every kind of message, which is also the name of its templates.
+pub const TEMPLATES: &[&str] = &[
+    "invoice",
+    "receipt",
+    "payment_failed",
+    "final_notice",
+    "refund",
+    "credit_note",
+    "upcoming_charge",
+];
+
+/// Tries at one message before a temporary failure counts as permanent (about three days with
+/// the delays of [`retry_delay`]).
+pub const MAX_TRIES: i64 = 80;
+
+/// Delay before try `tries + 1` after `tries` temporary failures: 2 s doubling up to an hour.
+pub fn retry_delay(tries: i64) -> Duration {
+    let exp = tries.clamp(1, 12) as u32;
+    Duration::from_secs((1u64 << exp).min(3600))
+}
+
+struct Subject<'a> {
+    template: &'static str,
+    subject_id: &'a str,
+    attempt: i64,
+    invoice_id: Option<&'a str>,
+    payment_id: Option<&'a str>,
+}
+
+/// Writes the row (unless it exists) with every billing contact and the snapshot, and enqueues
+/// its send job, all in `tx`.
+async fn write(
+    tx: &mut Tx,
+    what: Subject<'_>,
+    snap: &Snapshot,
+    now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
+    let recipients = snapshot::recipients(tx, &snap.customer.id).await?;
+    let context = serde_json::to_value(snap).unwrap_or(serde_json::Value::Null);
+    let new = NewEmail {
+        template: what.template,
+        subject_id: what.subject_id,
+        attempt: what.attempt,
+        customer_id: &snap.customer.id,
+        invoice_id: what.invoice_id,
+        payment_id: what.payment_id,
+        recipients: &recipients,
+        subject: "",
+        context: &context,
+    };
+    match emails::insert(tx, &new, now).await? {
+        Some(id) => tracing::info!(
+            email_id = %id,
+            template = what.template,
+            subject_id = %what.subject_id,
+            "email queued"
+        ),
+        None => tracing::debug!(
+            template = what.template,
+            subject_id = %what.subject_id,
+            "email already queued"
+        ),
+    }
     Ok(())
 }
 
-/// A payment was recorded (card, webhook or offline): a receipt.
-pub async fn receipt(
-    _tx: &mut Tx,
-    _payment_id: &str,
-    _now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
+/// The snapshot's common part: who, and their balances right now.
+async fn base(
+    tx: &mut Tx,
+    customer_id: &str,
+    currency: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Snapshot>, sqlx::Error> {
+    let Some(customer) = snapshot::customer(tx, customer_id).await? else {
+        tracing::warn!(customer_id, "no such customer; no email written");
+        return Ok(None);
+    };
+    let (outstanding, credit_balance) = snapshot::balances(tx, customer_id, currency).await?;
+    Ok(Some(Snapshot {
+        at: ms(now),
+        customer,
+        outstanding,
+        credit_balance,
+        ..Snapshot::default()
+    }))
+}
+
+fn missing(what: &str, id: &str) -> Result<(), sqlx::Error> {
+    tracing::warn!(
+        what,
+        id,
+        "the email's subject does not exist; no email written"
+    );
     Ok(())
+}
+
+/// An invoice was finalised: send it to every billing contact.
+pub async fn invoice_issued(
+    tx: &mut Tx,
+    invoice_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let Some((invoice, customer_id)) = snapshot::invoice(tx, invoice_id).await? else {
+        return missing("invoice", invoice_id);
+    };
+    let Some(mut snap) = base(tx, &customer_id, &invoice.currency, now).await? else {
+        return Ok(());
+    };
+    snap.invoice = Some(invoice);
+    let what = Subject {
+        template: "invoice",
+        subject_id: invoice_id,
+        attempt: 0,
+        invoice_id: Some(invoice_id),
+        payment_id: None,
+    };
+    write(tx, what, &snap, now).await
+}
+
+/// A payment was recorded (card, webhook or offline): a receipt. Call it after the payment and
+/// its allocation are applied, so the receipt shows what is left to pay right after it.
+pub async fn receipt(tx: &mut Tx, payment_id: &str, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    let Some((payment, customer_id, invoice_id)) = snapshot::payment(tx, payment_id).await? else {
+        return missing("payment", payment_id);
+    };
+    let allocations =
+        snapshot::allocations(tx, payment_id, invoice_id.as_deref(), payment.amount).await?;
+    let invoice_id = invoice_id.or_else(|| allocations.first().map(|a| a.invoice_id.clone()));
+    let invoice = match &invoice_id {
+        Some(id) => snapshot::invoice(tx, id).await?.map(|(i, _)| i),
+        None => None,
+    };
+    let Some(mut snap) = base(tx, &customer_id, &payment.currency, now).await? else {
+        return Ok(());
+    };
+    snap.at = payment.at;
+    snap.payment = Some(payment);
+    snap.allocations = allocations;
+    snap.invoice = invoice;
+    let what = Subject {
+        template: "receipt",
+        subject_id: payment_id,
+        attempt: 0,
+        invoice_id: invoice_id.as_deref(),
+        payment_id: Some(payment_id),
+    };
+    write(tx, what, &snap, now).await
 }
 
 /// An automatic charge failed and dunning will try again at `next_attempt_at`.
 pub async fn payment_failed(
-    _tx: &mut Tx,
-    _invoice_id: &str,
-    _attempt: i64,
-    _next_attempt_at: Option<DateTime<Utc>>,
-    _now: DateTime<Utc>,
+    tx: &mut Tx,
+    invoice_id: &str,
+    attempt: i64,
+    next_attempt_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    Ok(())
+    let Some((invoice, customer_id)) = snapshot::invoice(tx, invoice_id).await? else {
+        return missing("invoice", invoice_id);
+    };
+    let Some(mut snap) = base(tx, &customer_id, &invoice.currency, now).await? else {
+        return Ok(());
+    };
+    if let Some((decline, card)) = snapshot::charge_attempt(tx, invoice_id, attempt).await? {
+        snap.decline = decline;
+        snap.card = card;
+    }
+    snap.invoice = Some(invoice);
+    snap.attempt = Some(attempt);
+    snap.next_attempt_at = next_attempt_at.map(ms);
+    let what = Subject {
+        template: "payment_failed",
+        subject_id: invoice_id,
+        attempt,
+        invoice_id: Some(invoice_id),
+        payment_id: None,
+    };
+    write(tx, what, &snap, now).await
 }
 
 /// Dunning gave up: the invoice is past due.
 pub async fn final_notice(
-    _tx: &mut Tx,
-    _invoice_id: &str,
-    _now: DateTime<Utc>,
+    tx: &mut Tx,
+    invoice_id: &str,
+    now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    Ok(())
+    let Some((invoice, customer_id)) = snapshot::invoice(tx, invoice_id).await? else {
+        return missing("invoice", invoice_id);
+    };
+    let Some(mut snap) = base(tx, &customer_id, &invoice.currency, now).await? else {
+        return Ok(());
+    };
+    snap.invoice = Some(invoice);
+    let what = Subject {
+        template: "final_notice",
+        subject_id: invoice_id,
+        attempt: 0,
+        invoice_id: Some(invoice_id),
+        payment_id: None,
+    };
+    write(tx, what, &snap, now).await
 }
 
 /// A refund was recorded.
-pub async fn refund(
-    _tx: &mut Tx,
-    _refund_id: &str,
-    _now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    Ok(())
+pub async fn refund(tx: &mut Tx, refund_id: &str, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    let Some((refund, payment_id)) = snapshot::refund(tx, refund_id).await? else {
+        return missing("refund", refund_id);
+    };
+    let Some((payment, customer_id, invoice_id)) = snapshot::payment(tx, &payment_id).await? else {
+        return missing("payment", &payment_id);
+    };
+    let invoice = match &invoice_id {
+        Some(id) => snapshot::invoice(tx, id).await?.map(|(i, _)| i),
+        None => None,
+    };
+    let Some(mut snap) = base(tx, &customer_id, &refund.currency, now).await? else {
+        return Ok(());
+    };
+    snap.at = refund.at;
+    snap.refund = Some(refund);
+    snap.payment = Some(payment);
+    snap.invoice = invoice;
+    let what = Subject {
+        template: "refund",
+        subject_id: refund_id,
+        attempt: 0,
+        invoice_id: invoice_id.as_deref(),
+        payment_id: Some(&payment_id),
+    };
+    write(tx, what, &snap, now).await
 }
 
 /// A credit note was issued.
 pub async fn credit_note(
-    _tx: &mut Tx,
-    _credit_note_id: &str,
-    _now: DateTime<Utc>,
+    tx: &mut Tx,
+    credit_note_id: &str,
+    now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
+    let Some((note, customer_id)) = snapshot::credit_note(tx, credit_note_id).await? else {
+        return missing("credit note", credit_note_id);
+    };
+    let Some(mut snap) = base(tx, &customer_id, &note.currency, now).await? else {
+        return Ok(());
+    };
+    snap.at = note.created_at;
+    snap.credit_note = Some(note);
+    let what = Subject {
+        template: "credit_note",
+        subject_id: credit_note_id,
+        attempt: 0,
+        invoice_id: None,
+        payment_id: None,
+    };
+    write(tx, what, &snap, now).await
+}
+
+/// Due outbox work: rows whose first try never ran, and upcoming-charge reminders whose time has
+/// come (`reminder_days` before the period's start; 0 = none).
+pub async fn due_jobs(
+    db: &Db,
+    reminder_days: u32,
+    now: DateTime<Utc>,
+) -> Result<Vec<Job>, sqlx::Error> {
+    let mut jobs: Vec<Job> = emails::unsent(db, now)
+        .await?
+        .into_iter()
+        .map(|email_id| Job::SendEmail { email_id })
+        .collect();
+    if reminder_days == 0 {
+        return Ok(jobs);
+    }
+    let lead = chrono::Duration::days(i64::from(reminder_days));
+    let due: Vec<(String, i64)> = on_db!(db, p => {
+        sqlx::query_as(
+            "SELECT s.id, s.next_period_start FROM subscriptions s \
+             JOIN customers c ON c.id = s.customer_id \
+             WHERE s.status = 'active' AND s.auto_charge AND c.auto_charge \
+             AND s.next_period_start > $1 AND s.next_period_start <= $2 \
+             AND EXISTS (SELECT 1 FROM payment_methods pm WHERE pm.customer_id = c.id \
+                         AND pm.is_default AND pm.removed_at IS NULL) \
+             AND NOT EXISTS (SELECT 1 FROM emails e WHERE e.template = 'upcoming_charge' \
+                             AND e.subject_id = s.id AND e.attempt = s.next_period_start) \
+             ORDER BY s.next_period_start LIMIT 5000",
+        )
+        .bind(ms(now))
+        .bind(ms(now + lead))
+        .fetch_all(p)
+        .await?
+    });
+    jobs.extend(due.into_iter().map(
+        |(subscription_id, period_start)| Job::RemindUpcomingCharge {
+            subscription_id,
+            period_start,
+        },
+    ));
+    Ok(jobs)
+}
+
+fn transient(e: sqlx::Error) -> JobError {
+    JobError::Transient(anyhow::Error::new(e).context("database error"))
+}
+
+/// The remind_upcoming_charge job: if the period will still be charged automatically, write its
+/// reminder (once: unique on subscription and period start).
+pub async fn remind_upcoming_charge(
+    state: &State,
+    subscription_id: &str,
+    period_start: i64,
+) -> Result<(), JobError> {
+    let days = state.config.email.reminder_days;
+    if days == 0 {
+        return Ok(());
+    }
+    let now = state.clock.now();
+    let mut tx = state.db.begin().await.map_err(transient)?;
+    let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1");
+    let row: Option<SubscriptionRow> = on_tx!(&mut tx, c => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(subscription_id)
+            .fetch_optional(&mut *c)
+            .await
+            .map_err(transient)?
+    });
+    let Some(row) = row else {
+        return Err(JobError::permanent(format!(
+            "no subscription {subscription_id}"
+        )));
+    };
+    let start = from_ms(period_start);
+    let lead = chrono::Duration::days(i64::from(days));
+    if row.status != "active"
+        || !row.auto_charge
+        || row.next_period_start != Some(period_start)
+        || start <= now
+        || start - lead > now
+    {
+        return Ok(());
+    }
+    let customer_auto: Option<bool> = on_tx!(&mut tx, c => {
+        sqlx::query_scalar("SELECT auto_charge FROM customers WHERE id = $1")
+            .bind(&row.customer_id)
+            .fetch_optional(&mut *c)
+            .await
+            .map_err(transient)?
+    });
+    if customer_auto != Some(true) {
+        return Ok(());
+    }
+    let Some(card) = snapshot::default_card(&mut tx, &row.customer_id)
+        .await
+        .map_err(transient)?
+    else {
+        return Ok(());
+    };
+    let sub = subscription_from_row(row.clone())?;
+    let (lines, totals) = build_lines(&sub.items).map_err(JobError::permanent)?;
+    let period_end = sub
+        .schedule
+        .to_schedule()
+        .ok()
+        .and_then(|s| s.next_after(start))
+        .map(ms);
+    let Some(mut snap) = base(&mut tx, &row.customer_id, &row.currency, now)
+        .await
+        .map_err(transient)?
+    else {
+        return Ok(());
+    };
+    snap.charge = Some(ChargeSnap {
+        subscription_id: sub.id.clone(),
+        currency: sub.currency.clone(),
+        period_start,
+        period_end,
+        subtotal: totals.subtotal,
+        tax: totals.tax,
+        total: totals.total,
+        lines: lines
+            .into_iter()
+            .map(|l| LineSnap {
+                description: l.description,
+                quantity: l.quantity,
+                unit_amount: l.unit_amount,
+                amount: l.amount,
+                tax_rate: l.tax_rate,
+            })
+            .collect(),
+        card: Some(card),
+    });
+    let what = Subject {
+        template: "upcoming_charge",
+        subject_id: subscription_id,
+        attempt: period_start,
+        invoice_id: None,
+        payment_id: None,
+    };
+    write(&mut tx, what, &snap, now).await.map_err(transient)?;
+    tx.commit().await.map_err(transient)
+}
+
+/// The addresses a message can go to, and a note naming the ones it cannot.
+fn deliverable(recipients: &str) -> (Vec<String>, Option<String>) {
+    let list: Vec<String> = serde_json::from_str(recipients).unwrap_or_default();
+    let mut ok = Vec::new();
+    let mut refused = Vec::new();
+    for address in list {
+        if address.parse::<lettre::Address>().is_ok() {
+            ok.push(address);
+        } else {
+            refused.push(address);
+        }
+    }
+    let note = (!refused.is_empty()).then(|| {
+        format!(
+            "undeliverable address{} left out: {}",
+            if refused.len() > 1 { "es" } else { "" },
+            refused.join(", ")
+        )
+    });
+    (ok, note)
+}
+
+/// Builds the message a row stands for: its recipients, rendered subject, text, HTML and PDFs.
+pub fn message(state: &State, row: &EmailRow) -> Result<(OutgoingEmail, Option<String>), String> {
+    let snap: Snapshot = serde_json::from_str(&row.context)
+        .map_err(|e| format!("the stored context is unreadable: {e}"))?;
+    let rendered = render::render(&state.config, &row.template, &snap)
+        .map_err(|e| format!("cannot render the {} template: {e}", row.template))?;
+    let (to, note) = deliverable(&row.recipients);
+    let business = &state.config.business;
+    let email = OutgoingEmail {
+        message_id: row.message_id.clone(),
+        date: Some(from_ms(if snap.at > 0 { snap.at } else { row.created_at })),
+        from: state.config.email.from.clone(),
+        reply_to: (!business.support_email.is_empty()).then(|| business.support_email.clone()),
+        to,
+        subject: rendered.subject,
+        text: rendered.text,
+        html: Some(rendered.html),
+        attachments: rendered.attachments,
+    };
+    Ok((email, note))
+}
+
+/// The send_email job: one try at one row, if it is still pending after exactly `expected`
+/// tries (anything else means another try already happened: nothing to do).
+pub async fn send(state: &State, email_id: &str, expected: i64) -> Result<(), JobError> {
+    let Some(row) = emails::get(&state.db, email_id).await.map_err(transient)? else {
+        return Err(JobError::permanent(format!("no email {email_id}")));
+    };
+    if row.status != "pending" || row.attempts != expected {
+        return Ok(());
+    }
+    let (email, note) = match message(state, &row) {
+        Ok(built) => built,
+        Err(reason) => return finish(state, &row, "", Outcome::Failed { reason: &reason }).await,
+    };
+    if email.to.is_empty() {
+        let reason = match note {
+            Some(n) => format!("no deliverable address: {n}"),
+            None => "no deliverable address: the customer has no billing contact".to_string(),
+        };
+        return finish(
+            state,
+            &row,
+            &email.subject,
+            Outcome::Failed { reason: &reason },
+        )
+        .await;
+    }
+    let result = state.mailer.send(&email).await;
+    let now = state.clock.now();
+    match result {
+        Ok(()) => {
+            tracing::info!(email_id, template = %row.template, "email sent");
+            let outcome = Outcome::Sent {
+                at: now,
+                note: note.as_deref(),
+            };
+            finish(state, &row, &email.subject, outcome).await
+        }
+        Err(MailError::Permanent(reason)) => {
+            tracing::warn!(email_id, template = %row.template, reason = %reason, "email refused");
+            finish(
+                state,
+                &row,
+                &email.subject,
+                Outcome::Failed { reason: &reason },
+            )
+            .await
+        }
+        Err(MailError::Transient(reason)) => {
+            let tries = row.attempts + 1;
+            if tries >= MAX_TRIES {
+                let reason = format!("gave up after {tries} tries: {reason}");
+                return finish(
+                    state,
+                    &row,
+                    &email.subject,
+                    Outcome::Failed { reason: &reason },
+                )
+                .await;
+            }
+            let delay = retry_delay(tries);
+            tracing::warn!(
+                email_id,
+                template = %row.template,
+                reason = %reason,
+                retry_in_s = delay.as_secs(),
+                "email not sent; it will be tried again"
+            );
+            let outcome = Outcome::Retry {
+                reason: &reason,
+                delay,
+            };
+            finish(state, &row, &email.subject, outcome).await
+        }
+    }
+}
+
+async fn finish(
+    state: &State,
+    row: &EmailRow,
+    subject: &str,
+    outcome: Outcome<'_>,
+) -> Result<(), JobError> {
+    emails::finish(&state.db, &row.id, row.attempts, subject, outcome)
+        .await
+        .map_err(transient)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_to_an_hour() {
+        assert_eq!(retry_delay(1), Duration::from_secs(2));
+        assert_eq!(retry_delay(2), Duration::from_secs(4));
+        assert_eq!(retry_delay(11), Duration::from_secs(2048));
+        assert_eq!(retry_delay(12), Duration::from_secs(3600));
+        assert_eq!(retry_delay(70), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn undeliverable_addresses_are_left_out_and_named() {
+        let (ok, note) =
+            deliverable(r#"["ap@acme.example", "not an address", "cfo@acme.example"]"#);
+        assert_eq!(ok, vec!["ap@acme.example", "cfo@acme.example"]);
+        assert_eq!(
+            note.as_deref(),
+            Some("undeliverable address left out: not an address")
+        );
+        let (ok, note) = deliverable("[]");
+        assert!(ok.is_empty() && note.is_none());
+    }
+}
+
+/// The entry points against a real database on both backends: what the money paths will call.
+#[cfg(test)]
+mod db_tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::on_db;
+
+    struct TestDb {
+        db: Db,
+        _dir: tempfile::TempDir,
+        pg: Option<(String, String)>,
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            if let Some((admin, name)) = self.pg.take() {
+                let _ = std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    rt.block_on(async move {
+                        use sqlx::Connection;
+                        if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+                            let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                            let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut c).await;
+                        }
+                    });
+                })
+                .join();
+            }
+        }
+    }
+
+    async fn open(postgres: bool) -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, pg) = if postgres {
+            use sqlx::Connection;
+            let admin = std::env::var("SETTLED_TEST_POSTGRES")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+            let name = format!("settled_unit_{}", ulid::Ulid::generate()).to_lowercase();
+            let mut c = sqlx::PgConnection::connect(&admin)
+                .await
+                .expect("PostgreSQL is required for the tests");
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut c)
+                .await
+                .unwrap();
+            let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap().to_string();
+            (format!("{base}/{name}"), Some((admin, name)))
+        } else {
+            (
+                format!("sqlite://{}", dir.path().join("t.db").display()),
+                None,
+            )
+        };
+        let config =
+            Config::load_from(None, [("SETTLED__DATABASE__URL".to_string(), url)]).unwrap();
+        let db = Db::open(&config).unwrap();
+        db.migrate().await.unwrap();
+        TestDb { db, _dir: dir, pg }
+    }
+
+    const FIXTURE: &[&str] = &[
+        "INSERT INTO customers (id, email, name, currency, timezone, created_at, updated_at) \
+         VALUES ('cus_1', 'ap@acme.example', 'Acme Corp', 'EUR', 'Europe/Berlin', 0, 0)",
+        "INSERT INTO customer_billing_emails (customer_id, position, email) VALUES \
+         ('cus_1', 0, 'ap@acme.example'), ('cus_1', 1, 'cfo@acme.example')",
+        "INSERT INTO payment_methods (id, customer_id, gateway, token, brand, last4, exp_month, exp_year, \
+         is_default, created_at) VALUES ('spm_1', 'cus_1', 'stripe', 'pm_1', 'visa', '4242', 12, 2030, TRUE, 0)",
+        "INSERT INTO invoices (id, number, customer_id, status, currency, subtotal, tax, total, amount_paid, \
+         amount_due, due_at, finalized_at, created_at, updated_at) VALUES ('in_1', 'INV-2027-000042', \
+         'cus_1', 'partially_paid', 'EUR', 10000, 0, 10000, 4000, 6000, 1801440000000, 1801440000000, \
+         1801440000000, 1801440000000)",
+        "INSERT INTO invoice_lines (id, invoice_id, position, description, quantity, unit_amount, amount) \
+         VALUES ('il_1', 'in_1', 0, 'Hosting', '1', 10000, 10000)",
+        "INSERT INTO payments (id, customer_id, invoice_id, amount, currency, gateway, gateway_payment_id, \
+         method, brand, last4, status, at, created_at) VALUES ('pay_1', 'cus_1', 'in_1', 4000, 'EUR', \
+         'stripe', 'pi_1', 'card', 'visa', '4242', 'succeeded', 1801474200000, 1801474200000)",
+        "INSERT INTO payment_allocations (payment_id, invoice_id, amount) VALUES ('pay_1', 'in_1', 4000)",
+        "INSERT INTO refunds (id, payment_id, amount, currency, gateway, to_credit, reason, at) VALUES \
+         ('re_1', 'pay_1', 1000, 'EUR', 'stripe', FALSE, 'duplicate', 1801474200000)",
+        "INSERT INTO credit_notes (id, customer_id, amount, remaining, currency, source, reason, created_at) \
+         VALUES ('cn_1', 'cus_1', 2500, 2500, 'EUR', 'manual', 'Goodwill', 1801474200000)",
+        "INSERT INTO charge_attempts (id, invoice_id, customer_id, attempt, idempotency_key, amount, currency, \
+         payment_method_id, status, decline_code, next_attempt_at, scheduled_at) VALUES ('ca_1', 'in_1', \
+         'cus_1', 1, 'settled:in_1:1', 6000, 'EUR', 'spm_1', 'failed', 'insufficient_funds', \
+         1801656000000, 1801474200000)",
+    ];
+
+    async fn entry_points_write_one_row_each_and_enqueue_its_job(postgres: bool) {
+        let t = open(postgres).await;
+        for sql in FIXTURE {
+            on_db!(&t.db, p => {
+                sqlx::query(sqlx::AssertSqlSafe(*sql)).execute(p).await.unwrap();
+            });
+        }
+        let now = from_ms(1_801_474_200_000);
+        for _ in 0..2 {
+            // Twice: a retried job or a replayed webhook writes nothing new.
+            let mut tx = t.db.begin().await.unwrap();
+            invoice_issued(&mut tx, "in_1", now).await.unwrap();
+            receipt(&mut tx, "pay_1", now).await.unwrap();
+            let next = Some(from_ms(1_801_656_000_000));
+            payment_failed(&mut tx, "in_1", 1, next, now).await.unwrap();
+            final_notice(&mut tx, "in_1", now).await.unwrap();
+            refund(&mut tx, "re_1", now).await.unwrap();
+            credit_note(&mut tx, "cn_1", now).await.unwrap();
+            // A subject that does not exist writes nothing and fails nothing.
+            receipt(&mut tx, "pay_missing", now).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+        let rows = emails::list(&t.db, &emails::EmailFilter::default(), 100, None)
+            .await
+            .unwrap();
+        let mut kinds: Vec<&str> = rows.iter().map(|r| r.template.as_str()).collect();
+        kinds.sort();
+        assert_eq!(
+            kinds,
+            vec![
+                "credit_note",
+                "final_notice",
+                "invoice",
+                "payment_failed",
+                "receipt",
+                "refund"
+            ]
+        );
+        assert_eq!(
+            crate::store::queue::unfinished(&t.db).await.unwrap(),
+            6,
+            "one send job per row"
+        );
+
+        let config = Config::load_from(
+            None,
+            [(
+                "SETTLED__BUSINESS__NAME".to_string(),
+                "Example Ltd".to_string(),
+            )],
+        )
+        .unwrap();
+        for row in &rows {
+            assert_eq!(row.recipients, r#"["ap@acme.example","cfo@acme.example"]"#);
+            assert_eq!(row.customer_id.as_deref(), Some("cus_1"));
+            let snap: Snapshot = serde_json::from_str(&row.context).unwrap();
+            let r = render::render(&config, &row.template, &snap)
+                .unwrap_or_else(|e| panic!("{}: {e}", row.template));
+            match row.template.as_str() {
+                "receipt" => {
+                    assert_eq!(r.subject, "Receipt for INV-2027-000042");
+                    assert!(r.text.contains("Still to pay:    €60.00"), "{}", r.text);
+                    assert!(r.text.contains("Visa ending in 4242"), "{}", r.text);
+                    assert_eq!(row.payment_id.as_deref(), Some("pay_1"));
+                    assert_eq!(row.invoice_id.as_deref(), Some("in_1"));
+                }
+                "payment_failed" => {
+                    assert_eq!(row.attempt, 1);
+                    assert!(r.text.contains("insufficient funds"), "{}", r.text);
+                    assert!(r.text.contains("3 February 2027"), "{}", r.text);
+                }
+                "refund" => assert_eq!(r.subject, "Refund of €10.00 from Example Ltd"),
+                "credit_note" => assert!(r.text.contains("Credit balance:  €25.00")),
+                "final_notice" => assert!(r.text.contains("Amount due:      €60.00")),
+                _ => assert_eq!(r.subject, "Invoice INV-2027-000042 from Example Ltd"),
+            }
+        }
+        let unsent = emails::unsent(&t.db, now).await.unwrap();
+        assert_eq!(unsent.len(), 6, "the sweep finds them until they are tried");
+    }
+
+    #[tokio::test]
+    async fn entry_points_on_sqlite() {
+        entry_points_write_one_row_each_and_enqueue_its_job(false).await;
+    }
+
+    #[tokio::test]
+    async fn entry_points_on_postgres() {
+        entry_points_write_one_row_each_and_enqueue_its_job(true).await;
+    }
 }

@@ -36,6 +36,15 @@ pub enum Job {
     ResolveBalanceCharge { charge_id: String },
     /// Add the configured late fee to an overdue invoice, once.
     ApplyLateFee { invoice_id: String },
+    /// Another try at an outbox row after a temporary failure or an operator's retry; it runs
+    /// only while the row has had exactly `attempt` tries, so a stale copy does nothing.
+    SendEmailRetry { email_id: String, attempt: i64 },
+    /// Write the upcoming-charge reminder of one subscription period; unique per period.
+    RemindUpcomingCharge {
+        subscription_id: String,
+        /// Start of the period that will be charged, milliseconds since the epoch (UTC).
+        period_start: i64,
+    },
 }
 
 impl Job {
@@ -50,6 +59,8 @@ impl Job {
             Job::SendEmail { .. } => "send_email",
             Job::ResolveBalanceCharge { .. } => "resolve_balance_charge",
             Job::ApplyLateFee { .. } => "apply_late_fee",
+            Job::SendEmailRetry { .. } => "send_email_retry",
+            Job::RemindUpcomingCharge { .. } => "remind_upcoming_charge",
         }
     }
 
@@ -76,6 +87,13 @@ impl Job {
                 format!("resolve_balance_charge:{charge_id}")
             }
             Job::ApplyLateFee { invoice_id } => format!("apply_late_fee:{invoice_id}"),
+            Job::SendEmailRetry { email_id, attempt } => {
+                format!("send_email:{email_id}:a{attempt}")
+            }
+            Job::RemindUpcomingCharge {
+                subscription_id,
+                period_start,
+            } => format!("remind_upcoming_charge:{subscription_id}:{period_start}"),
         };
         if round == 0 {
             base

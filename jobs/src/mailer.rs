@@ -15,7 +15,11 @@ pub struct Attachment {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutgoingEmail {
     pub message_id: String,
+    /// The Date header: when the event happened, so a resend carries the same one.
+    pub date: Option<chrono::DateTime<chrono::Utc>>,
     pub from: String,
+    /// Where replies go (the business's support contact), if anywhere but `from`.
+    pub reply_to: Option<String>,
     pub to: Vec<String>,
     pub subject: String,
     pub text: String,

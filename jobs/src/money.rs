@@ -411,23 +411,36 @@ impl Money {
         }
     }
 
-    /// For people, not machines: "$1,234.50", "¥1,000", "-$5.00", "CHF 12.00".
+    /// For people, not machines: "$1,234.50", "¥1,000", "-$5.00", "CHF 12.00", "KWD 1.500".
+    /// Exactly the currency's decimal places: a yen amount never shows ".00".
     pub fn display(&self) -> String {
+        let sign = if self.minor < 0 { "-" } else { "" };
+        format!("{sign}{}{}", self.currency.symbol(), self.grouped())
+    }
+
+    /// The amount followed by the code ("1,000 JPY", "1.500 KWD", "-19.99 USD"), for places that
+    /// cannot show every symbol (the PDF's standard fonts) or where the code must be explicit.
+    pub fn display_with_code(&self) -> String {
+        let sign = if self.minor < 0 { "-" } else { "" };
+        format!("{sign}{} {}", self.grouped(), self.currency.code)
+    }
+
+    /// The absolute amount with thousands separators and the currency's decimal places.
+    fn grouped(&self) -> String {
         let (int, frac) = self.split_major_minor();
         let digits = int.to_string();
-        let mut grouped = String::with_capacity(digits.len() + digits.len() / 3);
+        let mut grouped = String::with_capacity(digits.len() + digits.len() / 3 + 4);
         for (i, ch) in digits.chars().enumerate() {
             if i > 0 && (digits.len() - i).is_multiple_of(3) {
                 grouped.push(',');
             }
             grouped.push(ch);
         }
-        let sign = if self.minor < 0 { "-" } else { "" };
-        let symbol = self.currency.symbol();
-        match frac {
-            Some(frac) => format!("{sign}{symbol}{grouped}.{frac}"),
-            None => format!("{sign}{symbol}{grouped}"),
+        if let Some(frac) = frac {
+            grouped.push('.');
+            grouped.push_str(&frac);
         }
+        grouped
     }
 
     /// Integer major units and the zero-padded fraction digits (None for zero-decimal
@@ -726,6 +739,22 @@ mod tests {
         assert_eq!(kwd.to_decimal_string(), "1.500");
         assert_eq!(kwd.display(), "KWD 1.500");
         assert_eq!(Money::parse("0.001", Currency::KWD).unwrap().minor, 1);
+    }
+
+    #[test]
+    fn amounts_with_their_code_keep_the_currency_decimals() {
+        assert_eq!(
+            Money::new(1000, Currency::JPY).display_with_code(),
+            "1,000 JPY"
+        );
+        assert_eq!(
+            Money::new(1500, Currency::KWD).display_with_code(),
+            "1.500 KWD"
+        );
+        assert_eq!(
+            Money::new(-1_234_567, Currency::USD).display_with_code(),
+            "-12,345.67 USD"
+        );
     }
 
     #[test]

@@ -95,12 +95,14 @@ struct CreateCustomer {
 }
 
 /// A pragmatic address check: one @, a non-empty local part, a dotted domain, no spaces or
-/// angle brackets. Deliverability is the mail server's call.
+/// angle brackets, and an address the mailer can put on an envelope. Deliverability is the mail
+/// server's call.
 pub fn valid_email(s: &str) -> bool {
     let Some((local, domain)) = s.split_once('@') else {
         return false;
     };
-    !local.is_empty()
+    s.parse::<lettre::Address>().is_ok()
+        && !local.is_empty()
         && local.len() <= 64
         && domain.len() >= 3
         && domain.contains('.')

@@ -1,11 +1,139 @@
-//! The operator's view of the email outbox (/v1/emails).
+//! The operator's view of the email outbox (/v1/emails): what was sent to whom, what failed and
+//! why, and a retry of a failed message.
 
 use std::sync::Arc;
 
-use axum::Router;
+use axum::extract::{Path, State as AxState};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
 
+use super::extract::ApiQuery;
+use super::invoices::rfc3339_ms;
+use super::{ApiError, ListResponse, Paging};
 use crate::app::State;
+use crate::store::emails::{self as store, EMAIL_STATUSES, EmailFilter, EmailRow, RetryOutcome};
 
 pub fn router() -> Router<Arc<State>> {
     Router::new()
+        .route("/emails", get(list))
+        .route("/emails/{id}", get(show))
+        .route("/emails/{id}/retry", post(retry))
+}
+
+#[derive(Serialize)]
+pub struct EmailView {
+    pub id: String,
+    pub object: &'static str,
+    pub template: String,
+    pub to: Vec<String>,
+    pub subject: String,
+    pub status: String,
+    pub attempts: i64,
+    pub sent_at: Option<String>,
+    pub last_error: Option<String>,
+    pub customer_id: Option<String>,
+    pub invoice_id: Option<String>,
+    pub payment_id: Option<String>,
+    pub subject_id: String,
+    pub message_id: String,
+    pub created_at: String,
+}
+
+impl From<EmailRow> for EmailView {
+    fn from(r: EmailRow) -> Self {
+        EmailView {
+            to: serde_json::from_str(&r.recipients).unwrap_or_default(),
+            sent_at: r.sent_at.map(rfc3339_ms),
+            created_at: rfc3339_ms(r.created_at),
+            id: r.id,
+            object: "email",
+            template: r.template,
+            subject: r.subject,
+            status: r.status,
+            attempts: r.attempts,
+            last_error: r.last_error,
+            customer_id: r.customer_id,
+            invoice_id: r.invoice_id,
+            payment_id: r.payment_id,
+            subject_id: r.subject_id,
+            message_id: r.message_id,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct EmailQuery {
+    customer_id: Option<String>,
+    invoice_id: Option<String>,
+    status: Option<String>,
+    template: Option<String>,
+    #[serde(flatten)]
+    paging: Paging,
+}
+
+async fn list(
+    AxState(state): AxState<Arc<State>>,
+    ApiQuery(q): ApiQuery<EmailQuery>,
+) -> Result<Json<ListResponse<EmailView>>, ApiError> {
+    let limit = q.paging.limit()?;
+    if let Some(s) = &q.status
+        && !EMAIL_STATUSES.contains(&s.as_str())
+    {
+        return Err(ApiError::invalid(
+            "status",
+            format!("must be one of {}", EMAIL_STATUSES.join(", ")),
+        ));
+    }
+    if let Some(t) = &q.template
+        && !crate::outbox::TEMPLATES.contains(&t.as_str())
+    {
+        return Err(ApiError::invalid(
+            "template",
+            format!("must be one of {}", crate::outbox::TEMPLATES.join(", ")),
+        ));
+    }
+    let filter = EmailFilter {
+        customer_id: q.customer_id.as_deref(),
+        invoice_id: q.invoice_id.as_deref(),
+        status: q.status.as_deref(),
+        template: q.template.as_deref(),
+    };
+    let rows = store::list(
+        &state.db,
+        &filter,
+        limit + 1,
+        q.paging.starting_after.as_deref(),
+    )
+    .await?;
+    let views = rows.into_iter().map(EmailView::from).collect();
+    Ok(Json(ListResponse::page(views, limit)))
+}
+
+async fn show(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+) -> Result<Json<EmailView>, ApiError> {
+    store::get(&state.db, &id)
+        .await?
+        .map(|r| Json(r.into()))
+        .ok_or_else(|| ApiError::not_found("email", &id))
+}
+
+async fn retry(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+) -> Result<Json<EmailView>, ApiError> {
+    match store::retry(&state.db, &id, state.clock.now()).await? {
+        RetryOutcome::NotFound => Err(ApiError::not_found("email", &id)),
+        RetryOutcome::NotFailed(status) => Err(ApiError::conflict(
+            "email_not_failed",
+            format!("email {id} is {status}; only failed emails can be retried"),
+        )),
+        RetryOutcome::Retried => {
+            tracing::info!(email_id = %id, "email retry requested");
+            state.scheduler.nudge();
+            show(AxState(state), Path(id)).await
+        }
+    }
 }

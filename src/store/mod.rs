@@ -3,6 +3,7 @@
 //! expand a body once per backend so the same code is type-checked against each driver.
 
 pub mod customers;
+pub mod emails;
 pub mod invoices;
 pub mod queue;
 pub mod settings;

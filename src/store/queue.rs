@@ -55,7 +55,27 @@ pub async fn enqueue_many(
     jobs: &[Job],
     max_attempts: u32,
 ) -> Result<usize, sqlx::Error> {
-    let run_at = due_now_secs();
+    enqueue_many_at(tx, jobs, due_now_secs(), max_attempts).await
+}
+
+/// Enqueues one job that becomes due `delay` from now on the wall clock (a transport's retry
+/// backoff, which has nothing to do with billing time); false when its dedup key exists.
+pub async fn enqueue_after(
+    tx: &mut Tx,
+    job: &Job,
+    delay: std::time::Duration,
+    max_attempts: u32,
+) -> Result<bool, sqlx::Error> {
+    let run_at = due_now_secs() + 1 + delay.as_secs() as i64;
+    Ok(enqueue_many_at(tx, std::slice::from_ref(job), run_at, max_attempts).await? == 1)
+}
+
+async fn enqueue_many_at(
+    tx: &mut Tx,
+    jobs: &[Job],
+    run_at: i64,
+    max_attempts: u32,
+) -> Result<usize, sqlx::Error> {
     let mut added = 0usize;
     for chunk in jobs.chunks(200) {
         let (table, run_at_sql, metadata) = match tx {

@@ -1,0 +1,269 @@
+//! The email outbox's rows: written by the outbox in the caller's transaction, finished by the
+//! send job, listed and retried by the operator.
+
+use chrono::{DateTime, Utc};
+use settled_jobs::ids::{new_id, prefix};
+use settled_jobs::job::Job;
+use sqlx::FromRow;
+
+use super::{Db, Tx, ms, on_db, on_tx, queue};
+
+#[derive(Debug, Clone, FromRow)]
+pub struct EmailRow {
+    pub id: String,
+    pub template: String,
+    pub subject_id: String,
+    pub attempt: i64,
+    pub customer_id: Option<String>,
+    pub invoice_id: Option<String>,
+    pub payment_id: Option<String>,
+    /// JSON list of addresses.
+    pub recipients: String,
+    pub subject: String,
+    /// JSON snapshot of the facts the message is about, taken when the row was written.
+    pub context: String,
+    pub message_id: String,
+    pub status: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub send_after: i64,
+    pub sent_at: Option<i64>,
+    pub created_at: i64,
+}
+
+const EMAIL_COLUMNS: &str = "id, template, subject_id, attempt, customer_id, invoice_id, payment_id, \
+     recipients, subject, context, message_id, status, attempts, last_error, send_after, sent_at, created_at";
+
+pub const EMAIL_STATUSES: &[&str] = &["pending", "sent", "failed"];
+
+/// Jobs that send email are retried by the queue this often when the database itself fails.
+pub const SEND_JOB_ATTEMPTS: u32 = 5;
+
+/// What one message is about; (template, subject_id, attempt) is its natural key.
+pub struct NewEmail<'a> {
+    pub template: &'a str,
+    pub subject_id: &'a str,
+    pub attempt: i64,
+    pub customer_id: &'a str,
+    pub invoice_id: Option<&'a str>,
+    pub payment_id: Option<&'a str>,
+    pub recipients: &'a [String],
+    pub subject: &'a str,
+    pub context: &'a serde_json::Value,
+}
+
+/// The Message-ID a row's message carries, derived from its natural key so every resend of it
+/// is recognisably the same message.
+pub fn message_id(template: &str, subject_id: &str, attempt: i64) -> String {
+    format!("<{template}.{subject_id}.{attempt}@settled>")
+}
+
+/// Writes the row and enqueues its send job in `tx`, unless the row exists already (a retried
+/// job or a replayed webhook): then nothing is written and None is returned.
+pub async fn insert(
+    tx: &mut Tx,
+    new: &NewEmail<'_>,
+    now: DateTime<Utc>,
+) -> Result<Option<String>, sqlx::Error> {
+    let id = new_id(prefix::EMAIL);
+    let recipients = serde_json::to_string(new.recipients).unwrap_or_else(|_| "[]".into());
+    let context = new.context.to_string();
+    let inserted = on_tx!(tx, c => {
+        sqlx::query(
+            "INSERT INTO emails (id, template, subject_id, attempt, customer_id, invoice_id, payment_id, \
+             recipients, subject, context, message_id, status, attempts, send_after, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0, $12, $12) \
+             ON CONFLICT (template, subject_id, attempt) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(new.template)
+        .bind(new.subject_id)
+        .bind(new.attempt)
+        .bind(new.customer_id)
+        .bind(new.invoice_id)
+        .bind(new.payment_id)
+        .bind(&recipients)
+        .bind(new.subject)
+        .bind(&context)
+        .bind(message_id(new.template, new.subject_id, new.attempt))
+        .bind(ms(now))
+        .execute(&mut *c)
+        .await?
+        .rows_affected()
+    });
+    if inserted == 0 {
+        return Ok(None);
+    }
+    let job = Job::SendEmail {
+        email_id: id.clone(),
+    };
+    queue::enqueue(tx, &job, SEND_JOB_ATTEMPTS).await?;
+    Ok(Some(id))
+}
+
+pub async fn get(db: &Db, id: &str) -> Result<Option<EmailRow>, sqlx::Error> {
+    let sql = format!("SELECT {EMAIL_COLUMNS} FROM emails WHERE id = $1");
+    on_db!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(p).await)
+}
+
+#[derive(Debug, Default)]
+pub struct EmailFilter<'a> {
+    pub customer_id: Option<&'a str>,
+    pub invoice_id: Option<&'a str>,
+    pub status: Option<&'a str>,
+    pub template: Option<&'a str>,
+}
+
+/// Emails newest first; `starting_after` continues after that email.
+pub async fn list(
+    db: &Db,
+    filter: &EmailFilter<'_>,
+    limit: i64,
+    starting_after: Option<&str>,
+) -> Result<Vec<EmailRow>, sqlx::Error> {
+    let mut sql = format!("SELECT {EMAIL_COLUMNS} FROM emails WHERE 1 = 1");
+    let mut binds: Vec<String> = Vec::new();
+    for (col, v) in [
+        ("customer_id", filter.customer_id),
+        ("invoice_id", filter.invoice_id),
+        ("status", filter.status),
+        ("template", filter.template),
+    ] {
+        if let Some(v) = v {
+            binds.push(v.to_string());
+            sql.push_str(&format!(" AND {col} = ${}", binds.len()));
+        }
+    }
+    if let Some(after) = starting_after {
+        binds.push(after.to_string());
+        let n = binds.len();
+        sql.push_str(&format!(
+            " AND (created_at, id) < (SELECT created_at, id FROM emails WHERE id = ${n})"
+        ));
+    }
+    sql.push_str(&format!(
+        " ORDER BY created_at DESC, id DESC LIMIT ${}",
+        binds.len() + 1
+    ));
+    on_db!(db, p => {
+        let mut q = sqlx::query_as::<_, EmailRow>(sqlx::AssertSqlSafe(sql.as_str()));
+        for b in &binds {
+            q = q.bind(b.clone());
+        }
+        q.bind(limit).fetch_all(p).await
+    })
+}
+
+/// How one try at sending ended.
+pub enum Outcome<'a> {
+    Sent {
+        at: DateTime<Utc>,
+        /// A note for the operator (an address that was left out), if any.
+        note: Option<&'a str>,
+    },
+    Failed {
+        reason: &'a str,
+    },
+    /// Temporary: try again after `delay` (wall clock).
+    Retry {
+        reason: &'a str,
+        delay: std::time::Duration,
+    },
+}
+
+/// Records the end of try number `attempts + 1` of a row that had `attempts` tries, with the
+/// subject it was rendered with. Returns false when the row moved on meanwhile (nothing written).
+pub async fn finish(
+    db: &Db,
+    id: &str,
+    attempts: i64,
+    subject: &str,
+    outcome: Outcome<'_>,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let (status, sent_at, error) = match &outcome {
+        Outcome::Sent { at, note } => ("sent", Some(ms(*at)), note.map(str::to_string)),
+        Outcome::Failed { reason } => ("failed", None, Some(reason.to_string())),
+        Outcome::Retry { reason, .. } => ("pending", None, Some(reason.to_string())),
+    };
+    let updated = on_tx!(&mut tx, c => {
+        sqlx::query(
+            "UPDATE emails SET status = $3, attempts = attempts + 1, sent_at = $4, last_error = $5, \
+             subject = CASE WHEN $6 = '' THEN subject ELSE $6 END \
+             WHERE id = $1 AND status = 'pending' AND attempts = $2",
+        )
+        .bind(id)
+        .bind(attempts)
+        .bind(status)
+        .bind(sent_at)
+        .bind(error)
+        .bind(subject)
+        .execute(&mut *c)
+        .await?
+        .rows_affected()
+    });
+    if updated == 0 {
+        return Ok(false);
+    }
+    if let Outcome::Retry { delay, .. } = outcome {
+        let job = Job::SendEmailRetry {
+            email_id: id.to_string(),
+            attempt: attempts + 1,
+        };
+        queue::enqueue_after(&mut tx, &job, delay, SEND_JOB_ATTEMPTS).await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+pub enum RetryOutcome {
+    Retried,
+    NotFound,
+    NotFailed(String),
+}
+
+/// An operator's retry: a failed row goes back to pending and a new try is enqueued with it.
+pub async fn retry(db: &Db, id: &str, now: DateTime<Utc>) -> Result<RetryOutcome, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let lock = tx.lock_rows();
+    let sql = format!("SELECT status, attempts FROM emails WHERE id = $1{lock}");
+    let row: Option<(String, i64)> = on_tx!(&mut tx, c => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(id)
+            .fetch_optional(&mut *c)
+            .await?
+    });
+    let attempts = match row {
+        None => return Ok(RetryOutcome::NotFound),
+        Some((status, _)) if status != "failed" => return Ok(RetryOutcome::NotFailed(status)),
+        Some((_, attempts)) => attempts,
+    };
+    on_tx!(&mut tx, c => {
+        sqlx::query("UPDATE emails SET status = 'pending', send_after = $2 WHERE id = $1")
+            .bind(id)
+            .bind(ms(now))
+            .execute(&mut *c)
+            .await?;
+    });
+    let job = Job::SendEmailRetry {
+        email_id: id.to_string(),
+        attempt: attempts,
+    };
+    queue::enqueue(&mut tx, &job, SEND_JOB_ATTEMPTS).await?;
+    tx.commit().await?;
+    Ok(RetryOutcome::Retried)
+}
+
+/// Pending rows whose first try never ran (the process stopped between commit and enqueue, or
+/// the job was lost): the sweep sends them again under the same dedup key.
+pub async fn unsent(db: &Db, now: DateTime<Utc>) -> Result<Vec<String>, sqlx::Error> {
+    on_db!(db, p => {
+        sqlx::query_scalar(
+            "SELECT id FROM emails WHERE status = 'pending' AND attempts = 0 AND send_after <= $1 \
+             ORDER BY send_after LIMIT 5000",
+        )
+        .bind(ms(now))
+        .fetch_all(p)
+        .await
+    })
+}
