@@ -549,3 +549,132 @@ async fn customer_without_auto_charge(d: &Daemon) -> String {
     assert_eq!(status, 201, "{body}");
     body["id"].as_str().unwrap().to_string()
 }
+
+/// The message of `template` about `invoice_id`, as it reached the SMTP listener.
+async fn delivered(
+    smtp: &SmtpServer,
+    d: &Daemon,
+    invoice_id: &str,
+    template: &str,
+) -> crate::support::smtp::Received {
+    let e = wait_email(d, invoice_id, template, status_is("sent")).await;
+    let subject = e["subject"].as_str().unwrap().to_string();
+    smtp.accepted()
+        .into_iter()
+        .find(|m| m.parsed().subject() == Some(subject.as_str()))
+        .unwrap_or_else(|| panic!("no message with subject {subject}"))
+}
+
+both!(
+    card_payments_bring_one_receipt_each_with_the_remaining_balance,
+    |backend| async move {
+        let smtp = SmtpServer::start().await;
+        let gateway = StripeGateway::start().await;
+        let opts = options(&smtp)
+            .env("SETTLED__STRIPE__API_KEY", "sk_test_settled")
+            .env("SETTLED__STRIPE__API_BASE", gateway.base_url())
+            .env("SETTLED__STRIPE__REQUEST_TIMEOUT_SECONDS", "2");
+        let w = World::start_with(backend, opts).await;
+        let d = &w.daemon;
+        let cus = customer(d, &["ap@acme.example", "cfo@acme.example"], "USD").await;
+        let (status, pm) = d
+            .post(
+                &format!("/v1/customers/{cus}/payment_methods"),
+                json!({"gateway": "stripe", "token": "pm_card_visa"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{pm}");
+        let invoice_id = invoice(d, &cus, "100.00").await;
+        // The gateway's answer is lost twice: the outcome is asked for again under the same key.
+        gateway.fail_next_after_charge(crate::support::stripe_gateway::FailMode::ServerError);
+        let (status, inv) = d
+            .post(
+                &format!("/v1/invoices/{invoice_id}/charge"),
+                json!({"amount": "40.00"}),
+            )
+            .await;
+        assert_eq!(status, 202, "{inv}");
+        let m = delivered(&smtp, d, &invoice_id, "receipt").await;
+        let parsed = m.parsed();
+        assert_eq!(parsed.subject(), Some("Receipt for INV-2027-000001"));
+        let mut rcpts = m.rcpt_to.clone();
+        rcpts.sort();
+        assert_eq!(rcpts, vec!["ap@acme.example", "cfo@acme.example"]);
+        let text = parsed.body_text(0).unwrap().to_string();
+        assert!(text.contains("$40.00"), "{text}");
+        assert!(text.contains("$60.00"), "remaining balance: {text}");
+        assert!(
+            text.contains("4242") && text.to_lowercase().contains("visa"),
+            "{text}"
+        );
+        assert!(!text.contains("4242424242424242"));
+        assert!(parsed.body_html(0).is_some());
+        assert!(
+            parsed
+                .attachments()
+                .any(|a| a.contents().starts_with(b"%PDF-")),
+            "the receipt PDF"
+        );
+        // The rest, on demand: a second receipt, for the second payment, with nothing left.
+        let (status, inv) = d
+            .post(&format!("/v1/invoices/{invoice_id}/charge"), json!({}))
+            .await;
+        assert_eq!(status, 200, "{inv}");
+        d.wait_clock_ready(WAIT).await;
+        let receipts = emails(d, &format!("invoice_id={invoice_id}&template=receipt")).await;
+        assert_eq!(receipts.len(), 2, "one receipt per payment: {receipts:?}");
+        assert_eq!(gateway.payment_intent_count(), 2);
+    }
+);
+
+both!(
+    dunning_sends_payment_failed_notices_and_a_final_notice,
+    |backend| async move {
+        let smtp = SmtpServer::start().await;
+        let gateway = StripeGateway::start().await;
+        let opts = options(&smtp)
+            .env("SETTLED__STRIPE__API_KEY", "sk_test_settled")
+            .env("SETTLED__STRIPE__API_BASE", gateway.base_url())
+            .env("SETTLED__BILLING__RETRY_DAYS", "[2]");
+        let w = World::start_with(backend, opts).await;
+        let d = &w.daemon;
+        let cus = customer(d, &["ap@acme.example"], "EUR").await;
+        let (status, pm) = d
+            .post(
+                &format!("/v1/customers/{cus}/payment_methods"),
+                json!({"gateway": "stripe", "token": "pm_card_chargeDeclinedInsufficientFunds"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{pm}");
+        let (status, inv) = d
+            .post(
+                "/v1/invoices",
+                json!({"customer_id": cus, "auto_charge": true,
+                       "items": [{"description": "Plan", "unit_amount": "25.00"}]}),
+            )
+            .await;
+        assert_eq!(status, 201, "{inv}");
+        let invoice_id = inv["id"].as_str().unwrap();
+        d.wait_clock_ready(WAIT).await;
+        let failed = emails(
+            d,
+            &format!("invoice_id={invoice_id}&template=payment_failed"),
+        )
+        .await;
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        let m = delivered(&smtp, d, invoice_id, "payment_failed").await;
+        let text = m.parsed().body_text(0).unwrap().to_string();
+        assert!(text.contains("3 January 2027"), "next attempt date: {text}");
+        d.advance("2027-01-03T00:00:00Z").await;
+        let failed = emails(
+            d,
+            &format!("invoice_id={invoice_id}&template=payment_failed"),
+        )
+        .await;
+        assert_eq!(failed.len(), 2, "{failed:?}");
+        let m = delivered(&smtp, d, invoice_id, "final_notice").await;
+        assert!(m.parsed().subject().is_some());
+        let (_, inv) = d.get(&format!("/v1/invoices/{invoice_id}")).await;
+        assert_eq!(inv["status"], "past_due");
+    }
+);
