@@ -42,6 +42,20 @@ pub enum CustomersCommand {
         #[arg(long)]
         no_auto_charge: bool,
     },
+    /// The statement of account: opening balance, every movement, running and closing balance.
+    #[command(
+        after_help = "Examples:\n  settled customers statement cus_123 --from 2027-01-01 --to 2027-02-01\n  settled customers statement cus_123 --csv > statement.csv"
+    )]
+    Statement {
+        id: String,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        /// Print CSV instead of a table.
+        #[arg(long)]
+        csv: bool,
+    },
     /// Charge everything the customer owes in one payment with its default card.
     #[command(after_help = "Example:\n  settled customers charge-balance cus_123")]
     ChargeBalance { id: String },
@@ -144,7 +158,47 @@ pub enum InvoicesCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum CreditNotesCommand {
+    /// Issue a credit note: credit the customer holds, applied to its next invoices.
+    #[command(
+        after_help = "Example:\n  settled credit-notes create --customer cus_123 --amount 25.00 --currency USD --reason \"Service outage\""
+    )]
+    Create {
+        #[arg(long)]
+        customer: String,
+        #[arg(long)]
+        amount: String,
+        #[arg(long)]
+        currency: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// A customer's credit notes with what remains of each.
+    List {
+        #[arg(long)]
+        customer: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum PaymentsCommand {
+    /// Record an offline payment (wire, check, cash, other) for an invoice or, without --invoice,
+    /// toward the customer's whole balance.
+    #[command(
+        after_help = "Examples:\n  settled payments record --invoice in_123 --amount 40.00 --method wire --reference TRX-1\n  settled payments record --customer cus_123 --amount 100.00 --method check"
+    )]
+    Record {
+        #[arg(long, conflicts_with = "customer")]
+        invoice: Option<String>,
+        #[arg(long, required_unless_present = "invoice")]
+        customer: Option<String>,
+        #[arg(long)]
+        amount: String,
+        #[arg(long)]
+        method: String,
+        #[arg(long)]
+        reference: Option<String>,
+    },
     /// List payments, oldest first.
     #[command(after_help = "Example:\n  settled payments list --customer cus_123")]
     List {
@@ -243,6 +297,34 @@ pub async fn call(
     Ok(Answer { status, body })
 }
 
+/// A CSV answer, printed as is.
+async fn call_csv(state: &Arc<State>, path: &str) -> anyhow::Result<Answer> {
+    let token = state
+        .tokens
+        .first()
+        .context("no admin token is configured")?
+        .expose()
+        .to_string();
+    let request = Request::builder()
+        .method(Method::GET)
+        .uri(path)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::ACCEPT, "text/csv")
+        .body(Body::empty())?;
+    let response = crate::http::router(state.clone())
+        .oneshot(request)
+        .await
+        .context("the request failed")?;
+    let status = response.status().as_u16();
+    let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024 * 1024).await?;
+    let body = if status == 200 {
+        json!({"csv": String::from_utf8_lossy(&bytes)})
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    };
+    Ok(Answer { status, body })
+}
+
 fn query(pairs: &[(&str, &Option<String>)]) -> String {
     let parts: Vec<String> = pairs
         .iter()
@@ -278,6 +360,35 @@ pub async fn customers(state: &Arc<State>, cmd: CustomersCommand) -> anyhow::Res
         }
         CustomersCommand::Show { id } => {
             call(state, Method::GET, &format!("/v1/customers/{id}"), None).await
+        }
+        CustomersCommand::Statement { id, from, to, csv } => {
+            let q = query(&[("from", &from), ("to", &to)]);
+            let path = format!("/v1/customers/{id}/statement{q}");
+            if csv {
+                return call_csv(state, &path).await;
+            }
+            let mut answer = call(state, Method::GET, &path, None).await?;
+            // As a table: one row per entry, with the opening and closing balances around them.
+            if answer.status == 200 {
+                let b = &answer.body;
+                let mut rows = vec![
+                    json!({"object": "statement_entry", "kind": "opening", "balance": b["opening_balance"]}),
+                ];
+                rows.extend(
+                    b["entries"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|mut e| {
+                            e["object"] = json!("statement_entry");
+                            e
+                        }),
+                );
+                rows.push(json!({"object": "statement_entry", "kind": "closing", "balance": b["closing_balance"]}));
+                answer.body = json!({"data": rows, "statement": b});
+            }
+            Ok(answer)
         }
         CustomersCommand::ChargeBalance { id } => {
             call(
@@ -453,11 +564,57 @@ pub async fn invoices(state: &Arc<State>, cmd: InvoicesCommand) -> anyhow::Resul
     }
 }
 
+pub async fn credit_notes(state: &Arc<State>, cmd: CreditNotesCommand) -> anyhow::Result<Answer> {
+    match cmd {
+        CreditNotesCommand::Create {
+            customer,
+            amount,
+            currency,
+            reason,
+        } => {
+            call(
+                state,
+                Method::POST,
+                "/v1/credit_notes",
+                Some(json!({"customer_id": customer, "amount": amount, "currency": currency, "reason": reason})),
+            )
+            .await
+        }
+        CreditNotesCommand::List { customer } => {
+            call(
+                state,
+                Method::GET,
+                &format!("/v1/customers/{customer}/credit_notes"),
+                None,
+            )
+            .await
+        }
+    }
+}
+
 pub async fn payments(state: &Arc<State>, cmd: PaymentsCommand) -> anyhow::Result<Answer> {
     match cmd {
         PaymentsCommand::List { customer, invoice } => {
             let q = query(&[("customer_id", &customer), ("invoice_id", &invoice)]);
             call(state, Method::GET, &format!("/v1/payments{q}"), None).await
+        }
+        PaymentsCommand::Record {
+            invoice,
+            customer,
+            amount,
+            method,
+            reference,
+        } => {
+            let mut body = json!({"amount": amount, "method": method});
+            if let Some(r) = reference {
+                body["reference"] = json!(r);
+            }
+            let path = match (invoice, customer) {
+                (Some(i), _) => format!("/v1/invoices/{i}/payments"),
+                (None, Some(c)) => format!("/v1/customers/{c}/payments"),
+                (None, None) => anyhow::bail!("--invoice or --customer is required"),
+            };
+            call(state, Method::POST, &path, Some(body)).await
         }
         PaymentsCommand::Show { id } => {
             call(state, Method::GET, &format!("/v1/payments/{id}"), None).await
@@ -572,6 +729,16 @@ fn columns(object: &str) -> &'static [&'static str] {
             "total",
         ],
         "test_clock" => &["now", "status"],
+        "statement_entry" => &["at", "kind", "reference", "amount", "balance"],
+        "credit_note" => &[
+            "id",
+            "amount",
+            "remaining",
+            "currency",
+            "source",
+            "reason",
+            "created_at",
+        ],
         "payment" => &[
             "id",
             "invoice_id",

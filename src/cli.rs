@@ -64,6 +64,9 @@ pub enum Command {
     /// Invoices.
     #[command(subcommand)]
     Invoices(crate::admin_cli::InvoicesCommand),
+    /// Credit notes: credit a customer holds, applied to its next invoices.
+    #[command(subcommand)]
+    CreditNotes(crate::admin_cli::CreditNotesCommand),
     /// Payments received (card, webhook, offline).
     #[command(subcommand)]
     Payments(crate::admin_cli::PaymentsCommand),
@@ -170,6 +173,7 @@ pub fn main() -> ExitCode {
                     Command::Subscriptions(c) => crate::admin_cli::subscriptions(&state, c).await?,
                     Command::Invoices(c) => crate::admin_cli::invoices(&state, c).await?,
                     Command::Payments(c) => crate::admin_cli::payments(&state, c).await?,
+                    Command::CreditNotes(c) => crate::admin_cli::credit_notes(&state, c).await?,
                     Command::Jobs(c) => crate::admin_cli::jobs(&state, c).await?,
                     Command::Emails(c) => crate::admin_cli::emails(&state, c).await?,
                     Command::Clock(c) => crate::admin_cli::clock(&state, c).await?,
@@ -194,11 +198,11 @@ pub fn main() -> ExitCode {
 fn print_answer(answer: &crate::admin_cli::Answer, json: bool) -> u8 {
     let ok = (200..300).contains(&answer.status);
     if ok {
-        if json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&answer.body).unwrap_or_default()
-            );
+        if let Some(csv) = answer.body.get("csv").and_then(|v| v.as_str()) {
+            print!("{csv}");
+        } else if json {
+            let body = answer.body.get("statement").unwrap_or(&answer.body);
+            println!("{}", serde_json::to_string_pretty(body).unwrap_or_default());
         } else {
             print!("{}", crate::admin_cli::render_table(&answer.body));
         }

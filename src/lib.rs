@@ -7,6 +7,7 @@ pub mod billing;
 pub mod charges;
 pub mod cli;
 pub mod config;
+pub mod credits;
 pub mod events;
 pub mod gateway;
 pub mod http;

@@ -110,6 +110,15 @@ pub trait Gateway: Send + Sync + 'static {
     /// is `Err(Declined)`; an answer that cannot be trusted is `Err(Unknown)`.
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeResult, GatewayError>;
 
+    /// Refunds `amount` of a succeeded charge (its PaymentIntent) under `idempotency_key`;
+    /// returns the gateway's refund id (re_...).
+    async fn refund(
+        &self,
+        payment_intent_id: &str,
+        amount: i64,
+        idempotency_key: &str,
+    ) -> Result<String, GatewayError>;
+
     /// Looks a charge up by the metadata it was created with (for attempts whose idempotency key
     /// the gateway may have forgotten). `Ok(None)`: the gateway knows no such charge.
     async fn find_charge(

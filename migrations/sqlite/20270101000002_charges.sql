@@ -7,3 +7,14 @@ ALTER TABLE charge_attempts ADD COLUMN sent_wall_ms BIGINT;
 -- the sums per account.
 ALTER TABLE ledger_entries ADD COLUMN account TEXT NOT NULL DEFAULT 'receivable';
 CREATE INDEX charge_attempts_invoice ON charge_attempts(invoice_id, attempt);
+-- Retainer balance spent on invoices (released again if the invoice is voided).
+CREATE TABLE retainer_applications (
+    id          TEXT PRIMARY KEY,
+    retainer_id TEXT NOT NULL REFERENCES retainers(id),
+    invoice_id  TEXT NOT NULL REFERENCES invoices(id),
+    amount      BIGINT NOT NULL CHECK (amount > 0),
+    created_at  BIGINT NOT NULL,
+    released_at BIGINT
+);
+CREATE INDEX retainer_applications_invoice ON retainer_applications(invoice_id);
+CREATE INDEX credit_applications_invoice ON credit_applications(invoice_id);

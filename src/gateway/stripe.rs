@@ -17,6 +17,7 @@ use stripe_core::customer::CreateCustomer;
 use stripe_core::payment_intent::{
     CreatePaymentIntent, CreatePaymentIntentOffSession, SearchPaymentIntent,
 };
+use stripe_core::refund::CreateRefund;
 use stripe_core::{PaymentIntent, PaymentIntentAllowedPaymentMethodTypes, PaymentIntentStatus};
 use stripe_payment::payment_method::{AttachPaymentMethod, DetachPaymentMethod};
 
@@ -151,6 +152,25 @@ impl Gateway for StripeGateway {
             Ok(pi) => Ok(charge_result(pi)),
             Err(e) => Err(classify(e)),
         }
+    }
+
+    async fn refund(
+        &self,
+        payment_intent_id: &str,
+        amount: i64,
+        idempotency_key: &str,
+    ) -> Result<String, GatewayError> {
+        let key = IdempotencyKey::new(idempotency_key)
+            .map_err(|e| GatewayError::Unknown(format!("unusable idempotency key: {e}")))?;
+        let refund = CreateRefund::new()
+            .payment_intent(payment_intent_id)
+            .amount(amount)
+            .customize()
+            .request_strategy(RequestStrategy::Idempotent(key))
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        Ok(refund.id.to_string())
     }
 
     async fn find_charge(

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod charges;
 pub mod clock;
+pub mod credits;
 pub mod customers;
 pub mod emails;
 pub mod error;
@@ -32,6 +33,7 @@ pub fn router(state: Arc<State>) -> Router {
         .merge(subscriptions::router())
         .merge(invoices::router())
         .merge(charges::router())
+        .merge(credits::router())
         .merge(clock::router())
         .merge(jobs::router())
         .merge(webhooks::admin_router())

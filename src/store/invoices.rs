@@ -164,6 +164,7 @@ pub async fn finalize(
         .execute(&mut *c)
         .await?;
     });
+    crate::credits::on_finalized(tx, invoice_id, now).await?;
     crate::outbox::invoice_issued(tx, invoice_id, now).await?;
     crate::charges::on_finalized(tx, invoice_id, now).await?;
     Ok(true)

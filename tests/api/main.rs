@@ -7,6 +7,7 @@ mod support;
 mod helpers;
 
 mod charges;
+mod credits;
 mod customers;
 mod emails;
 mod foundation;
