@@ -336,6 +336,9 @@ async fn run_queue_worker(
     let heartbeat = Duration::from_secs(state.config.jobs.heartbeat_seconds);
     let retries = state.config.jobs.max_attempts.saturating_sub(1) as usize;
     let concurrency = state.config.jobs.concurrency;
+    // One poll may claim as many jobs as can run at once (apalis's default of 10 per poll would
+    // cap a 100 ms poll at 100 jobs/s whatever the concurrency).
+    let batch = concurrency.clamp(10, 1000);
     let policy = RetryPolicy::retries(retries).with_backoff(backoff());
     let signal = async move {
         stop.cancelled().await;
@@ -345,6 +348,7 @@ async fn run_queue_worker(
         Db::Sqlite(pool) => {
             let config = apalis_sqlite::Config::default()
                 .queue(queue::QUEUE)
+                .batch_size(batch)
                 .heartbeat_interval(heartbeat)
                 .missed_heartbeats(ORPHAN_AFTER_MISSED_HEARTBEATS);
             let backend = apalis_sqlite::SqliteStorage::<Envelope>::new(&pool)
@@ -362,6 +366,7 @@ async fn run_queue_worker(
         Db::Postgres(pool) => {
             let config = apalis_postgres::Config::default()
                 .queue(queue::QUEUE)
+                .batch_size(batch)
                 .heartbeat_interval(heartbeat)
                 .missed_heartbeats(ORPHAN_AFTER_MISSED_HEARTBEATS);
             // LISTEN/NOTIFY wakes the worker the moment a due job is inserted (the sweep only
