@@ -41,6 +41,14 @@ pub async fn due_jobs(db: &Db, now: DateTime<Utc>) -> Result<Vec<Job>, sqlx::Err
             .into_iter()
             .map(|invoice_id| Job::FinalizeInvoice { invoice_id }),
     );
+    // Stored events not yet processed: their job was enqueued with them, this finds any that
+    // was lost.
+    jobs.extend(
+        crate::events::store::unprocessed(db, 5000)
+            .await?
+            .into_iter()
+            .map(|event_id| Job::ProcessEvent { event_id }),
+    );
     Ok(jobs)
 }
 
@@ -76,6 +84,7 @@ pub async fn run(state: &State, job: &Job) -> Result<(), JobError> {
         Job::FinalizeInvoice { invoice_id } => {
             crate::store::invoices::finalize_due(state, invoice_id).await
         }
+        Job::ProcessEvent { event_id } => crate::events::process_event(state, event_id).await,
         other => Err(JobError::Permanent(anyhow::anyhow!(
             "this version of settled does not run {} jobs",
             other.kind()

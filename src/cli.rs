@@ -67,6 +67,9 @@ pub enum Command {
     /// The job queue: what ran, what failed, retry by id.
     #[command(subcommand)]
     Jobs(crate::admin_cli::JobsCommand),
+    /// Stored gateway webhook events: list, show, replay.
+    #[command(subcommand)]
+    Webhooks(crate::admin_cli::WebhooksCommand),
     /// The manual clock (clock.mode = "manual").
     #[command(subcommand)]
     Clock(crate::admin_cli::ClockCommand),
@@ -164,6 +167,7 @@ pub fn main() -> ExitCode {
                     Command::Subscriptions(c) => crate::admin_cli::subscriptions(&state, c).await?,
                     Command::Invoices(c) => crate::admin_cli::invoices(&state, c).await?,
                     Command::Jobs(c) => crate::admin_cli::jobs(&state, c).await?,
+                    Command::Webhooks(c) => crate::admin_cli::webhooks(&state, c).await?,
                     Command::Clock(c) => crate::admin_cli::clock(&state, c).await?,
                     _ => unreachable!("handled above"),
                 };

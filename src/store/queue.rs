@@ -41,6 +41,26 @@ pub async fn enqueue_many(
     jobs: &[Job],
     max_attempts: u32,
 ) -> Result<usize, sqlx::Error> {
+    insert_jobs(tx, jobs, 0, max_attempts).await
+}
+
+/// Enqueues `job` under dedup round `round` (`Job::dedup_key(round)`): a deliberate re-run, such
+/// as an operator's replay, that must not be swallowed by the finished job of an earlier round.
+pub async fn enqueue_round(
+    tx: &mut Tx,
+    job: &Job,
+    round: u32,
+    max_attempts: u32,
+) -> Result<bool, sqlx::Error> {
+    Ok(insert_jobs(tx, std::slice::from_ref(job), round, max_attempts).await? == 1)
+}
+
+async fn insert_jobs(
+    tx: &mut Tx,
+    jobs: &[Job],
+    round: u32,
+    max_attempts: u32,
+) -> Result<usize, sqlx::Error> {
     let run_at = due_now_secs();
     let mut added = 0usize;
     for chunk in jobs.chunks(200) {
@@ -72,7 +92,7 @@ pub async fn enqueue_many(
                 q = q
                     .bind(payload(job))
                     .bind(ulid::Ulid::generate().to_string())
-                    .bind(job.dedup_key(0));
+                    .bind(job.dedup_key(round));
             }
             q.execute(c).await?.rows_affected()
         });
