@@ -3,10 +3,11 @@
 //! SQLite and on PostgreSQL; beside it, in the same run, `pgbench` at the same concurrency on a
 //! one-row-insert script against a scratch PostgreSQL database: the machine's ceiling for one
 //! durable single-row insert per request. Prints accepted events/s and p50/p99 latency.
-//! `cargo bench --bench webhooks` sends 20,000 per backend (BENCH_WEBHOOKS changes it;
-//! BENCH_CONCURRENCY the concurrency, 32; BENCH_ROLE=http measures intake with no workers
-//! processing meanwhile); under `cargo test` it runs a small smoke pass so the benchmark keeps
-//! working.
+//! Each backend runs twice: `http` (intake alone, as a process with `daemon.role = "http"`) and
+//! `all` (workers processing the events meanwhile; it also prints when all were processed).
+//! `cargo bench --bench webhooks` sends 60,000 per run (BENCH_WEBHOOKS changes it,
+//! BENCH_CONCURRENCY the concurrency, 32; BENCH_ROLES and BENCH_BACKENDS pick runs); under
+//! `cargo test` it runs a small smoke pass so the benchmark keeps working.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -80,50 +81,105 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-/// Fires `n` signed deliveries with unique ids from `concurrency` clients; every one must be 200.
-async fn fire(base: &str, n: usize, concurrency: usize, run: &str) -> Figures {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()
-        .unwrap();
+/// One signed delivery, prepared before the clock starts (as pgbench's script is).
+struct Delivery {
+    request: Vec<u8>,
+}
+
+fn deliveries(n: usize, run: &str) -> Vec<Delivery> {
+    (0..n)
+        .map(|i| {
+            let body = serde_json::json!({
+                "id": format!("evt_{run}_{i:08}"),
+                "object": "event",
+                "type": "payment_intent.succeeded",
+                "created": 1_800_000_000,
+                "livemode": false,
+                "data": {"object": {"id": format!("pi_{run}_{i:08}"), "object": "payment_intent",
+                    "amount": 1999, "amount_received": 1999, "currency": "usd", "status": "succeeded",
+                    "metadata": {"invoice_id": "in_unknown"}}}
+            })
+            .to_string();
+            let request = format!(
+                "POST /webhooks/stripe HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nStripe-Signature: {}\r\nContent-Length: {}\r\n\r\n{body}",
+                sign(&body),
+                body.len()
+            );
+            Delivery {
+                request: request.into_bytes(),
+            }
+        })
+        .collect()
+}
+
+/// Reads one HTTP/1.1 response from a keep-alive connection; returns its status.
+async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> u16 {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let status: u16 = head
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .expect("status line");
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())
+                        .flatten()
+                })
+                .unwrap_or(0);
+            let total = end + 4 + length;
+            while buf.len() < total {
+                let mut chunk = [0u8; 4096];
+                let n = stream.read(&mut chunk).await.expect("read");
+                assert!(n > 0, "connection closed");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            buf.drain(..total);
+            return status;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "connection closed");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Sends the deliveries from `concurrency` keep-alive connections (a plain HTTP/1.1 client, so
+/// the load generator costs little of the machine); every one must be answered 200.
+async fn fire(addr: &str, deliveries: Vec<Delivery>, concurrency: usize) -> Figures {
+    use tokio::io::AsyncWriteExt;
+    let n = deliveries.len();
+    let deliveries = Arc::new(deliveries);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
-            let client = client.clone();
+            let deliveries = deliveries.clone();
             let next = next.clone();
-            let url = format!("{base}/webhooks/stripe");
-            let run = run.to_string();
+            let addr = addr.to_string();
             tokio::spawn(async move {
+                let mut stream = tokio::net::TcpStream::connect(&addr)
+                    .await
+                    .expect("connect");
+                stream.set_nodelay(true).unwrap();
+                let mut buf = Vec::with_capacity(8192);
                 let mut latencies = Vec::new();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n {
+                    if i >= deliveries.len() {
                         return latencies;
                     }
-                    let body = serde_json::json!({
-                        "id": format!("evt_{run}_{i:08}"),
-                        "object": "event",
-                        "type": "payment_intent.succeeded",
-                        "created": 1_800_000_000,
-                        "livemode": false,
-                        "data": {"object": {"id": format!("pi_{run}_{i:08}"), "object": "payment_intent",
-                            "amount": 1999, "amount_received": 1999, "currency": "usd", "status": "succeeded",
-                            "metadata": {"invoice_id": "in_unknown"}}}
-                    })
-                    .to_string();
-                    let signature = sign(&body);
                     let sent = Instant::now();
-                    let response = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .header("stripe-signature", signature)
-                        .body(body)
-                        .send()
+                    stream
+                        .write_all(&deliveries[i].request)
                         .await
-                        .expect("delivery");
-                    let status = response.status();
-                    let _ = response.bytes().await;
+                        .expect("send");
+                    let status = read_response(&mut stream, &mut buf).await;
                     assert_eq!(status, 200, "a delivery was not accepted");
                     latencies.push(sent.elapsed());
                 }
@@ -184,16 +240,36 @@ async fn daemon_run(backend: &str, n: usize, concurrency: usize, role: &str) -> 
     while !state.db.migrations_applied().await {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let base = format!("http://127.0.0.1:{port}");
-    // A short warm-up so connection set-up is not measured.
-    fire(&base, concurrency * 2, concurrency, "warmup").await;
-    let figures = fire(&base, n, concurrency, "run").await;
+    let addr = format!("127.0.0.1:{port}");
+    // A short warm-up, so start-up work (the first connections, the writers) is not measured.
+    fire(&addr, deliveries(concurrency * 4, "warmup"), concurrency).await;
+    let started = Instant::now();
+    let figures = fire(&addr, deliveries(n, "run"), concurrency).await;
     let stored: i64 = on_db!(&state.db, p => sqlx::query_scalar("SELECT COUNT(*) FROM webhook_events WHERE event_id LIKE 'evt_run_%'").fetch_one(p).await.unwrap());
     assert_eq!(stored as usize, n, "every accepted event is stored");
     println!(
-        "webhooks/{backend} (role {role}): {n} events at concurrency {concurrency}: {:.0} accepted events/s, p50 {:.1} ms, p99 {:.1} ms",
+        "webhooks/{backend} ({role}): {n} events at concurrency {concurrency}: {:.0} accepted events/s, p50 {:.1} ms, p99 {:.1} ms",
         figures.rate, figures.p50_ms, figures.p99_ms
     );
+    if role == "all" {
+        // Processing runs behind the answers; how long until every event has been processed.
+        loop {
+            let waiting: i64 = on_db!(&state.db, p => sqlx::query_scalar("SELECT COUNT(*) FROM webhook_events WHERE status = 'received'").fetch_one(p).await.unwrap());
+            if waiting == 0 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(900),
+                "processing stalled"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!(
+            "webhooks/{backend} ({role}): all {n} processed after {:.1} s = {:.0} processed events/s",
+            started.elapsed().as_secs_f64(),
+            n as f64 / started.elapsed().as_secs_f64()
+        );
+    }
     stop.cancel();
     let _ = handle.await;
     if backend != "sqlite" {
@@ -268,23 +344,28 @@ fn main() {
     let n: usize = std::env::var("BENCH_WEBHOOKS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if benching { 20_000 } else { 200 });
+        .unwrap_or(if benching { 60_000 } else { 200 });
     let concurrency: usize = std::env::var("BENCH_CONCURRENCY")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(32);
-    let role = std::env::var("BENCH_ROLE").unwrap_or_else(|_| "all".into());
+    let roles = std::env::var("BENCH_ROLES").unwrap_or_else(|_| "http,all".into());
+    let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let ceiling = pgbench_ceiling(concurrency, if benching { 15 } else { 2 }).await;
-        daemon_run("sqlite", n, concurrency, &role).await;
-        let pg = daemon_run("postgres", n, concurrency, &role).await;
-        println!(
-            "webhooks/postgres: {:.0}% of the pgbench ceiling",
-            pg.rate / ceiling * 100.0
-        );
+        for backend in backends.split(',') {
+            for role in roles.split(',') {
+                // The ceiling is measured right before each run: other load on the machine moves it.
+                let ceiling = pgbench_ceiling(concurrency, if benching { 5 } else { 1 }).await;
+                let figures = daemon_run(backend, n, concurrency, role).await;
+                println!(
+                    "webhooks/{backend} ({role}): {:.0}% of the pgbench ceiling",
+                    figures.rate / ceiling * 100.0
+                );
+            }
+        }
     });
 }

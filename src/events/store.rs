@@ -55,7 +55,29 @@ pub async fn insert_events(
 ) -> Result<HashSet<String>, sqlx::Error> {
     let mut tx = db.begin().await?;
     let mut new_ids = HashSet::with_capacity(events.len());
-    for chunk in events.chunks(ROWS_PER_STATEMENT) {
+    if let Tx::Postgres(t) = &mut tx {
+        // One statement text whatever the batch size, so it is prepared once per connection.
+        let ids: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO webhook_events (id, source, event_id, type, body, received_at) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[]) \
+             ON CONFLICT (source, event_id) DO NOTHING RETURNING id",
+        )
+        .bind(events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.source.as_str()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.body.as_str()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.received_at).collect::<Vec<_>>())
+        .fetch_all(&mut **t)
+        .await?;
+        new_ids.extend(ids);
+    }
+    let sqlite_rows: &[&NewEvent] = if matches!(tx, Tx::Sqlite(_)) {
+        events
+    } else {
+        &[]
+    };
+    for chunk in sqlite_rows.chunks(ROWS_PER_STATEMENT) {
         let mut sql = String::from(
             "INSERT INTO webhook_events (id, source, event_id, type, body, received_at) VALUES ",
         );

@@ -162,26 +162,39 @@ fn no_secret(source: &str, message: &str) -> Response {
     )
 }
 
-/// The body as text and its JSON object; `id_required` for Stripe (Standard Webhooks carry the
-/// event id in `webhook-id`).
+/// The fields intake needs; everything else in the body is skipped without being built.
+#[derive(Deserialize)]
+struct Head {
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+    #[serde(rename = "type", default)]
+    kind: Option<serde_json::Value>,
+}
+
+fn short_string(v: Option<serde_json::Value>) -> Option<String> {
+    match v {
+        Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= MAX_EVENT_ID => Some(s),
+        _ => None,
+    }
+}
+
+/// The body as text, its `id` and its `type`; `id_required` for Stripe (Standard Webhooks carry
+/// the event id in `webhook-id`).
 fn parse_body(raw: Vec<u8>, id_required: bool) -> Result<(String, Option<String>, String), String> {
     let text = String::from_utf8(raw).map_err(|_| "the webhook body is not UTF-8".to_string())?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| format!("the webhook body is not valid JSON: {e}"))?;
-    let obj = value
-        .as_object()
-        .ok_or_else(|| "the webhook body must be a JSON object".to_string())?;
-    let kind = obj
-        .get("type")
-        .and_then(|t| t.as_str())
-        .filter(|t| !t.is_empty() && t.len() <= MAX_EVENT_ID)
-        .ok_or_else(|| "the webhook body has no string \"type\"".to_string())?
-        .to_string();
-    let id = match obj.get("id").and_then(|t| t.as_str()) {
-        Some(id) if !id.is_empty() && id.len() <= MAX_EVENT_ID => Some(id.to_string()),
-        _ if id_required => return Err("the webhook body has no string \"id\"".into()),
-        _ => None,
-    };
+    let head: Head = serde_json::from_str(&text).map_err(|e| {
+        if e.is_data() {
+            format!("the webhook body must be a JSON object: {e}")
+        } else {
+            format!("the webhook body is not valid JSON: {e}")
+        }
+    })?;
+    let kind = short_string(head.kind)
+        .ok_or_else(|| "the webhook body has no string \"type\"".to_string())?;
+    let id = short_string(head.id);
+    if id.is_none() && id_required {
+        return Err("the webhook body has no string \"id\"".into());
+    }
     Ok((text, id, kind))
 }
 

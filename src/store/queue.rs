@@ -62,6 +62,32 @@ async fn insert_jobs(
     max_attempts: u32,
 ) -> Result<usize, sqlx::Error> {
     let run_at = due_now_secs();
+    if let Tx::Postgres(t) = tx {
+        // One statement text whatever the number of jobs, so it is prepared once per connection.
+        let payloads: Vec<Vec<u8>> = jobs.iter().map(payload).collect();
+        let ids: Vec<String> = jobs
+            .iter()
+            .map(|_| ulid::Ulid::generate().to_string())
+            .collect();
+        let keys: Vec<String> = jobs.iter().map(|j| j.dedup_key(round)).collect();
+        let n = sqlx::query(
+            "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at, \
+             priority, metadata, idempotency_key) \
+             SELECT j, i, $1, 'Pending', 0, $2, to_timestamp($3), 0, ''::hstore, k \
+             FROM UNNEST($4::bytea[], $5::text[], $6::text[]) AS t(j, i, k) \
+             ON CONFLICT (job_type, idempotency_key) DO NOTHING",
+        )
+        .bind(QUEUE)
+        .bind(max_attempts as i32)
+        .bind(run_at)
+        .bind(payloads)
+        .bind(ids)
+        .bind(keys)
+        .execute(&mut **t)
+        .await?
+        .rows_affected();
+        return Ok(n as usize);
+    }
     let mut added = 0usize;
     for chunk in jobs.chunks(200) {
         let (table, run_at_sql, metadata) = match tx {
