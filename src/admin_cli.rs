@@ -1,4 +1,4 @@
-//! The operator's commands (`settled customers|subscriptions|invoices|jobs|emails|clock ...`). They run
+//! The operator's commands (`settled customers|subscriptions|invoices|payments|jobs|emails|webhooks|clock ...`). They run
 //! the admin API's own handlers in-process against the configured database, so the CLI and the
 //! HTTP API validate, store and answer exactly alike, and no running daemon is needed.
 
@@ -249,6 +249,23 @@ pub enum EmailsCommand {
     Retry {
         id: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WebhooksCommand {
+    /// List stored events, newest first (status: received, processed, ignored, failed).
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this source (stripe, or a Standard Webhooks source name).
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Show one stored event with its payload.
+    Show { id: String },
+    /// Process a stored event again (its effects are idempotent).
+    #[command(after_help = "Example:\n  settled webhooks replay whe_...")]
+    Replay { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -677,6 +694,33 @@ pub async fn emails(state: &Arc<State>, cmd: EmailsCommand) -> anyhow::Result<An
     }
 }
 
+pub async fn webhooks(state: &Arc<State>, cmd: WebhooksCommand) -> anyhow::Result<Answer> {
+    match cmd {
+        WebhooksCommand::List { status, source } => {
+            let q = query(&[("status", &status), ("source", &source)]);
+            call(state, Method::GET, &format!("/v1/webhook_events{q}"), None).await
+        }
+        WebhooksCommand::Show { id } => {
+            call(
+                state,
+                Method::GET,
+                &format!("/v1/webhook_events/{id}"),
+                None,
+            )
+            .await
+        }
+        WebhooksCommand::Replay { id } => {
+            call(
+                state,
+                Method::POST,
+                &format!("/v1/webhook_events/{id}/replay"),
+                Some(json!({})),
+            )
+            .await
+        }
+    }
+}
+
 pub async fn clock(state: &Arc<State>, cmd: ClockCommand) -> anyhow::Result<Answer> {
     match cmd {
         ClockCommand::Show => call(state, Method::GET, "/v1/clock", None).await,
@@ -757,6 +801,16 @@ fn columns(object: &str) -> &'static [&'static str] {
             "subject",
             "sent_at",
             "last_error",
+        ],
+        "webhook_event" => &[
+            "id",
+            "source",
+            "event_id",
+            "type",
+            "status",
+            "received_at",
+            "replays",
+            "error",
         ],
         _ => &["id", "kind", "status", "attempts", "run_at", "last_error"],
     }

@@ -49,6 +49,14 @@ pub async fn due_jobs(
     jobs.extend(crate::charges::due_jobs(db, now).await?);
     jobs.extend(crate::charges::late_fee_jobs(db, config, now).await?);
     jobs.extend(crate::outbox::due_jobs(db, config.email.reminder_days, now).await?);
+    // Stored events not yet processed: their job was enqueued with them, this finds any that
+    // was lost.
+    jobs.extend(
+        crate::events::store::unprocessed(db, 5000)
+            .await?
+            .into_iter()
+            .map(|event_id| Job::ProcessEvent { event_id }),
+    );
     Ok(jobs)
 }
 
@@ -104,9 +112,6 @@ pub async fn run(state: &State, job: &Job) -> Result<(), JobError> {
             subscription_id,
             period_start,
         } => crate::outbox::remind_upcoming_charge(state, subscription_id, *period_start).await,
-        other => Err(JobError::Permanent(anyhow::anyhow!(
-            "this version of settled does not run {} jobs",
-            other.kind()
-        ))),
+        Job::ProcessEvent { event_id } => crate::events::process_event(state, event_id).await,
     }
 }

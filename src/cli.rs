@@ -76,6 +76,9 @@ pub enum Command {
     /// The email outbox: what was sent to whom, what failed, retry by id.
     #[command(subcommand)]
     Emails(crate::admin_cli::EmailsCommand),
+    /// Stored gateway webhook events: list, show, replay.
+    #[command(subcommand)]
+    Webhooks(crate::admin_cli::WebhooksCommand),
     /// The manual clock (clock.mode = "manual").
     #[command(subcommand)]
     Clock(crate::admin_cli::ClockCommand),
@@ -176,6 +179,7 @@ pub fn main() -> ExitCode {
                     Command::CreditNotes(c) => crate::admin_cli::credit_notes(&state, c).await?,
                     Command::Jobs(c) => crate::admin_cli::jobs(&state, c).await?,
                     Command::Emails(c) => crate::admin_cli::emails(&state, c).await?,
+                    Command::Webhooks(c) => crate::admin_cli::webhooks(&state, c).await?,
                     Command::Clock(c) => crate::admin_cli::clock(&state, c).await?,
                     _ => unreachable!("handled above"),
                 };

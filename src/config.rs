@@ -141,6 +141,7 @@ pub struct StripeConfig {
 #[serde(deny_unknown_fields)]
 pub struct StandardWebhooksConfig {
     pub tolerance_seconds: i64,
+    pub max_body_bytes: usize,
     #[serde(default)]
     pub sources: BTreeMap<String, StandardWebhookSource>,
 }
@@ -320,6 +321,15 @@ impl Config {
         if self.stripe.webhook_tolerance_seconds <= 0 {
             problems.push("stripe.webhook_tolerance_seconds: must be positive".into());
         }
+        if self.standard_webhooks.tolerance_seconds <= 0 {
+            problems.push("standard_webhooks.tolerance_seconds: must be positive".into());
+        }
+        if self.stripe.webhook_max_body_bytes == 0 {
+            problems.push("stripe.webhook_max_body_bytes: must be at least 1".into());
+        }
+        if self.standard_webhooks.max_body_bytes == 0 {
+            problems.push("standard_webhooks.max_body_bytes: must be at least 1".into());
+        }
         if self.stripe.request_timeout_seconds == 0 {
             problems.push("stripe.request_timeout_seconds: must be positive".into());
         }
@@ -400,10 +410,18 @@ impl Config {
                     ));
                 }
             }
+            if name == "stripe" {
+                problems.push(
+                    "standard_webhooks.sources.stripe: the name is taken by /webhooks/stripe"
+                        .into(),
+                );
+            }
             for s in &source.secrets {
-                if !s.expose().starts_with("whsec_") {
+                if !s.expose().starts_with("whsec_")
+                    || crate::events::signature::standard_key(s.expose()).is_none()
+                {
                     problems.push(format!(
-                        "standard_webhooks.sources.{name}.secrets: every secret must start with whsec_"
+                        "standard_webhooks.sources.{name}.secrets: every secret must be whsec_ followed by base64"
                     ));
                 }
             }

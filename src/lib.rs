@@ -12,6 +12,7 @@ pub mod events;
 pub mod gateway;
 pub mod http;
 pub mod mail;
+pub mod metrics;
 pub mod notify;
 pub mod outbox;
 pub mod payments;

@@ -43,9 +43,11 @@ pub fn router(state: Arc<State>) -> Router {
             auth::require_admin,
         ))
         .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes));
+    crate::metrics::install();
     Router::new()
         .merge(health::router())
-        .merge(webhooks::public_router())
+        .merge(crate::metrics::router())
+        .merge(webhooks::public_router(state.clone()))
         .nest("/v1", admin)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(

@@ -55,7 +55,7 @@ pub async fn enqueue_many(
     jobs: &[Job],
     max_attempts: u32,
 ) -> Result<usize, sqlx::Error> {
-    enqueue_many_at(tx, jobs, due_now_secs(), max_attempts).await
+    insert_jobs(tx, jobs, 0, due_now_secs(), max_attempts).await
 }
 
 /// Enqueues one job that becomes due `delay` from now on the wall clock (a transport's retry
@@ -67,15 +67,61 @@ pub async fn enqueue_after(
     max_attempts: u32,
 ) -> Result<bool, sqlx::Error> {
     let run_at = due_now_secs() + 1 + delay.as_secs() as i64;
-    Ok(enqueue_many_at(tx, std::slice::from_ref(job), run_at, max_attempts).await? == 1)
+    Ok(insert_jobs(tx, std::slice::from_ref(job), 0, run_at, max_attempts).await? == 1)
 }
 
-async fn enqueue_many_at(
+/// Enqueues `job` under dedup round `round` (`Job::dedup_key(round)`): a deliberate re-run, such
+/// as an operator's replay, that must not be swallowed by the finished job of an earlier round.
+pub async fn enqueue_round(
+    tx: &mut Tx,
+    job: &Job,
+    round: u32,
+    max_attempts: u32,
+) -> Result<bool, sqlx::Error> {
+    Ok(insert_jobs(
+        tx,
+        std::slice::from_ref(job),
+        round,
+        due_now_secs(),
+        max_attempts,
+    )
+    .await?
+        == 1)
+}
+
+async fn insert_jobs(
     tx: &mut Tx,
     jobs: &[Job],
+    round: u32,
     run_at: i64,
     max_attempts: u32,
 ) -> Result<usize, sqlx::Error> {
+    if let Tx::Postgres(t) = tx {
+        // One statement text whatever the number of jobs, so it is prepared once per connection.
+        let payloads: Vec<Vec<u8>> = jobs.iter().map(payload).collect();
+        let ids: Vec<String> = jobs
+            .iter()
+            .map(|_| ulid::Ulid::generate().to_string())
+            .collect();
+        let keys: Vec<String> = jobs.iter().map(|j| j.dedup_key(round)).collect();
+        let n = sqlx::query(
+            "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at, \
+             priority, metadata, idempotency_key) \
+             SELECT j, i, $1, 'Pending', 0, $2, to_timestamp($3), 0, ''::hstore, k \
+             FROM UNNEST($4::bytea[], $5::text[], $6::text[]) AS t(j, i, k) \
+             ON CONFLICT (job_type, idempotency_key) DO NOTHING",
+        )
+        .bind(QUEUE)
+        .bind(max_attempts as i32)
+        .bind(run_at)
+        .bind(payloads)
+        .bind(ids)
+        .bind(keys)
+        .execute(&mut **t)
+        .await?
+        .rows_affected();
+        return Ok(n as usize);
+    }
     let mut added = 0usize;
     for chunk in jobs.chunks(200) {
         let (table, run_at_sql, metadata) = match tx {
@@ -106,7 +152,7 @@ async fn enqueue_many_at(
                 q = q
                     .bind(payload(job))
                     .bind(ulid::Ulid::generate().to_string())
-                    .bind(job.dedup_key(0));
+                    .bind(job.dedup_key(round));
             }
             q.execute(c).await?.rows_affected()
         });

@@ -1,0 +1,371 @@
+//! Benchmark: signed Stripe webhooks fired at the real daemon (HTTP intake, signature check,
+//! durable storage with its process_event job) at a fixed concurrency with unique event ids, on
+//! SQLite and on PostgreSQL; beside it, in the same run, `pgbench` at the same concurrency on a
+//! one-row-insert script against a scratch PostgreSQL database: the machine's ceiling for one
+//! durable single-row insert per request. Prints accepted events/s and p50/p99 latency.
+//! Each backend runs twice: `http` (intake alone, as a process with `daemon.role = "http"`) and
+//! `all` (workers processing the events meanwhile; it also prints when all were processed).
+//! `cargo bench --bench webhooks` sends 60,000 per run (BENCH_WEBHOOKS changes it,
+//! BENCH_CONCURRENCY the concurrency, 32; BENCH_ROLES and BENCH_BACKENDS pick runs); under
+//! `cargo test` it runs a small smoke pass so the benchmark keeps working.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, Mac};
+use settled::app::Application;
+use settled::config::Config;
+use settled::store::on_db;
+use sha2::Sha256;
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "whsec_bench_0123456789abcdef";
+
+fn admin_url() -> String {
+    std::env::var("SETTLED_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn database_url(name: &str) -> String {
+    let admin = admin_url();
+    let base = admin
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_string())
+        .unwrap_or(admin);
+    format!("{base}/{name}")
+}
+
+async fn admin_exec(sql: String) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&admin_url())
+        .await
+        .expect("PostgreSQL is required for this benchmark");
+    sqlx::Executor::execute(&mut conn, sqlx::AssertSqlSafe(sql))
+        .await
+        .expect("admin statement");
+}
+
+async fn fresh_postgres(name: &str) -> String {
+    admin_exec(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+    admin_exec(format!("CREATE DATABASE {name}")).await;
+    database_url(name)
+}
+
+async fn drop_postgres(name: &str) {
+    admin_exec(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+}
+
+fn sign(body: &str) -> String {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("{t}.{body}").as_bytes());
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+struct Figures {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// One signed delivery, prepared before the clock starts (as pgbench's script is).
+struct Delivery {
+    request: Vec<u8>,
+}
+
+fn deliveries(n: usize, run: &str) -> Vec<Delivery> {
+    (0..n)
+        .map(|i| {
+            let body = serde_json::json!({
+                "id": format!("evt_{run}_{i:08}"),
+                "object": "event",
+                "type": "payment_intent.succeeded",
+                "created": 1_800_000_000,
+                "livemode": false,
+                "data": {"object": {"id": format!("pi_{run}_{i:08}"), "object": "payment_intent",
+                    "amount": 1999, "amount_received": 1999, "currency": "usd", "status": "succeeded",
+                    "metadata": {"invoice_id": "in_unknown"}}}
+            })
+            .to_string();
+            let request = format!(
+                "POST /webhooks/stripe HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nStripe-Signature: {}\r\nContent-Length: {}\r\n\r\n{body}",
+                sign(&body),
+                body.len()
+            );
+            Delivery {
+                request: request.into_bytes(),
+            }
+        })
+        .collect()
+}
+
+/// Reads one HTTP/1.1 response from a keep-alive connection; returns its status.
+async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> u16 {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let status: u16 = head
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .expect("status line");
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())
+                        .flatten()
+                })
+                .unwrap_or(0);
+            let total = end + 4 + length;
+            while buf.len() < total {
+                let mut chunk = [0u8; 4096];
+                let n = stream.read(&mut chunk).await.expect("read");
+                assert!(n > 0, "connection closed");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            buf.drain(..total);
+            return status;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "connection closed");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Sends the deliveries from `concurrency` keep-alive connections (a plain HTTP/1.1 client, so
+/// the load generator costs little of the machine); every one must be answered 200.
+async fn fire(addr: &str, deliveries: Vec<Delivery>, concurrency: usize) -> Figures {
+    use tokio::io::AsyncWriteExt;
+    let n = deliveries.len();
+    let deliveries = Arc::new(deliveries);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let deliveries = deliveries.clone();
+            let next = next.clone();
+            let addr = addr.to_string();
+            tokio::spawn(async move {
+                let mut stream = tokio::net::TcpStream::connect(&addr)
+                    .await
+                    .expect("connect");
+                stream.set_nodelay(true).unwrap();
+                let mut buf = Vec::with_capacity(8192);
+                let mut latencies = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= deliveries.len() {
+                        return latencies;
+                    }
+                    let sent = Instant::now();
+                    stream
+                        .write_all(&deliveries[i].request)
+                        .await
+                        .expect("send");
+                    let status = read_response(&mut stream, &mut buf).await;
+                    assert_eq!(status, 200, "a delivery was not accepted");
+                    latencies.push(sent.elapsed());
+                }
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(n);
+    for t in tasks {
+        latencies.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Figures {
+        rate: n as f64 / elapsed.as_secs_f64(),
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+    }
+}
+
+async fn daemon_run(backend: &str, n: usize, concurrency: usize, role: &str) -> Figures {
+    let dir = tempfile::tempdir().unwrap();
+    let pg_name = format!("settled_bench_webhooks_{}", std::process::id());
+    let url = match backend {
+        "sqlite" => format!("sqlite://{}", dir.path().join("bench.db").display()),
+        _ => fresh_postgres(&pg_name).await,
+    };
+    let env = vec![
+        ("SETTLED__DATABASE__URL".to_string(), url.clone()),
+        (
+            "SETTLED__DAEMON__STATE_DIR".to_string(),
+            dir.path().display().to_string(),
+        ),
+        ("SETTLED__DAEMON__ROLE".to_string(), role.to_string()),
+        (
+            "SETTLED__SERVER__LISTEN".to_string(),
+            "127.0.0.1:0".to_string(),
+        ),
+        (
+            "SETTLED__ADMIN__TOKENS".to_string(),
+            "[\"bench\"]".to_string(),
+        ),
+        (
+            "SETTLED__STRIPE__WEBHOOK_SECRETS".to_string(),
+            format!("[\"{SECRET}\"]"),
+        ),
+        (
+            "SETTLED__DATABASE__MAX_CONNECTIONS".to_string(),
+            "24".to_string(),
+        ),
+        ("SETTLED__LOG__LEVEL".to_string(), "warn".to_string()),
+    ];
+    let config = Config::load_from(None, env).expect("config");
+    let app = Application::build(config).await.expect("build");
+    let port = app.port();
+    let state = app.state();
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
+    while !state.db.migrations_applied().await {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let addr = format!("127.0.0.1:{port}");
+    // A short warm-up, so start-up work (the first connections, the writers) is not measured.
+    fire(&addr, deliveries(concurrency * 4, "warmup"), concurrency).await;
+    let started = Instant::now();
+    let figures = fire(&addr, deliveries(n, "run"), concurrency).await;
+    let stored: i64 = on_db!(&state.db, p => sqlx::query_scalar("SELECT COUNT(*) FROM webhook_events WHERE event_id LIKE 'evt_run_%'").fetch_one(p).await.unwrap());
+    assert_eq!(stored as usize, n, "every accepted event is stored");
+    println!(
+        "webhooks/{backend} ({role}): {n} events at concurrency {concurrency}: {:.0} accepted events/s, p50 {:.1} ms, p99 {:.1} ms",
+        figures.rate, figures.p50_ms, figures.p99_ms
+    );
+    if role == "all" {
+        // Processing runs behind the answers; how long until every event has been processed.
+        loop {
+            let waiting: i64 = on_db!(&state.db, p => sqlx::query_scalar("SELECT COUNT(*) FROM webhook_events WHERE status = 'received'").fetch_one(p).await.unwrap());
+            if waiting == 0 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(900),
+                "processing stalled"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!(
+            "webhooks/{backend} ({role}): all {n} processed after {:.1} s = {:.0} processed events/s",
+            started.elapsed().as_secs_f64(),
+            n as f64 / started.elapsed().as_secs_f64()
+        );
+    }
+    stop.cancel();
+    let _ = handle.await;
+    if backend != "sqlite" {
+        drop_postgres(&pg_name).await;
+    }
+    figures
+}
+
+/// The ceiling: pgbench, `concurrency` clients, each transaction one single-row INSERT (with a
+/// body the size of a webhook event) committed on its own, against a scratch database.
+async fn pgbench_ceiling(concurrency: usize, seconds: u64) -> f64 {
+    let name = format!("settled_bench_pgbench_{}", std::process::id());
+    let url = fresh_postgres(&name).await;
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::Executor::execute(
+            &mut conn,
+            "CREATE TABLE ceiling (id BIGSERIAL PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, body TEXT NOT NULL)",
+        )
+        .await
+        .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("insert.sql");
+    std::fs::write(
+        &script,
+        "INSERT INTO ceiling (event_id, body) VALUES ('evt_' || :client_id || '_' || nextval('ceiling_id_seq'), repeat('x', 400));\n",
+    )
+    .unwrap();
+    let out = Command::new("pgbench")
+        .args([
+            "-n",
+            "-c",
+            &concurrency.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+            "-f",
+            &script.display().to_string(),
+            &url,
+        ])
+        .output()
+        .expect("pgbench is installed (it ships with PostgreSQL)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "pgbench failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tps: f64 = text
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l["tps = ".len()..].split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("pgbench printed tps");
+    let latency = text
+        .lines()
+        .find(|l| l.starts_with("latency average"))
+        .unwrap_or("latency average = ?")
+        .to_string();
+    println!(
+        "pgbench ceiling: one single-row INSERT per transaction at concurrency {concurrency}: {tps:.0} tps ({latency})"
+    );
+    drop_postgres(&name).await;
+    tps
+}
+
+fn main() {
+    let benching = std::env::args().any(|a| a == "--bench");
+    let n: usize = std::env::var("BENCH_WEBHOOKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if benching { 60_000 } else { 200 });
+    let concurrency: usize = std::env::var("BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
+    let roles = std::env::var("BENCH_ROLES").unwrap_or_else(|_| "http,all".into());
+    let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for backend in backends.split(',') {
+            for role in roles.split(',') {
+                // The ceiling is measured right before each run: other load on the machine moves it.
+                let ceiling = pgbench_ceiling(concurrency, if benching { 5 } else { 1 }).await;
+                let figures = daemon_run(backend, n, concurrency, role).await;
+                println!(
+                    "webhooks/{backend} ({role}): {:.0}% of the pgbench ceiling",
+                    figures.rate / ceiling * 100.0
+                );
+            }
+        }
+    });
+}
