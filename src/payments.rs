@@ -131,6 +131,9 @@ pub async fn record(
     }
     allocate(tx, &id, p, now).await?;
     crate::outbox::receipt(tx, &id, now).await?;
+    if let (Some(pi), "stripe") = (p.gateway_payment_id, p.gateway) {
+        crate::events::apply::wake_waiting(tx, pi).await?;
+    }
     tracing::info!(
         payment_id = %id,
         customer_id = %p.customer_id,

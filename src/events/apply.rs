@@ -189,6 +189,33 @@ async fn intent_succeeded(
     Ok(EventOutcome::Processed)
 }
 
+/// Events that arrived before the payment they are about (a refund or dispute overtaking its
+/// payment) wait as `received`; once the payment is recorded they run again at once.
+pub async fn wake_waiting(tx: &mut Tx, payment_intent_id: &str) -> Result<(), sqlx::Error> {
+    let pattern = format!("%\"{payment_intent_id}\"%");
+    let waiting: Vec<(String, i64)> = on_tx!(tx, c => {
+        sqlx::query_as(
+            "UPDATE webhook_events SET replays = replays + 1, status = 'received', error = NULL \
+             WHERE source = 'stripe' AND status IN ('received', 'failed') \
+             AND type IN ('charge.refunded', 'charge.dispute.created', 'charge.dispute.closed') \
+             AND body LIKE $1 RETURNING id, replays",
+        )
+        .bind(&pattern)
+        .fetch_all(&mut *c)
+        .await?
+    });
+    for (event_id, round) in waiting {
+        crate::store::queue::enqueue_round(
+            tx,
+            &settled_jobs::job::Job::ProcessEvent { event_id },
+            round as u32,
+            crate::store::queue::default_max_attempts(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 async fn intent_failed(
     state: &State,
     tx: &mut Tx,
@@ -391,17 +418,20 @@ async fn reverse_payment(
             .bind(ms(now))
             .execute(&mut *c)
             .await?;
-            sqlx::query("UPDATE payment_allocations SET amount = amount - $3 WHERE payment_id = $1 AND invoice_id = $2")
-                .bind(payment_id)
-                .bind(&invoice_id)
-                .bind(back)
-                .execute(&mut *c)
-                .await?;
-            sqlx::query("DELETE FROM payment_allocations WHERE payment_id = $1 AND invoice_id = $2 AND amount = 0")
-                .bind(payment_id)
-                .bind(&invoice_id)
-                .execute(&mut *c)
-                .await?;
+            if back == allocated {
+                sqlx::query("DELETE FROM payment_allocations WHERE payment_id = $1 AND invoice_id = $2")
+                    .bind(payment_id)
+                    .bind(&invoice_id)
+                    .execute(&mut *c)
+                    .await?;
+            } else {
+                sqlx::query("UPDATE payment_allocations SET amount = amount - $3 WHERE payment_id = $1 AND invoice_id = $2")
+                    .bind(payment_id)
+                    .bind(&invoice_id)
+                    .bind(back)
+                    .execute(&mut *c)
+                    .await?;
+            }
         });
         payments::ledger(
             tx,

@@ -37,6 +37,10 @@ pub fn set_default_max_attempts(n: u32) {
     DEFAULT_MAX_ATTEMPTS.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
 }
 
+pub fn default_max_attempts() -> u32 {
+    DEFAULT_MAX_ATTEMPTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Enqueues `job` inside `tx` with the configured number of tries; false when already queued.
 pub async fn push(tx: &mut Tx, job: &Job) -> Result<bool, sqlx::Error> {
     let max = DEFAULT_MAX_ATTEMPTS.load(std::sync::atomic::Ordering::Relaxed);

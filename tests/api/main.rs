@@ -11,6 +11,7 @@ mod credits;
 mod customers;
 mod emails;
 mod foundation;
+mod gateway_events;
 mod generation;
 mod invoices;
 mod lifecycle;
