@@ -38,7 +38,7 @@ impl State {
     /// command runs against exactly what the daemon would.
     pub async fn build(config: Config) -> anyhow::Result<Arc<State>> {
         let config = Arc::new(config);
-        let db = Db::open(&config)?;
+        let db = Db::open_sized(&config, Db::pool_shares(&config).0)?;
         crate::store::queue::set_default_max_attempts(config.jobs.max_attempts);
         let tokens = admin_tokens(&config)?;
         let gateway = crate::gateway::from_config(&config)?;

@@ -7,8 +7,15 @@
 //! - `credit`: credit it holds = the remaining amount of its credit notes;
 //! - `retainer`: unused deposits = the remaining amount of its retainers.
 //!
-//! Every movement writes its rows in the same transaction as the change; [`check`] proves the
-//! three sums equal the tables they summarise.
+//! Every movement writes its rows in the same transaction as the change. The invariant, proved by
+//! [`check`] (and `GET /v1/ledger/check`) after every money-moving test:
+//! - per customer and currency, Σ receivable = Σ amount_due of open, partially paid and past-due
+//!   invoices; Σ credit = Σ remaining of credit notes; Σ retainer = Σ remaining of retainers;
+//! - per invoice, amount_due = total − credits_applied − retainer_applied − Σ its payment
+//!   allocations (a refund that reopens an invoice takes its part of the allocation back), and
+//!   amount_paid = Σ its allocations; an invoice is `paid` exactly when nothing is due;
+//! - no credit note or retainer holds less than zero or more than it started with;
+//! - per payment, Σ refunds = amount_refunded ≤ amount.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -447,6 +454,44 @@ pub async fn check(db: &Db) -> Result<Vec<String>, sqlx::Error> {
                 ));
             }
         }
+    }
+    // Every invoice's amount due is exactly its total less credit and retainer applied and less
+    // what payments still pay on it (refunds that reopened it have taken their part back), and
+    // its amount paid is what its payments' allocations say.
+    type InvoiceFacts = (String, String, i64, i64, i64, i64, i64, i64);
+    let invoices: Vec<InvoiceFacts> = on_db!(db, p => {
+        sqlx::query_as(
+            "SELECT i.id, i.status, i.total, i.credits_applied, i.retainer_applied, i.amount_paid, i.amount_due, \
+             CAST(COALESCE((SELECT SUM(a.amount) FROM payment_allocations a WHERE a.invoice_id = i.id), 0) AS BIGINT) \
+             FROM invoices i WHERE i.status NOT IN ('draft', 'void')",
+        )
+        .fetch_all(p)
+        .await?
+    });
+    for (id, status, total, credits, retainer, paid, due, allocated) in invoices {
+        if paid != allocated || due != total - credits - retainer - allocated || due < 0 {
+            problems.push(format!(
+                "invoice {id} ({status}): total {total} - credit {credits} - retainer {retainer} - paid {allocated} \
+                 should be the amount due {due} (amount_paid {paid})"
+            ));
+        }
+        if (due == 0) != (status == "paid") && status != "uncollectible" {
+            problems.push(format!("invoice {id} is {status} with {due} due"));
+        }
+    }
+    // No balance is ever negative.
+    let negative: i64 = on_db!(db, p => {
+        sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM credit_notes WHERE remaining < 0 OR remaining > amount) \
+             + (SELECT COUNT(*) FROM retainers WHERE remaining < 0 OR remaining > amount)",
+        )
+        .fetch_one(p)
+        .await?
+    });
+    if negative > 0 {
+        problems.push(format!(
+            "{negative} credit notes or retainers hold an impossible balance"
+        ));
     }
     // Every refund is on its payment, and no payment gives back more than it took.
     let payments: Vec<(String, i64, i64, i64)> = on_db!(db, p => {

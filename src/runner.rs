@@ -287,7 +287,7 @@ fn spawn_queue_worker(state: Arc<State>, stop: CancellationToken) -> JoinHandle<
         // before a migration altered the jobs table would describe them with the old column
         // count (a driver panic on SQLite, "cached plan must not change result type" on
         // PostgreSQL).
-        let queue_db = match Db::open(&state.config) {
+        let queue_db = match Db::open_sized(&state.config, Db::pool_shares(&state.config).1) {
             Ok(db) => db,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot open a pool for the job queue; sharing the main one");

@@ -86,6 +86,20 @@ impl Db {
     /// Opens the configured database. Connections are made lazily, so an unreachable database does
     /// not stop start-up: `/readyz` says 503 and work resumes once it answers.
     pub fn open(config: &Config) -> anyhow::Result<Db> {
+        Self::open_sized(config, config.database.max_connections)
+    }
+
+    /// How `database.max_connections` is split: the job queue's pool (claims, acknowledgements,
+    /// heartbeats) gets a third, at least 2; the rest serves requests and the jobs' own work.
+    pub fn pool_shares(config: &Config) -> (u32, u32) {
+        let total = config.database.max_connections.max(4);
+        let queue = (total / 3).max(2);
+        (total - queue, queue)
+    }
+
+    /// The same database with a pool of `max_connections` (the job queue's own pool takes a share
+    /// of `database.max_connections`; see `runner`).
+    pub fn open_sized(config: &Config, max_connections: u32) -> anyhow::Result<Db> {
         let timeout = Duration::from_secs(config.database.connect_timeout_seconds.max(1));
         match config.database_kind()? {
             DatabaseKind::Sqlite(path) => {
@@ -94,18 +108,14 @@ impl Db {
                         format!("cannot create the database folder {}", parent.display())
                     })?;
                 }
-                Ok(Db::Sqlite(sqlite_pool(
-                    &path,
-                    config.database.max_connections,
-                    timeout,
-                )?))
+                Ok(Db::Sqlite(sqlite_pool(&path, max_connections, timeout)?))
             }
             DatabaseKind::Postgres(url) => {
                 let options = PgConnectOptions::from_str(&url)
                     .context("database.url is not a valid postgres url")?
                     .application_name("settled");
                 let pool = PgPoolOptions::new()
-                    .max_connections(config.database.max_connections)
+                    .max_connections(max_connections.max(1))
                     .acquire_timeout(timeout)
                     .connect_lazy_with(options);
                 Ok(Db::Postgres(pool))

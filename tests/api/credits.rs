@@ -642,3 +642,119 @@ both!(
         }
     }
 );
+
+/// The same credit applied by two daemons finalising two invoices at once is spent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_applications_of_one_credit_never_spend_it_twice() {
+    let w = World::start(Backend::Postgres).await;
+    let d = &w.daemon;
+    let mut options = DaemonOptions {
+        manual_clock: None,
+        with_token: false,
+        ..DaemonOptions::default()
+    };
+    options.env = d.env().to_vec();
+    let twin_dir = tempfile::tempdir().unwrap();
+    let twin = Daemon::start(twin_dir.path(), &w.db.url, options).await;
+    for round in 0..5 {
+        let cus = customer(d).await;
+        let (status, _) = d
+            .post(
+                "/v1/credit_notes",
+                json!({"customer_id": cus, "amount": "50.00", "currency": "USD", "reason": "race"}),
+            )
+            .await;
+        assert_eq!(status, 201);
+        let a = invoice(d, &cus, "40.00", "2027-01-15T00:00:00Z");
+        let b = invoice(&twin, &cus, "40.00", "2027-01-15T00:00:00Z");
+        let (a, b) = tokio::join!(a, b);
+        let applied: Vec<&str> = [&a, &b]
+            .iter()
+            .map(|i| i["credits_applied"].as_str().unwrap())
+            .collect();
+        let mut sorted = applied.clone();
+        sorted.sort();
+        assert_eq!(sorted, vec!["10.00", "40.00"], "round {round}: {applied:?}");
+        assert_eq!(balances(d, &cus).await, (s("30.00"), s("0.00"), s("0.00")));
+    }
+    assert_ledger(d).await;
+}
+
+both!(
+    a_year_of_activity_closes_on_the_customers_balance,
+    |backend| async move {
+        let w = World::start(backend).await;
+        let d = &w.daemon;
+        let cus = customer(d).await;
+        let (status, sub) = d
+            .post(
+                "/v1/subscriptions",
+                json!({"customer_id": cus, "items": [{"description": "Plan", "unit_amount": "49.90", "tax_rate": "0.20"}],
+                       "schedule": {"every": "month", "anchor": "2027-01-31T00:00:00Z"}, "start_at": "2027-01-31T00:00:00Z",
+                       "net_days": 14}),
+            )
+            .await;
+        assert_eq!(status, 201, "{sub}");
+        for month in 1..=12 {
+            d.advance(&format!("2027-{month:02}-28T12:00:00Z")).await;
+            match month % 4 {
+                0 => {
+                    let (status, _) = d
+                        .post(&format!("/v1/customers/{cus}/payments"),
+                              json!({"amount": "150.00", "method": "wire", "reference": format!("W-{month}")}))
+                        .await;
+                    assert_eq!(status, 201);
+                }
+                2 => {
+                    let (status, _) = d
+                        .post("/v1/credit_notes",
+                              json!({"customer_id": cus, "amount": "7.25", "currency": "USD", "reason": "discount"}))
+                        .await;
+                    assert_eq!(status, 201);
+                }
+                _ => {}
+            }
+        }
+        d.advance("2028-01-15T00:00:00Z").await;
+        let (status, st) = d
+            .get(&format!(
+                "/v1/customers/{cus}/statement?from=2027-01-01&to=2028-01-01"
+            ))
+            .await;
+        assert_eq!(status, 200, "{st}");
+        assert_eq!(st["opening_balance"], "0.00");
+        let minor = |v: &Value| -> i64 {
+            let t = v.as_str().unwrap().replace('.', "");
+            t.parse().unwrap()
+        };
+        let entries = st["entries"].as_array().unwrap();
+        // Eleven invoices fall in the year (December's is finalised when the clock reaches January), three
+        // payments (April, August, December), three credit notes (February, June, October).
+        assert_eq!(entries.len(), 11 + 3 + 3, "{entries:?}");
+        let sum: i64 = entries.iter().map(|e| minor(&e["amount"])).sum();
+        assert_eq!(
+            minor(&st["closing_balance"]),
+            sum,
+            "closing = opening + entries"
+        );
+        let mut running = 0;
+        for e in entries {
+            running += minor(&e["amount"]);
+            assert_eq!(minor(&e["balance"]), running);
+        }
+        // Up to now (December's invoice included), the statement closes on the customer's balance.
+        let (out, credit, retainer) = balances(d, &cus).await;
+        let net = minor(&json!(out)) - minor(&json!(credit)) - minor(&json!(retainer));
+        let (_, to_now) = d.get(&format!("/v1/customers/{cus}/statement")).await;
+        assert_eq!(
+            minor(&to_now["closing_balance"]),
+            net,
+            "the customer's balance"
+        );
+        assert_eq!(
+            minor(&to_now["closing_balance"]) - minor(&st["closing_balance"]),
+            5988
+        );
+        assert_ledger(d).await;
+    }
+);
