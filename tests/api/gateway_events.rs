@@ -170,6 +170,10 @@ both!(
         assert_eq!(i["amount_paid"], "30.00");
         assert_eq!(i["amount_due"], "70.00");
         assert_eq!(payments_of(d, &cus).await.len(), 1);
+        let (_, receipts) = d
+            .get(&format!("/v1/emails?customer_id={cus}&template=receipt"))
+            .await;
+        assert_eq!(receipts["data"].as_array().unwrap().len(), 1, "one receipt: {receipts}");
         // Then more than the rest: paid, and the excess is credit.
         let pi = portal_payment(&gateway, &gcus, &token, 9000, Some(&inv)).await;
         deliver(d, &gateway.event_json("payment_intent.succeeded", pi)).await;
