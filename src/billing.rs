@@ -112,6 +112,9 @@ pub async fn run(state: &State, job: &Job) -> Result<(), JobError> {
             subscription_id,
             period_start,
         } => crate::outbox::remind_upcoming_charge(state, subscription_id, *period_start).await,
+        Job::SendStatement { customer_id, month } => {
+            crate::outbox::send_statement(state, customer_id, *month).await
+        }
         Job::ProcessEvent { event_id } => crate::events::process_event(state, event_id).await,
     }
 }

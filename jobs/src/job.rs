@@ -45,6 +45,12 @@ pub enum Job {
         /// Start of the period that will be charged, milliseconds since the epoch (UTC).
         period_start: i64,
     },
+    /// Write the monthly statement of one customer; unique per customer and month.
+    SendStatement {
+        customer_id: String,
+        /// The calendar month in the customer's time zone, as yyyymm (202701 = January 2027).
+        month: i64,
+    },
 }
 
 impl Job {
@@ -61,6 +67,7 @@ impl Job {
             Job::ApplyLateFee { .. } => "apply_late_fee",
             Job::SendEmailRetry { .. } => "send_email_retry",
             Job::RemindUpcomingCharge { .. } => "remind_upcoming_charge",
+            Job::SendStatement { .. } => "send_statement",
         }
     }
 
@@ -94,6 +101,9 @@ impl Job {
                 subscription_id,
                 period_start,
             } => format!("remind_upcoming_charge:{subscription_id}:{period_start}"),
+            Job::SendStatement { customer_id, month } => {
+                format!("send_statement:{customer_id}:{month}")
+            }
         };
         if round == 0 {
             base

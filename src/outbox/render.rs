@@ -15,7 +15,7 @@ use serde::Serialize;
 use settled_jobs::mailer::Attachment;
 use settled_jobs::money::{Currency, Money};
 
-use super::snapshot::{CardSnap, LineSnap, Snapshot};
+use super::snapshot::{CardSnap, LineSnap, Snapshot, StatementSnap};
 use crate::config::Config;
 
 /// The embedded templates, by file name.
@@ -88,6 +88,15 @@ static EMBEDDED: &[(&str, &str)] = &[
         "upcoming_charge.html",
         include_str!("../templates/upcoming_charge.html"),
     ),
+    (
+        "statement.subject.txt",
+        include_str!("../templates/statement.subject.txt"),
+    ),
+    ("statement.txt", include_str!("../templates/statement.txt")),
+    (
+        "statement.html",
+        include_str!("../templates/statement.html"),
+    ),
 ];
 
 pub fn embedded(name: &str) -> Option<&'static str> {
@@ -148,6 +157,7 @@ pub struct View {
     pub refund: Option<RefundView>,
     pub credit_note: Option<CreditNoteView>,
     pub charge: Option<ChargeView>,
+    pub statement: Option<StatementView>,
     pub attempt: Option<i64>,
     pub next_attempt_date: Option<String>,
     pub decline: Option<String>,
@@ -251,6 +261,34 @@ pub struct ChargeView {
     pub card: Option<String>,
 }
 
+#[derive(Debug, Clone, Serialize)]
+pub struct StatementLineView {
+    pub date: String,
+    pub kind: String,
+    pub reference: String,
+    pub amount: String,
+    pub balance: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatementView {
+    /// "January 2027"
+    pub month: String,
+    /// The month's first and last day.
+    pub period: String,
+    pub first_day: String,
+    pub last_day: String,
+    pub currency: String,
+    pub opening: String,
+    pub closing: String,
+    pub lines: Vec<StatementLineView>,
+    /// The closing balance read for people: owed, held as credit, or nothing either way.
+    pub owes: bool,
+    pub in_credit: bool,
+    /// The credit held at the end of the month (the closing balance without its minus sign).
+    pub credit: String,
+}
+
 /// Formats an amount for people; the PDF passes a variant that its fonts can show.
 pub type MoneyFormat = fn(Money) -> String;
 
@@ -337,6 +375,15 @@ impl Dates {
             .unwrap_or_default()
     }
 
+    /// "January 2027"
+    fn month(&self, ms: i64) -> String {
+        self.tz
+            .timestamp_millis_opt(ms)
+            .single()
+            .map(|t| t.format("%B %Y").to_string())
+            .unwrap_or_default()
+    }
+
     /// A period [start, end) shown by its first and last day.
     fn period(&self, start: i64, end: Option<i64>) -> String {
         match end {
@@ -345,6 +392,46 @@ impl Dates {
             }
             _ => format!("from {}", self.day(start)),
         }
+    }
+}
+
+fn kind_label(kind: &str) -> String {
+    match kind {
+        "invoice" => "Invoice",
+        "payment" => "Payment",
+        "credit" => "Credit",
+        "refund" => "Refund",
+        "retainer" => "Retainer",
+        _ => "Adjustment",
+    }
+    .to_string()
+}
+
+fn statement_view(s: &StatementSnap, dates: &Dates, format: MoneyFormat) -> StatementView {
+    let m = |minor: i64| fmt_money(minor, &s.currency, format);
+    let last = s.to.max(s.from + 1) - 1;
+    StatementView {
+        month: dates.month(s.from),
+        period: dates.period(s.from, Some(s.to)),
+        first_day: dates.day(s.from),
+        last_day: dates.day(last),
+        currency: s.currency.clone(),
+        opening: m(s.opening),
+        closing: m(s.closing),
+        lines: s
+            .lines
+            .iter()
+            .map(|l| StatementLineView {
+                date: dates.day(l.at),
+                kind: kind_label(&l.kind),
+                reference: l.reference.clone(),
+                amount: m(l.amount),
+                balance: m(l.balance),
+            })
+            .collect(),
+        owes: s.closing > 0,
+        in_credit: s.closing < 0,
+        credit: m(s.closing.saturating_abs()),
     }
 }
 
@@ -458,6 +545,10 @@ pub fn view(config: &Config, snap: &Snapshot, format: MoneyFormat) -> View {
             date: dates.day(n.created_at),
         }),
         charge,
+        statement: snap
+            .statement
+            .as_ref()
+            .map(|s| statement_view(s, &dates, format)),
         attempt: snap.attempt,
         next_attempt_date: snap.next_attempt_at.map(|t| dates.day(t)),
         decline: snap.decline.clone(),
@@ -526,6 +617,15 @@ pub fn render(config: &Config, template: &str, snap: &Snapshot) -> Result<Render
                 });
             }
         }
+        "statement" => {
+            if let Some(statement) = &snap.statement {
+                attachments.push(Attachment {
+                    filename: format!("statement-{}.csv", month_label(statement.month)),
+                    content_type: "text/csv; charset=utf-8".into(),
+                    bytes: statement_csv(statement).into_bytes(),
+                });
+            }
+        }
         _ => {}
     }
     Ok(Rendered {
@@ -534,6 +634,49 @@ pub fn render(config: &Config, template: &str, snap: &Snapshot) -> Result<Render
         html,
         attachments,
     })
+}
+
+/// "2027-01" for 202701.
+fn month_label(month: i64) -> String {
+    format!("{:04}-{:02}", month / 100, month % 100)
+}
+
+/// The statement as CSV, in the columns of `GET /v1/customers/{id}/statement` with
+/// `Accept: text/csv`: instants in UTC, amounts as plain decimals in the currency's major unit.
+pub fn statement_csv(s: &StatementSnap) -> String {
+    let amount = |minor: i64| match Currency::parse(&s.currency) {
+        Ok(c) => Money::new(minor, c).to_decimal_string(),
+        Err(_) => minor.to_string(),
+    };
+    // Text that a spreadsheet would take for a formula is kept as text.
+    let field = |v: &str| {
+        let v = if v.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+            format!("'{v}")
+        } else {
+            v.to_string()
+        };
+        if v.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", v.replace('"', "\"\""))
+        } else {
+            v
+        }
+    };
+    let mut out = String::from("date,kind,reference,amount,balance\n");
+    out.push_str(&format!(",opening,,,{}\n", amount(s.opening)));
+    for l in &s.lines {
+        let at = chrono::DateTime::from_timestamp_millis(l.at)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{at},{},{},{},{}\n",
+            field(&l.kind),
+            field(&l.reference),
+            amount(l.amount),
+            amount(l.balance)
+        ));
+    }
+    out.push_str(&format!(",closing,,,{}\n", amount(s.closing)));
+    out
 }
 
 fn file_stem(kind: &str, name: &str) -> String {
@@ -813,6 +956,111 @@ mod tests {
                 "{kind}"
             );
         }
+    }
+
+    fn statement(lines: Vec<StatementLineSnap>, opening: i64) -> Snapshot {
+        let closing = lines.last().map_or(opening, |l| l.balance);
+        Snapshot {
+            at: 1_801_440_000_000,
+            customer: customer("EUR", "Europe/Berlin"),
+            statement: Some(StatementSnap {
+                month: 202701,
+                currency: "EUR".into(),
+                // January 2027 in Berlin: 2026-12-31T23:00Z to 2027-01-31T23:00Z.
+                from: 1_798_758_000_000,
+                to: 1_801_436_400_000,
+                opening,
+                closing,
+                lines,
+            }),
+            ..Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn a_statement_shows_the_month_its_movements_and_both_balances_with_a_csv() {
+        let snap = statement(
+            vec![
+                StatementLineSnap {
+                    at: 1_800_000_000_000,
+                    kind: "payment".into(),
+                    reference: "=HYPERLINK(\"x\")".into(),
+                    amount: -4_000,
+                    balance: 6_000,
+                },
+                StatementLineSnap {
+                    at: 1_800_500_000_000,
+                    kind: "invoice".into(),
+                    reference: "INV-2027-000002".into(),
+                    amount: 2_500,
+                    balance: 8_500,
+                },
+            ],
+            10_000,
+        );
+        let r = render(&config(&[]), "statement", &snap).unwrap();
+        assert_eq!(
+            r.subject,
+            "Your statement for January 2027 from Example Ltd"
+        );
+        for expected in [
+            "for January 2027 (1 January 2027 – 31 January 2027), in EUR",
+            "Opening balance: €100.00  (1 January 2027)",
+            "15 January 2027  Payment =HYPERLINK(\"x\"): -€40.00 (balance €60.00)",
+            "Invoice INV-2027-000002: €25.00 (balance €85.00)",
+            "Closing balance: €85.00  (31 January 2027)",
+            "You owed €85.00 at the end of the month.",
+        ] {
+            assert!(r.text.contains(expected), "{expected:?} in:\n{}", r.text);
+        }
+        assert!(r.html.contains("Closing balance") && r.html.contains("€85.00"));
+        assert!(r.html.contains("=HYPERLINK(&quot;x&quot;)"), "{}", r.html);
+        assert_eq!(r.attachments.len(), 1);
+        let csv = &r.attachments[0];
+        assert_eq!(csv.filename, "statement-2027-01.csv");
+        assert_eq!(csv.content_type, "text/csv; charset=utf-8");
+        assert_eq!(
+            String::from_utf8(csv.bytes.clone()).unwrap(),
+            "date,kind,reference,amount,balance\n\
+             ,opening,,,100.00\n\
+             2027-01-15T08:00:00Z,payment,\"'=HYPERLINK(\"\"x\"\")\",-40.00,60.00\n\
+             2027-01-21T02:53:20Z,invoice,INV-2027-000002,25.00,85.00\n\
+             ,closing,,,85.00\n"
+        );
+        let again = render(&config(&[]), "statement", &snap).unwrap();
+        assert_eq!(
+            again.attachments[0].bytes, csv.bytes,
+            "the same bytes on a resend"
+        );
+        assert_eq!(again.html, r.html);
+    }
+
+    #[test]
+    fn a_quiet_month_still_shows_the_balance_and_credit_reads_as_credit() {
+        let r = render(&config(&[]), "statement", &statement(Vec::new(), 8_500)).unwrap();
+        assert!(r.text.contains("No activity this month."), "{}", r.text);
+        assert!(r.text.contains("Opening balance: €85.00"), "{}", r.text);
+        assert!(r.text.contains("Closing balance: €85.00"), "{}", r.text);
+        assert!(r.html.contains("No activity this month."));
+
+        let r = render(&config(&[]), "statement", &statement(Vec::new(), -1_250)).unwrap();
+        assert!(
+            r.text
+                .contains("You held €12.50 in credit at the end of the month"),
+            "{}",
+            r.text
+        );
+        assert!(r.html.contains("€12.50 in credit"), "{}", r.html);
+
+        let mut yen = statement(Vec::new(), 3_000);
+        yen.customer = customer("JPY", "Asia/Tokyo");
+        if let Some(s) = yen.statement.as_mut() {
+            s.currency = "JPY".into();
+        }
+        let r = render(&config(&[]), "statement", &yen).unwrap();
+        assert!(r.text.contains("Closing balance: ¥3,000  "), "{}", r.text);
+        let csv = String::from_utf8(r.attachments[0].bytes.clone()).unwrap();
+        assert!(csv.ends_with(",closing,,,3000\n"), "{csv}");
     }
 
     #[test]

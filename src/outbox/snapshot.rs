@@ -118,6 +118,35 @@ pub struct ChargeSnap {
     pub card: Option<CardSnap>,
 }
 
+/// One line of a monthly statement: a movement and the balance right after it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StatementLineSnap {
+    pub at: i64,
+    /// invoice, payment, credit, refund, retainer or adjustment.
+    pub kind: String,
+    pub reference: String,
+    /// What the customer owes more (positive) or less (negative).
+    pub amount: i64,
+    pub balance: i64,
+}
+
+/// The statement of account of one calendar month in the customer's time zone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StatementSnap {
+    /// The month as yyyymm (202701 = January 2027).
+    pub month: i64,
+    pub currency: String,
+    /// The month's first instant, and the next month's first instant (exclusive).
+    pub from: i64,
+    pub to: i64,
+    /// What the customer owed, net of credit and deposits, when the month began and ended.
+    pub opening: i64,
+    pub closing: i64,
+    pub lines: Vec<StatementLineSnap>,
+}
+
 /// Everything any template may need; each kind fills its part.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -131,6 +160,7 @@ pub struct Snapshot {
     pub refund: Option<RefundSnap>,
     pub credit_note: Option<CreditNoteSnap>,
     pub charge: Option<ChargeSnap>,
+    pub statement: Option<StatementSnap>,
     /// payment_failed: the failed attempt, when the next one is due, why the card was declined.
     pub attempt: Option<i64>,
     pub next_attempt_at: Option<i64>,

@@ -51,8 +51,8 @@ pub async fn insert(tx: &mut Tx, c: &NewCustomer, now: DateTime<Utc>) -> Result<
     on_tx!(tx, conn => {
         sqlx::query(
             "INSERT INTO customers (id, email, name, currency, timezone, auto_charge, apply_retainer, \
-             statement_emails, gateway_customer_id, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
+             statement_emails, statement_emails_since, gateway_customer_id, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $8 THEN $10 END, $9, $10, $10)",
         )
         .bind(&c.id)
         .bind(&c.email)
@@ -118,6 +118,8 @@ pub async fn update(
             "UPDATE customers SET name = COALESCE($2, name), email = COALESCE($3, email), \
              timezone = COALESCE($4, timezone), auto_charge = COALESCE($5, auto_charge), \
              apply_retainer = COALESCE($6, apply_retainer), statement_emails = COALESCE($7, statement_emails), \
+             statement_emails_since = CASE WHEN $7 AND NOT statement_emails THEN $9 \
+             WHEN NOT $7 THEN NULL ELSE statement_emails_since END, \
              gateway_customer_id = COALESCE($8, gateway_customer_id), updated_at = $9 WHERE id = $1",
         )
         .bind(id)

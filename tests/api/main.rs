@@ -15,5 +15,6 @@ mod gateway_events;
 mod generation;
 mod invoices;
 mod lifecycle;
+mod statements;
 mod subscriptions;
 mod webhooks;
