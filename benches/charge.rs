@@ -6,6 +6,8 @@
 //! `cargo bench --bench charge` runs 10,000 at 300 ms (BENCH_INVOICES, BENCH_LATENCY_MS and
 //! BENCH_CONCURRENCY change that); under `cargo test` it runs a small smoke pass.
 
+mod common;
+
 #[path = "../tests/support/stripe_gateway.rs"]
 #[allow(unused_imports)]
 mod stripe_gateway;
@@ -23,55 +25,6 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-async fn fresh_database(backend: &str, dir: &std::path::Path) -> String {
-    match backend {
-        "sqlite" => format!("sqlite://{}", dir.join("bench.db").display()),
-        _ => {
-            let admin = std::env::var("SETTLED_TEST_POSTGRES")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-            let name = format!("settled_bench_charge_{}", std::process::id());
-            use sqlx::Connection;
-            let mut conn = sqlx::PgConnection::connect(&admin).await.expect("postgres");
-            let _ = sqlx::Executor::execute(
-                &mut conn,
-                sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")),
-            )
-            .await;
-            sqlx::Executor::execute(
-                &mut conn,
-                sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")),
-            )
-            .await
-            .expect("create");
-            let base = admin
-                .rsplit_once('/')
-                .map(|(b, _)| b.to_string())
-                .unwrap_or(admin);
-            format!("{base}/{name}")
-        }
-    }
-}
-
-async fn drop_database(url: &str) {
-    let Some(name) = url
-        .strip_prefix("postgres://")
-        .and_then(|u| u.rsplit_once('/'))
-        .map(|(_, n)| n.to_string())
-    else {
-        return;
-    };
-    let admin = std::env::var("SETTLED_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    use sqlx::Connection;
-    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-        let _ = sqlx::Executor::execute(
-            &mut conn,
-            sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")),
-        )
-        .await;
-    }
 }
 
 /// A customer and a saved card at the gateway, as the daemon would have created them.
@@ -144,7 +97,7 @@ async fn run(backend: &str, n: usize, latency: Duration, concurrency: usize) -> 
     gateway.set_latency(latency);
     let (gateway_customer, token) = gateway_customer(&gateway).await;
     let dir = tempfile::tempdir().unwrap();
-    let url = fresh_database(backend, dir.path()).await;
+    let url = common::fresh_database(backend, "charge", dir.path()).await;
     let env = vec![
         ("SETTLED__DATABASE__URL".to_string(), url.clone()),
         (
@@ -226,7 +179,7 @@ async fn run(backend: &str, n: usize, latency: Duration, concurrency: usize) -> 
     );
     stop.cancel();
     let _ = handle.await;
-    drop_database(&url).await;
+    common::drop_database(&url).await;
     rate
 }
 

@@ -3,41 +3,14 @@
 //! Prints invoices per second. `cargo bench --bench generate` runs 100,000 (BENCH_SUBSCRIPTIONS
 //! changes it); under `cargo test` it runs a small smoke pass so the benchmark keeps working.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use settled::app::{Application, CLOCK_SETTING};
 use settled::config::Config;
 use settled::store::{Db, on_db};
 use tokio_util::sync::CancellationToken;
-
-async fn fresh_database(backend: &str, dir: &std::path::Path) -> String {
-    match backend {
-        "sqlite" => format!("sqlite://{}", dir.join("bench.db").display()),
-        _ => {
-            let admin = std::env::var("SETTLED_TEST_POSTGRES")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-            let name = format!("settled_bench_{}", std::process::id());
-            use sqlx::Connection;
-            let mut conn = sqlx::PgConnection::connect(&admin).await.expect("postgres");
-            let _ = sqlx::Executor::execute(
-                &mut conn,
-                sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")),
-            )
-            .await;
-            sqlx::Executor::execute(
-                &mut conn,
-                sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")),
-            )
-            .await
-            .expect("create");
-            let base = admin
-                .rsplit_once('/')
-                .map(|(b, _)| b.to_string())
-                .unwrap_or(admin);
-            format!("{base}/{name}")
-        }
-    }
-}
 
 async fn seed(db: &Db, n: usize) {
     let start = chrono::DateTime::parse_from_rfc3339("2027-02-01T00:00:00Z")
@@ -75,7 +48,7 @@ async fn seed(db: &Db, n: usize) {
 
 async fn run(backend: &str, n: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let url = fresh_database(backend, dir.path()).await;
+    let url = common::fresh_database(backend, "gen", dir.path()).await;
     let concurrency = std::env::var("BENCH_CONCURRENCY").unwrap_or_else(|_| "16".into());
     let env = vec![
         ("SETTLED__DATABASE__URL".to_string(), url.clone()),
@@ -138,22 +111,7 @@ async fn run(backend: &str, n: usize) -> f64 {
     );
     stop.cancel();
     let _ = handle.await;
-    if let Some(name) = url
-        .strip_prefix("postgres://")
-        .and_then(|u| u.rsplit_once('/'))
-        .map(|(_, n)| n.to_string())
-    {
-        let admin = std::env::var("SETTLED_TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        use sqlx::Connection;
-        if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-            let _ = sqlx::Executor::execute(
-                &mut conn,
-                sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")),
-            )
-            .await;
-        }
-    }
+    common::drop_database(&url).await;
     rate
 }
 

@@ -173,7 +173,11 @@ both!(
         let (_, receipts) = d
             .get(&format!("/v1/emails?customer_id={cus}&template=receipt"))
             .await;
-        assert_eq!(receipts["data"].as_array().unwrap().len(), 1, "one receipt: {receipts}");
+        assert_eq!(
+            receipts["data"].as_array().unwrap().len(),
+            1,
+            "one receipt: {receipts}"
+        );
         // Then more than the rest: paid, and the excess is credit.
         let pi = portal_payment(&gateway, &gcus, &token, 9000, Some(&inv)).await;
         deliver(d, &gateway.event_json("payment_intent.succeeded", pi)).await;
