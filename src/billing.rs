@@ -52,7 +52,7 @@ pub async fn due_jobs(
     // Stored events not yet processed: their job was enqueued with them, this finds any that
     // was lost.
     jobs.extend(
-        crate::events::store::unprocessed(db, 5000)
+        crate::events::store::unprocessed_without_job(db, 5000)
             .await?
             .into_iter()
             .map(|event_id| Job::ProcessEvent { event_id }),

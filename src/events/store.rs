@@ -265,16 +265,25 @@ pub async fn replay(db: &Db, id: &str, max_attempts: u32) -> Result<bool, sqlx::
     Ok(true)
 }
 
-/// Events stored but not yet processed (the sweep's safety net for lost jobs), oldest first.
-pub async fn unprocessed(db: &Db, limit: i64) -> Result<Vec<String>, sqlx::Error> {
+/// Events stored but not yet processed whose process_event job is missing from the queue (the
+/// sweep's safety net), among the `window` oldest unprocessed ones. Events whose job is waiting
+/// are left alone, so a backlog does not make every sweep re-offer thousands of jobs. The key is
+/// `Job::dedup_key(replays)` of `ProcessEvent`: `process_event:{id}`, `:r{n}` after a replay.
+pub async fn unprocessed_without_job(db: &Db, window: i64) -> Result<Vec<String>, sqlx::Error> {
+    let sql = format!(
+        "SELECT e.id FROM (SELECT id, replays, received_at FROM webhook_events \
+         WHERE status = 'received' ORDER BY received_at LIMIT $2) e \
+         WHERE NOT EXISTS (SELECT 1 FROM {} j WHERE j.job_type = $1 AND j.idempotency_key = \
+         'process_event:' || e.id || CASE WHEN e.replays > 0 THEN ':r' || e.replays ELSE '' END) \
+         ORDER BY e.received_at",
+        queue::table(db)
+    );
     on_db!(db, p => {
-        sqlx::query_scalar(
-            "SELECT id FROM webhook_events WHERE status = 'received' \
-             ORDER BY received_at LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(p)
-        .await
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(queue::QUEUE)
+            .bind(window)
+            .fetch_all(p)
+            .await
     })
 }
 

@@ -165,6 +165,14 @@ async fn insert_jobs(
     Ok(added)
 }
 
+/// The queue's table on this backend, for queries that look a job up by its dedup key.
+pub fn table(db: &Db) -> &'static str {
+    match db {
+        Db::Sqlite(_) => "Jobs",
+        Db::Postgres(_) => "apalis.jobs",
+    }
+}
+
 /// Enqueues in a transaction of its own.
 pub async fn enqueue_now(db: &Db, job: &Job, max_attempts: u32) -> Result<bool, sqlx::Error> {
     let mut tx = db.begin().await?;
