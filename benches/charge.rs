@@ -4,7 +4,8 @@
 //! the job concurrency used, on SQLite and on PostgreSQL.
 //!
 //! `cargo bench --bench charge` runs 10,000 at 300 ms (BENCH_INVOICES, BENCH_LATENCY_MS and
-//! BENCH_CONCURRENCY change that); under `cargo test` it runs a small smoke pass.
+//! BENCH_CONCURRENCY change that, BENCH_BACKENDS=postgres runs one backend); under `cargo test` it
+//! runs a small smoke pass.
 
 mod common;
 
@@ -193,8 +194,9 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        for backend in ["sqlite", "postgres"] {
-            run(backend, n, latency, concurrency).await;
+        let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
+        for backend in backends.split(',') {
+            run(backend.trim(), n, latency, concurrency).await;
         }
     });
 }
