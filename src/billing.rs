@@ -80,9 +80,11 @@ pub async fn run(state: &State, job: &Job) -> Result<(), JobError> {
             .await?;
             match outcome {
                 Generated::Invoice(id) => {
+                    crate::metrics::invoice_generated(true);
                     tracing::info!(invoice_id = %id, subscription_id = %subscription_id, "invoice generated")
                 }
                 Generated::Skipped => {
+                    crate::metrics::invoice_generated(false);
                     tracing::info!(subscription_id = %subscription_id, "period skipped by the catch-up policy")
                 }
                 Generated::Stale => {}

@@ -437,7 +437,9 @@ pub async fn send(state: &State, attempt_id: &str, resolving: bool) -> Result<()
     };
     let unknown = matches!(&result, Err(GatewayError::Unknown(_)))
         || matches!(&result, Ok(r) if r.status == ChargeStatus::Pending);
+    let counted = crate::metrics::ChargeOutcome::of(&a.currency, a.amount, &result);
     record_outcome(state, attempt_id, result).await?;
+    counted.record();
     if unknown && resolving {
         return Err(JobError::Transient(anyhow::anyhow!(
             "the outcome of charge attempt {attempt_id} is still unknown"
