@@ -437,9 +437,7 @@ pub async fn send(state: &State, attempt_id: &str, resolving: bool) -> Result<()
     };
     let unknown = matches!(&result, Err(GatewayError::Unknown(_)))
         || matches!(&result, Ok(r) if r.status == ChargeStatus::Pending);
-    let counted = crate::metrics::ChargeOutcome::of(&a.currency, a.amount, &result);
     record_outcome(state, attempt_id, result).await?;
-    counted.record();
     if unknown && resolving {
         return Err(JobError::Transient(anyhow::anyhow!(
             "the outcome of charge attempt {attempt_id} is still unknown"
@@ -488,6 +486,7 @@ async fn record_outcome(
         // Already recorded (by a webhook or a concurrent resolve).
         return Ok(());
     }
+    let counted = crate::metrics::ChargeOutcome::of(&a.currency, a.amount, &result);
     match result {
         Ok(r) if r.status == ChargeStatus::Succeeded => {
             record_success(state, &mut tx, &a, &r, now)
@@ -560,6 +559,7 @@ async fn record_outcome(
         }
     }
     tx.commit().await.map_err(transient)?;
+    counted.record();
     Ok(())
 }
 

@@ -94,7 +94,7 @@ fn describe() {
     );
     describe_counter!(
         "settled_charges_total",
-        "Gateway answers to charge attempts, by outcome (succeeded, declined, error, unknown) and decline code (none unless declined or refused)."
+        "Charge attempt outcomes recorded from the gateway's answer, by outcome (succeeded, declined, error, unknown) and decline code (none unless declined or refused). An unknown outcome resolved later counts again with its final outcome."
     );
     describe_counter!(
         "settled_charged_amount_minor_total",

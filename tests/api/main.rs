@@ -14,5 +14,6 @@ mod foundation;
 mod generation;
 mod invoices;
 mod lifecycle;
+mod metrics;
 mod subscriptions;
 mod webhooks;
