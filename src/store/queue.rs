@@ -447,3 +447,18 @@ pub async fn stats(db: &Db) -> Result<Vec<KindStats>, sqlx::Error> {
         })
         .collect())
 }
+
+/// Jobs finished (done, or failed for good) at or after `since_secs` (Unix seconds).
+pub async fn finished_since(db: &Db, since_secs: i64) -> Result<i64, sqlx::Error> {
+    let sql = match db {
+        Db::Sqlite(_) => {
+            "SELECT COUNT(*) FROM Jobs WHERE job_type = $1 AND done_at >= $2 \
+             AND (status IN ('Done', 'Killed') OR (status = 'Failed' AND attempts >= max_attempts))"
+        }
+        Db::Postgres(_) => {
+            "SELECT COUNT(*) FROM apalis.jobs WHERE job_type = $1 AND done_at >= to_timestamp($2) \
+             AND (status IN ('Done', 'Killed') OR (status = 'Failed' AND attempts >= max_attempts))"
+        }
+    };
+    on_db!(db, p => sqlx::query_scalar(sql).bind(QUEUE).bind(since_secs).fetch_one(p).await)
+}

@@ -15,5 +15,6 @@ mod generation;
 mod invoices;
 mod lifecycle;
 mod metrics;
+mod operator_cli;
 mod subscriptions;
 mod webhooks;
