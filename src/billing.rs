@@ -66,6 +66,19 @@ pub async fn run(state: &State, job: &Job) -> Result<(), JobError> {
             subscription_id,
             period_start,
         } => {
+            // Another daemon may have enqueued this by a clock that is ahead of ours (a manual
+            // clock advanced there, or hosts a little apart). Run at our own "now", the period
+            // would look not yet started and the job would finish with nothing billed, its dedup
+            // key spent; so catch up with a stored manual clock, and otherwise try again shortly.
+            state.scheduler.follow_stored_clock().await.map_err(|e| {
+                JobError::Transient(anyhow::Error::new(e).context("reading the manual clock"))
+            })?;
+            if crate::store::from_ms(*period_start) > state.clock.now() {
+                return Err(JobError::Transient(anyhow::anyhow!(
+                    "the period starting {} has not started by this daemon's clock yet",
+                    crate::store::from_ms(*period_start).to_rfc3339()
+                )));
+            }
             let store = crate::store::invoices::SqlStore {
                 db: &state.db,
                 number_format: &state.config.billing.number_format,

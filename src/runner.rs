@@ -94,7 +94,7 @@ impl Scheduler {
 
     /// A manual clock advanced elsewhere (`settled clock advance`, another daemon on the same
     /// database) is followed here, so every daemon lives at the same instant.
-    async fn follow_stored_clock(&self) -> Result<(), sqlx::Error> {
+    pub async fn follow_stored_clock(&self) -> Result<(), sqlx::Error> {
         if let Some(manual) = &self.manual {
             let stored = crate::store::settings::get(&self.db, crate::app::CLOCK_SETTING).await?;
             if let Some(t) = stored.and_then(|s| DateTime::parse_from_rfc3339(&s).ok()) {

@@ -9,6 +9,7 @@ mod helpers;
 mod charges;
 mod credits;
 mod customers;
+mod deployment;
 mod emails;
 mod foundation;
 mod generation;
