@@ -1,8 +1,9 @@
-//! The operator's commands (`settled customers|subscriptions|invoices|payments|jobs|emails|webhooks|clock ...`). They run
+//! The operator's commands (`settled customers|payment-methods|subscriptions|invoices|credit-notes|payments|jobs|emails|webhooks|clock ...`). They run
 //! the admin API's own handlers in-process against the configured database, so the CLI and the
 //! HTTP API validate, store and answer exactly alike, and no running daemon is needed.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::body::Body;
@@ -12,15 +13,20 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::app::State;
+use crate::progress::Progress;
 
 #[derive(Subcommand, Debug)]
 pub enum CustomersCommand {
     /// List customers (optionally those a billing contact receives bills for).
+    #[command(
+        after_help = "Examples:\n  settled customers list\n  settled customers list --billing-email ap@acme.example --json"
+    )]
     List {
         #[arg(long)]
         billing_email: Option<String>,
     },
     /// Show one customer with its balances.
+    #[command(after_help = "Example:\n  settled customers show cus_123")]
     Show { id: String },
     /// Create a customer.
     #[command(
@@ -100,28 +106,30 @@ pub enum SubscriptionsCommand {
         after_help = "Example:\n  settled subscriptions add --customer cus_... --item 'Hosting|1|49.00|0.20' --every month --timezone Europe/Berlin"
     )]
     Add(SubscriptionAdd),
+    /// List subscriptions (status: active, paused, canceled).
+    #[command(
+        after_help = "Examples:\n  settled subscriptions list --customer cus_123\n  settled subscriptions list --status paused --json"
+    )]
     List {
         #[arg(long)]
         customer: Option<String>,
         #[arg(long)]
         status: Option<String>,
     },
-    Show {
-        id: String,
-    },
+    /// Show one subscription with its next period start.
+    #[command(after_help = "Example:\n  settled subscriptions show sub_123")]
+    Show { id: String },
     /// No invoices for paused periods.
-    Pause {
-        id: String,
-    },
+    #[command(after_help = "Example:\n  settled subscriptions pause sub_123")]
+    Pause { id: String },
     /// The catch-up policy decides what the paused periods become.
-    Resume {
-        id: String,
-    },
+    #[command(after_help = "Example:\n  settled subscriptions resume sub_123")]
+    Resume { id: String },
     /// No further invoices; the current period's invoice stays.
-    Cancel {
-        id: String,
-    },
+    #[command(after_help = "Example:\n  settled subscriptions cancel sub_123")]
+    Cancel { id: String },
     /// The next invoices exactly as they would be generated; nothing is stored.
+    #[command(after_help = "Example:\n  settled subscriptions preview sub_123 --periods 12")]
     Preview {
         id: String,
         #[arg(long, default_value_t = 3)]
@@ -131,6 +139,11 @@ pub enum SubscriptionsCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum InvoicesCommand {
+    /// List invoices, newest first (status: draft, open, partially_paid, paid, past_due, void,
+    /// uncollectible).
+    #[command(
+        after_help = "Examples:\n  settled invoices list --customer cus_123\n  settled invoices list --status past_due --json"
+    )]
     List {
         #[arg(long)]
         customer: Option<String>,
@@ -139,9 +152,9 @@ pub enum InvoicesCommand {
         #[arg(long)]
         status: Option<String>,
     },
-    Show {
-        id: String,
-    },
+    /// Show one invoice with its lines, payments and charge attempts.
+    #[command(after_help = "Example:\n  settled invoices show in_123 --json")]
+    Show { id: String },
     /// Charge an invoice now with the customer's default card (or --payment-method).
     #[command(
         after_help = "Examples:\n  settled invoices charge in_123\n  settled invoices charge in_123 --amount 40.00"
@@ -174,6 +187,7 @@ pub enum CreditNotesCommand {
         reason: String,
     },
     /// A customer's credit notes with what remains of each.
+    #[command(after_help = "Example:\n  settled credit-notes list --customer cus_123")]
     List {
         #[arg(long)]
         customer: String,
@@ -207,25 +221,27 @@ pub enum PaymentsCommand {
         #[arg(long)]
         invoice: Option<String>,
     },
-    Show {
-        id: String,
-    },
+    /// Show one payment with its refunds and allocations.
+    #[command(after_help = "Example:\n  settled payments show pay_123")]
+    Show { id: String },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum JobsCommand {
     /// List jobs, newest first (status: pending, queued, running, done, retrying, failed).
+    #[command(
+        after_help = "Examples:\n  settled jobs list --status failed\n  settled jobs list --status retrying --json"
+    )]
     List {
         #[arg(long)]
         status: Option<String>,
     },
-    Show {
-        id: String,
-    },
-    /// Put a failed job back in the queue.
-    Retry {
-        id: String,
-    },
+    /// Show one job with its arguments and last error.
+    #[command(after_help = "Example:\n  settled jobs show 01J9Z8Q4T1X3V5B7N9M2K4H6G8")]
+    Show { id: String },
+    /// Put a failed job back in the queue with fresh attempts.
+    #[command(after_help = "Example:\n  settled jobs retry 01J9Z8Q4T1X3V5B7N9M2K4H6G8")]
+    Retry { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -242,18 +258,20 @@ pub enum EmailsCommand {
         #[arg(long)]
         template: Option<String>,
     },
-    Show {
-        id: String,
-    },
+    /// Show one email: recipients, subject, status, tries and the last error.
+    #[command(after_help = "Example:\n  settled emails show em_123")]
+    Show { id: String },
     /// Send a failed email again (a running daemon sends it at its next poll).
-    Retry {
-        id: String,
-    },
+    #[command(after_help = "Example:\n  settled emails retry em_123")]
+    Retry { id: String },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum WebhooksCommand {
     /// List stored events, newest first (status: received, processed, ignored, failed).
+    #[command(
+        after_help = "Examples:\n  settled webhooks list --status failed\n  settled webhooks list --source bank --json"
+    )]
     List {
         #[arg(long)]
         status: Option<String>,
@@ -262,18 +280,93 @@ pub enum WebhooksCommand {
         source: Option<String>,
     },
     /// Show one stored event with its payload.
+    #[command(after_help = "Example:\n  settled webhooks show whe_123 --json")]
     Show { id: String },
-    /// Process a stored event again (its effects are idempotent).
-    #[command(after_help = "Example:\n  settled webhooks replay whe_...")]
-    Replay { id: String },
+    /// Process stored events again: one by id, or every event with a status (and source). Their
+    /// effects are idempotent; a running daemon processes them.
+    #[command(
+        after_help = "Examples:\n  settled webhooks replay whe_123\n  settled webhooks replay --status failed\n  settled webhooks replay --status failed --source stripe --wait"
+    )]
+    Replay {
+        /// The event to replay.
+        #[arg(required_unless_present = "status", conflicts_with = "status")]
+        id: Option<String>,
+        /// Replay every stored event with this status (received, processed, ignored, failed).
+        #[arg(long)]
+        status: Option<String>,
+        /// With --status: only this source.
+        #[arg(long, requires = "status")]
+        source: Option<String>,
+        /// With --status: wait until a running daemon has processed every replayed event.
+        #[arg(long, requires = "status")]
+        wait: bool,
+        /// Give up waiting after this many seconds (exit 75).
+        #[arg(long, default_value_t = 600, requires = "wait")]
+        timeout: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum ClockCommand {
     /// Where the manual clock stands and whether all due work is done.
+    #[command(after_help = "Example:\n  settled clock show")]
     Show,
-    /// Move the manual clock forward (a running daemon picks it up on its next sweep).
-    Advance { to: String },
+    /// Move the manual clock forward (a running daemon picks it up on its next sweep). With
+    /// --wait, wait until every piece of work due by then is done (all missed periods billed,
+    /// charged and emailed), showing progress.
+    #[command(
+        after_help = "Examples:\n  settled clock advance 2027-02-01T00:00:00Z\n  settled clock advance 2028-01-01T00:00:00Z --wait --timeout 900"
+    )]
+    Advance {
+        to: String,
+        /// Wait until a running daemon has finished all work due by then.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds (exit 75).
+        #[arg(long, default_value_t = 600, requires = "wait")]
+        timeout: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PaymentMethodsCommand {
+    /// A customer's saved payment methods (brand, last 4, expiry; the default first).
+    #[command(after_help = "Example:\n  settled payment-methods list --customer cus_123")]
+    List {
+        #[arg(long)]
+        customer: String,
+    },
+    /// Save a gateway payment method token (pm_...) for a customer; card details are read from
+    /// the gateway. Card numbers are never accepted.
+    #[command(
+        after_help = "Examples:\n  settled payment-methods add --customer cus_123 --token pm_1Nx...\n  settled payment-methods add --customer cus_123 --token pm_1Nx... --no-default"
+    )]
+    Add {
+        #[arg(long)]
+        customer: String,
+        /// The gateway's payment method token.
+        #[arg(long)]
+        token: String,
+        /// Keep the current default (the first method saved is always the default).
+        #[arg(long)]
+        no_default: bool,
+    },
+    /// Make a saved method the customer's default (what automatic charges use).
+    #[command(
+        after_help = "Example:\n  settled payment-methods default --customer cus_123 spm_456"
+    )]
+    Default {
+        #[arg(long)]
+        customer: String,
+        id: String,
+    },
+    /// Remove a saved method (detached at the gateway too).
+    #[command(after_help = "Example:\n  settled payment-methods remove --customer cus_123 spm_456")]
+    Remove {
+        #[arg(long)]
+        customer: String,
+        id: String,
+    },
 }
 
 /// What a command produced: an API answer to print.
@@ -709,31 +802,259 @@ pub async fn webhooks(state: &Arc<State>, cmd: WebhooksCommand) -> anyhow::Resul
             )
             .await
         }
-        WebhooksCommand::Replay { id } => {
-            call(
-                state,
-                Method::POST,
-                &format!("/v1/webhook_events/{id}/replay"),
-                Some(json!({})),
-            )
-            .await
-        }
+        WebhooksCommand::Replay {
+            id,
+            status,
+            source,
+            wait,
+            timeout,
+        } => match (id, status) {
+            (Some(id), _) => {
+                call(
+                    state,
+                    Method::POST,
+                    &format!("/v1/webhook_events/{id}/replay"),
+                    Some(json!({})),
+                )
+                .await
+            }
+            (None, Some(status)) => {
+                replay_all(state, status, source, wait, Duration::from_secs(timeout)).await
+            }
+            (None, None) => anyhow::bail!("give an event id or --status"),
+        },
     }
 }
 
 pub async fn clock(state: &Arc<State>, cmd: ClockCommand) -> anyhow::Result<Answer> {
     match cmd {
         ClockCommand::Show => call(state, Method::GET, "/v1/clock", None).await,
-        ClockCommand::Advance { to } => {
-            call(
+        ClockCommand::Advance { to, wait, timeout } => {
+            let answer = call(
                 state,
                 Method::POST,
                 "/v1/clock/advance",
                 Some(json!({"to": to})),
             )
+            .await?;
+            if !wait || answer.status != 202 {
+                return Ok(answer);
+            }
+            wait_until_ready(state, Duration::from_secs(timeout)).await
+        }
+    }
+}
+
+/// The exit status a wait that ran out of time answers with (mapped to exit code 75).
+pub const TIMED_OUT: u16 = 504;
+
+fn unix_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Waits until the clock says ready: every job finished and nothing more due. Progress counts
+/// jobs finished since the wait began against those plus the ones still waiting, so a catch-up
+/// of many periods shows a bar that grows as generation makes charges and emails due.
+async fn wait_until_ready(state: &Arc<State>, within: Duration) -> anyhow::Result<Answer> {
+    use crate::store::queue;
+    let began = unix_secs() - 1;
+    let deadline = Instant::now() + within;
+    let mut progress = Progress::new("catching up", Some(0), Duration::from_secs(5));
+    loop {
+        let answer = call(state, Method::GET, "/v1/clock", None).await?;
+        let finished = queue::finished_since(&state.db, began).await.unwrap_or(0) as u64;
+        let waiting = queue::unfinished(&state.db).await.unwrap_or(0) as u64;
+        progress.set_total(finished + waiting);
+        if answer.status == 200 && answer.body["status"] == "ready" {
+            progress.set(finished, "ready");
+            progress.finish(&format!("ready: {finished} jobs finished"));
+            return Ok(answer);
+        }
+        if answer.status != 200 && answer.status != 503 {
+            return Ok(answer);
+        }
+        progress.set(finished, &format!("{waiting} jobs waiting or running"));
+        if Instant::now() >= deadline {
+            progress.finish("gave up waiting");
+            return Ok(Answer {
+                status: TIMED_OUT,
+                body: json!({"error": {"code": "timeout", "message": format!(
+                    "work due by the clock is not done after {} s ({waiting} jobs waiting); is a daemon with workers running on this database?",
+                    within.as_secs()
+                )}}),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+pub async fn payment_methods(
+    state: &Arc<State>,
+    cmd: PaymentMethodsCommand,
+) -> anyhow::Result<Answer> {
+    match cmd {
+        PaymentMethodsCommand::List { customer } => {
+            call(
+                state,
+                Method::GET,
+                &format!("/v1/customers/{customer}/payment_methods"),
+                None,
+            )
+            .await
+        }
+        PaymentMethodsCommand::Add {
+            customer,
+            token,
+            no_default,
+        } => {
+            call(
+                state,
+                Method::POST,
+                &format!("/v1/customers/{customer}/payment_methods"),
+                Some(json!({"gateway": "stripe", "token": token, "default": !no_default})),
+            )
+            .await
+        }
+        PaymentMethodsCommand::Default { customer, id } => {
+            call(
+                state,
+                Method::POST,
+                &format!("/v1/customers/{customer}/payment_methods/{id}/default"),
+                Some(json!({})),
+            )
+            .await
+        }
+        PaymentMethodsCommand::Remove { customer, id } => {
+            call(
+                state,
+                Method::DELETE,
+                &format!("/v1/customers/{customer}/payment_methods/{id}"),
+                None,
+            )
             .await
         }
     }
+}
+
+/// Every stored event with `status` (and `source`), following pages.
+async fn event_ids(
+    state: &Arc<State>,
+    status: &str,
+    source: &Option<String>,
+) -> anyhow::Result<Result<Vec<String>, Answer>> {
+    let mut ids = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let q = query(&[
+            ("status", &Some(status.to_string())),
+            ("source", source),
+            ("starting_after", &after),
+        ]);
+        let sep = if q.is_empty() { "?" } else { "&" };
+        let answer = call(
+            state,
+            Method::GET,
+            &format!("/v1/webhook_events{q}{sep}limit=1000"),
+            None,
+        )
+        .await?;
+        if answer.status != 200 {
+            return Ok(Err(answer));
+        }
+        let page = answer.body["data"].as_array().cloned().unwrap_or_default();
+        ids.extend(
+            page.iter()
+                .filter_map(|e| e["id"].as_str().map(String::from)),
+        );
+        after = ids.last().cloned();
+        if answer.body["has_more"] != true || page.is_empty() {
+            return Ok(Ok(ids));
+        }
+    }
+}
+
+/// Replays every event with `status`, oldest first, with progress; with `wait`, then waits
+/// until none of them is still waiting to be processed.
+async fn replay_all(
+    state: &Arc<State>,
+    status: String,
+    source: Option<String>,
+    wait: bool,
+    within: Duration,
+) -> anyhow::Result<Answer> {
+    let mut ids = match event_ids(state, &status, &source).await? {
+        Ok(ids) => ids,
+        Err(refused) => return Ok(refused),
+    };
+    ids.reverse();
+    let total = ids.len();
+    let mut progress = Progress::new("replaying", Some(total as u64), Duration::from_secs(2));
+    let mut refused = Vec::new();
+    for id in &ids {
+        let answer = call(
+            state,
+            Method::POST,
+            &format!("/v1/webhook_events/{id}/replay"),
+            Some(json!({})),
+        )
+        .await?;
+        if answer.status != 200 {
+            refused.push(json!({"id": id, "status": answer.status, "error": answer.body["error"]}));
+        }
+        progress.inc(id);
+    }
+    progress.finish(&format!(
+        "{} of {total} events replayed",
+        total - refused.len()
+    ));
+    let mut summary = json!({
+        "object": "replay_summary",
+        "status": status,
+        "selected": total,
+        "replayed": total - refused.len(),
+        "refused": refused,
+    });
+    if wait && total > 0 {
+        let deadline = Instant::now() + within;
+        let mut progress = Progress::new("processing", Some(total as u64), Duration::from_secs(5));
+        loop {
+            let mut pending = 0u64;
+            let mut outcomes: std::collections::BTreeMap<String, u64> = Default::default();
+            for id in &ids {
+                let event = crate::events::store::get(&state.db, id).await?;
+                let s = event.map(|e| e.status).unwrap_or_else(|| "gone".into());
+                if s == "received" {
+                    pending += 1;
+                } else {
+                    *outcomes.entry(s).or_default() += 1;
+                }
+            }
+            progress.set(total as u64 - pending, &format!("{pending} waiting"));
+            if pending == 0 {
+                progress.finish("every replayed event was processed");
+                summary["outcomes"] = json!(outcomes);
+                break;
+            }
+            if Instant::now() >= deadline {
+                progress.finish("gave up waiting");
+                return Ok(Answer {
+                    status: TIMED_OUT,
+                    body: json!({"error": {"code": "timeout", "message": format!(
+                        "{pending} replayed events are still waiting after {} s; is a daemon with workers running on this database?",
+                        within.as_secs()
+                    )}}),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    Ok(Answer {
+        status: 200,
+        body: summary,
+    })
 }
 
 /// Columns shown for each kind of object in table output.
@@ -773,6 +1094,17 @@ fn columns(object: &str) -> &'static [&'static str] {
             "total",
         ],
         "test_clock" => &["now", "status"],
+        "payment_method" => &[
+            "id",
+            "brand",
+            "last4",
+            "exp_month",
+            "exp_year",
+            "default",
+            "token",
+            "deleted",
+        ],
+        "replay_summary" => &["status", "selected", "replayed", "refused", "outcomes"],
         "statement_entry" => &["at", "kind", "reference", "amount", "balance"],
         "credit_note" => &[
             "id",

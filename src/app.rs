@@ -75,16 +75,13 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let state = State::build(config).await?;
         let config = state.config.clone();
-        let (listener, port) = if config.daemon.role.runs_http() {
-            let addr = config.listen_addr()?;
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
-            let port = listener.local_addr()?.port();
-            (Some(listener), port)
-        } else {
-            (None, 0)
-        };
+        // Every role listens: a workers-only daemon serves health, readiness and metrics there.
+        let addr = config.listen_addr()?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let port = listener.local_addr()?.port();
+        let listener = Some(listener);
         Ok(Application {
             state,
             listener,
@@ -109,9 +106,13 @@ impl Application {
         let http = self.listener.map(|listener| {
             let addr: Option<SocketAddr> = listener.local_addr().ok();
             if let Some(addr) = addr {
-                tracing::info!(%addr, port = addr.port(), "listening");
+                tracing::info!(%addr, port = addr.port(), role = ?state.config.daemon.role, "listening");
             }
-            let app = crate::http::router(state.clone());
+            let app = if state.config.daemon.role.runs_http() {
+                crate::http::router(state.clone())
+            } else {
+                crate::http::ops_router(state.clone())
+            };
             let token = shutdown.clone();
             tokio::spawn(async move {
                 axum::serve(listener, app)

@@ -46,7 +46,7 @@ pub async fn due_jobs(
             .into_iter()
             .map(|invoice_id| Job::FinalizeInvoice { invoice_id }),
     );
-    jobs.extend(crate::charges::due_jobs(db, now).await?);
+    jobs.extend(crate::charges::due_jobs(db, config, now).await?);
     jobs.extend(crate::charges::late_fee_jobs(db, config, now).await?);
     jobs.extend(crate::outbox::due_jobs(db, config.email.reminder_days, now).await?);
     // Stored events not yet processed: their job was enqueued with them, this finds any that
@@ -66,6 +66,19 @@ pub async fn run(state: &State, job: &Job) -> Result<(), JobError> {
             subscription_id,
             period_start,
         } => {
+            // Another daemon may have enqueued this by a clock that is ahead of ours (a manual
+            // clock advanced there, or hosts a little apart). Run at our own "now", the period
+            // would look not yet started and the job would finish with nothing billed, its dedup
+            // key spent; so catch up with a stored manual clock, and otherwise try again shortly.
+            state.scheduler.follow_stored_clock().await.map_err(|e| {
+                JobError::Transient(anyhow::Error::new(e).context("reading the manual clock"))
+            })?;
+            if crate::store::from_ms(*period_start) > state.clock.now() {
+                return Err(JobError::Transient(anyhow::anyhow!(
+                    "the period starting {} has not started by this daemon's clock yet",
+                    crate::store::from_ms(*period_start).to_rfc3339()
+                )));
+            }
             let store = crate::store::invoices::SqlStore {
                 db: &state.db,
                 number_format: &state.config.billing.number_format,
@@ -80,9 +93,11 @@ pub async fn run(state: &State, job: &Job) -> Result<(), JobError> {
             .await?;
             match outcome {
                 Generated::Invoice(id) => {
+                    crate::metrics::invoice_generated(true);
                     tracing::info!(invoice_id = %id, subscription_id = %subscription_id, "invoice generated")
                 }
                 Generated::Skipped => {
+                    crate::metrics::invoice_generated(false);
                     tracing::info!(subscription_id = %subscription_id, "period skipped by the catch-up policy")
                 }
                 Generated::Stale => {}

@@ -486,6 +486,7 @@ async fn record_outcome(
         // Already recorded (by a webhook or a concurrent resolve).
         return Ok(());
     }
+    let counted = crate::metrics::ChargeOutcome::of(&a.currency, a.amount, &result);
     match result {
         Ok(r) if r.status == ChargeStatus::Succeeded => {
             record_success(state, &mut tx, &a, &r, now)
@@ -558,6 +559,7 @@ async fn record_outcome(
         }
     }
     tx.commit().await.map_err(transient)?;
+    counted.record();
     Ok(())
 }
 
@@ -766,33 +768,44 @@ pub async fn mark_failed(
     Ok(())
 }
 
-/// Due charge work for the sweep: scheduled attempts whose time has come and unknown outcomes.
-pub async fn due_jobs(db: &Db, now: DateTime<Utc>) -> Result<Vec<Job>, sqlx::Error> {
-    let rows: Vec<(Option<String>, i64, String, String)> = on_db!(db, p => {
+/// Due charge work for the sweep: scheduled attempts whose time has come, unknown outcomes, and
+/// attempts that were sent but never recorded (their sender died) once they are older than any
+/// request could still be running. An attempt in flight is left alone, so the sweep never sends a
+/// second copy of a request that is still waiting for its answer.
+pub async fn due_jobs(
+    db: &Db,
+    config: &crate::config::Config,
+    now: DateTime<Utc>,
+) -> Result<Vec<Job>, sqlx::Error> {
+    let in_flight_for = (config.stripe.request_timeout_seconds as i64 + 30) * 1000;
+    let rows: Vec<(Option<String>, i64, String, String, Option<i64>)> = on_db!(db, p => {
         sqlx::query_as(
-            "SELECT invoice_id, attempt, id, status FROM charge_attempts \
-             WHERE (status = 'pending' AND scheduled_at <= $1) OR status = 'unknown' \
+            "SELECT invoice_id, attempt, id, status, started_at FROM charge_attempts \
+             WHERE (status = 'pending' AND started_at IS NULL AND scheduled_at <= $1) \
+             OR status = 'unknown' \
+             OR (status = 'pending' AND started_at IS NOT NULL AND COALESCE(sent_wall_ms, 0) < $2) \
              ORDER BY scheduled_at LIMIT 5000",
         )
         .bind(ms(now))
+        .bind(wall_ms() - in_flight_for)
         .fetch_all(p)
         .await?
     });
     Ok(rows
         .into_iter()
-        .map(
-            |(invoice_id, attempt, id, status)| match (invoice_id, status.as_str()) {
-                (Some(invoice_id), "pending") => Job::ChargeInvoice {
+        .map(|(invoice_id, attempt, id, status, started_at)| {
+            match (invoice_id, status.as_str(), started_at) {
+                (Some(invoice_id), "pending", None) => Job::ChargeInvoice {
                     invoice_id,
                     attempt,
                 },
-                (Some(invoice_id), _) => Job::ResolveCharge {
+                (Some(invoice_id), _, _) => Job::ResolveCharge {
                     invoice_id,
                     attempt,
                 },
-                (None, _) => Job::ResolveBalanceCharge { charge_id: id },
-            },
-        )
+                (None, _, _) => Job::ResolveBalanceCharge { charge_id: id },
+            }
+        })
         .collect())
 }
 

@@ -19,6 +19,8 @@ pub mod exit {
     pub const REFUSED: u8 = 3;
     /// The object named does not exist.
     pub const NOT_FOUND: u8 = 4;
+    /// A `--wait` ran out of time before the work it waited for was done (EX_TEMPFAIL).
+    pub const TIMEOUT: u8 = 75;
     /// The configuration is invalid.
     pub const CONFIG: u8 = 78;
 }
@@ -28,7 +30,7 @@ pub mod exit {
     name = "settled",
     version,
     about = "Runs a business's receivables: recurring invoices, auto-charge, webhooks, credits, email.",
-    after_help = "Examples:\n  settled serve                       # embedded defaults: SQLite in ./data, mail into ./data/mail\n  settled --config /etc/settled/settled.toml check-config\n  SETTLED__DATABASE__URL=postgres://postgres@127.0.0.1/settled settled migrate"
+    after_help = "Examples:\n  settled serve                       # embedded defaults: SQLite in ./data, mail into ./data/mail\n  settled --config /etc/settled/settled.toml check-config\n  SETTLED__DATABASE__URL=postgres://postgres@127.0.0.1/settled settled migrate\n  settled customers list --json\n\nExit codes: 0 ok, 1 failure, 2 bad command line, 3 refused (invalid or conflicting), 4 not found,\n75 a --wait ran out of time, 78 invalid configuration."
 )]
 pub struct Cli {
     /// Config file (TOML). Default: $SETTLED_CONFIG, or /etc/settled/settled.toml under systemd,
@@ -53,11 +55,18 @@ pub enum Command {
         #[arg(long)]
         no_migrate: bool,
     },
-    /// Apply the database migrations and exit.
+    /// Apply the database migrations and exit (a progress bar on a terminal, a log line per
+    /// migration otherwise).
+    #[command(
+        after_help = "Examples:\n  settled migrate\n  settled --config /etc/settled/settled.toml migrate"
+    )]
     Migrate,
     /// Customers and their balances.
     #[command(subcommand)]
     Customers(crate::admin_cli::CustomersCommand),
+    /// Saved payment methods (gateway tokens; brand, last 4 and expiry only).
+    #[command(subcommand)]
+    PaymentMethods(crate::admin_cli::PaymentMethodsCommand),
     /// Subscriptions (recurring invoice profiles).
     #[command(subcommand)]
     Subscriptions(crate::admin_cli::SubscriptionsCommand),
@@ -82,8 +91,10 @@ pub enum Command {
     /// The manual clock (clock.mode = "manual").
     #[command(subcommand)]
     Clock(crate::admin_cli::ClockCommand),
-    /// Validate the configuration and exit non-zero on any problem.
-    #[command(after_help = "Example:\n  settled --config /etc/settled/settled.toml check-config")]
+    /// Validate the configuration and exit non-zero (78) on any problem.
+    #[command(
+        after_help = "Examples:\n  settled --config /etc/settled/settled.toml check-config\n  settled check-config --print-defaults > settled.toml"
+    )]
     CheckConfig {
         /// Print the embedded, commented defaults instead.
         #[arg(long)]
@@ -124,8 +135,9 @@ pub fn main() -> ExitCode {
         }
     };
     // Operator commands print their answer; only warnings and errors go to the log there.
+    // Progress of long commands is logged at info when there is no terminal for a bar.
     if !matches!(cli.command, Command::Serve { .. }) && std::env::var_os("RUST_LOG").is_none() {
-        config.log.level = "warn".into();
+        config.log.level = "warn,settled::progress=info".into();
     }
     crate::telemetry::init(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -158,8 +170,25 @@ pub fn main() -> ExitCode {
             }
             Command::Migrate => {
                 let db = crate::store::Db::open(&config)?;
-                db.migrate().await?;
-                println!("migrations applied ({})", db.backend());
+                let pending = db.pending_migrations().await.len();
+                let mut progress = crate::progress::Progress::new(
+                    "migrating",
+                    Some(pending as u64),
+                    std::time::Duration::ZERO,
+                );
+                db.migrate_reporting(|m| {
+                    progress.inc(&format!(
+                        "{} {} {} applied in {} ms",
+                        m.history,
+                        m.version,
+                        m.description,
+                        m.took.as_millis()
+                    ))
+                })
+                .await?;
+                progress.finish(&format!("{pending} migrations applied"));
+                println!("migrations applied ({}, {pending} new)", db.backend());
+                db.close().await;
                 Ok(exit::OK)
             }
             Command::Serve { no_migrate } => {
@@ -173,6 +202,9 @@ pub fn main() -> ExitCode {
                 state.db.migrate().await?;
                 let answer = match admin {
                     Command::Customers(c) => crate::admin_cli::customers(&state, c).await?,
+                    Command::PaymentMethods(c) => {
+                        crate::admin_cli::payment_methods(&state, c).await?
+                    }
                     Command::Subscriptions(c) => crate::admin_cli::subscriptions(&state, c).await?,
                     Command::Invoices(c) => crate::admin_cli::invoices(&state, c).await?,
                     Command::Payments(c) => crate::admin_cli::payments(&state, c).await?,
@@ -221,6 +253,7 @@ fn print_answer(answer: &crate::admin_cli::Answer, json: bool) -> u8 {
         eprintln!("settled: {message}");
     }
     match answer.status {
+        crate::admin_cli::TIMED_OUT => exit::TIMEOUT,
         404 => exit::NOT_FOUND,
         400..=499 => exit::REFUSED,
         _ => exit::FAILURE,

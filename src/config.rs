@@ -229,6 +229,7 @@ pub enum LogFormat {
     Auto,
     Text,
     Json,
+    Journald,
 }
 
 #[derive(Debug, Clone, Deserialize)]

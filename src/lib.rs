@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod notify;
 pub mod outbox;
 pub mod payments;
+pub mod progress;
 pub mod runner;
 pub mod store;
 pub mod telemetry;

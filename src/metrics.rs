@@ -1,53 +1,152 @@
 //! Prometheus metrics: one process-wide recorder, rendered by the HTTP server at `GET /metrics`
-//! (no listener of its own). Labels are bounded: sources come from the config, reasons and event
-//! types from fixed lists, so a sender cannot grow the series without limit.
+//! (no listener of its own). Labels are bounded: sources come from the config; reasons, event
+//! types, decline codes, templates, job kinds and currencies from fixed lists; routes are the
+//! router's templates, never the raw path. No label ever holds an id.
+//!
+//! Counters are counted where their effect is recorded; the queue and pool gauges are read from the
+//! database and the pools when `/metrics` is scraped, so they are never stale.
 
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::extract::{MatchedPath, Request, State as AxState};
+use axum::http::{Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use settled_jobs::gateway::{ChargeResult, ChargeStatus, GatewayError};
+use settled_jobs::job::Job;
+use settled_jobs::money::Currency;
 
 use crate::app::State;
+use crate::store::Db;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Buckets for request and job timings, in seconds: from a fast HTTP answer to a slow gateway call.
+const TIME_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// Buckets for the time a job waited between being due and starting: one poll interval up to an
+/// hour behind.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
 
 /// Installs the recorder once per process; later calls (the CLI builds the router per command,
 /// a benchmark starts two daemons in one process) reuse it. Returns None only when another
 /// recorder was installed first, in which case `/metrics` says so.
 pub fn install() -> Option<&'static PrometheusHandle> {
     HANDLE
-        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-            Ok(handle) => {
-                describe();
-                Some(handle)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot install the metrics recorder");
-                None
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("settled_job_latency_seconds".into()),
+                    LATENCY_BUCKETS,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), TIME_BUCKETS)
+                });
+            let installed = builder
+                .map_err(|e| e.to_string())
+                .and_then(|b| b.install_recorder().map_err(|e| e.to_string()));
+            match installed {
+                Ok(handle) => {
+                    describe();
+                    Some(handle)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot install the metrics recorder");
+                    None
+                }
             }
         })
         .as_ref()
 }
 
 fn describe() {
-    metrics::describe_counter!(
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
         "settled_webhooks_received_total",
         "Webhook deliveries stored (new events), by source."
     );
-    metrics::describe_counter!(
+    describe_counter!(
         "settled_webhooks_refused_total",
         "Webhook deliveries refused before anything was stored, by source and reason."
     );
-    metrics::describe_counter!(
+    describe_counter!(
         "settled_webhooks_duplicate_total",
         "Webhook deliveries of an event already stored (answered 200, nothing stored)."
     );
-    metrics::describe_counter!(
+    describe_counter!(
         "settled_events_processed_total",
         "Stored events processed, by event type and outcome (processed, ignored, failed)."
+    );
+    describe_counter!(
+        "settled_invoices_generated_total",
+        "Recurring invoices created by the generate_invoice job."
+    );
+    describe_counter!(
+        "settled_periods_skipped_total",
+        "Subscription periods the catch-up policy billed no invoice for."
+    );
+    describe_counter!(
+        "settled_charges_total",
+        "Charge attempt outcomes recorded from the gateway's answer, by outcome (succeeded, declined, error, unknown) and decline code (none unless declined or refused). An unknown outcome resolved later counts again with its final outcome."
+    );
+    describe_counter!(
+        "settled_charged_amount_minor_total",
+        "Amount received by succeeded charges, in the currency's minor units (cents), by currency."
+    );
+    describe_counter!(
+        "settled_emails_sent_total",
+        "Emails handed to the transport, by template."
+    );
+    describe_counter!(
+        "settled_emails_failed_total",
+        "Emails given up on (refused, undeliverable, unrenderable, or out of tries), by template."
+    );
+    describe_counter!(
+        "settled_emails_retried_total",
+        "Temporary email failures that will be tried again, by template."
+    );
+    describe_gauge!(
+        "settled_job_queue_depth",
+        "Unfinished jobs (waiting, claimed, running or waiting for another try), by kind; read at scrape time."
+    );
+    describe_gauge!(
+        "settled_job_queue_oldest_due_age_seconds",
+        "How long the oldest due job that has not started has been due, by kind (0 when none); read at scrape time."
+    );
+    describe_gauge!(
+        "settled_jobs_failed",
+        "Jobs failed for good and kept for the operator (settled jobs list --status failed), by kind; read at scrape time."
+    );
+    describe_histogram!(
+        "settled_job_latency_seconds",
+        "Time from a job being due to it starting in this process, by kind."
+    );
+    describe_histogram!(
+        "settled_job_duration_seconds",
+        "Time one job run took, by kind and outcome (done, retry, failed)."
+    );
+    describe_histogram!(
+        "settled_http_request_duration_seconds",
+        "HTTP requests answered, by method, route template and status."
+    );
+    describe_gauge!(
+        "settled_db_pool_connections",
+        "Open database connections, by pool (main, queue) and state (idle, in_use); read at scrape time."
+    );
+    describe_gauge!(
+        "settled_db_pool_max_connections",
+        "Configured maximum connections, by pool."
+    );
+    describe_gauge!(
+        "settled_database_up",
+        "1 when the database answered the scrape's queue query, else 0."
     );
 }
 
@@ -56,15 +155,125 @@ pub fn router() -> Router<Arc<State>> {
     Router::new().route("/metrics", get(render))
 }
 
-async fn render() -> impl IntoResponse {
-    let body = install().map(|h| h.render()).unwrap_or_default();
+async fn render(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
+    let Some(handle) = install() else {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "another metrics recorder is installed in this process\n".to_string(),
+        );
+    };
+    pool_gauges(&state);
+    let up = queue_gauges(&state.db).await;
+    metrics::gauge!("settled_database_up").set(if up { 1.0 } else { 0.0 });
+    handle.run_upkeep();
     (
+        axum::http::StatusCode::OK,
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        body,
+        handle.render(),
     )
+}
+
+fn pool_gauges(state: &State) {
+    let mut pools = vec![("main", state.db.clone())];
+    if let Some(queue) = state.scheduler.queue_db() {
+        pools.push(("queue", queue));
+    }
+    for (name, db) in pools {
+        let (size, idle, max) = match &db {
+            Db::Sqlite(p) => (p.size(), p.num_idle(), p.options().get_max_connections()),
+            Db::Postgres(p) => (p.size(), p.num_idle(), p.options().get_max_connections()),
+        };
+        let idle = idle as u32;
+        metrics::gauge!("settled_db_pool_connections", "pool" => name, "state" => "idle")
+            .set(f64::from(idle));
+        metrics::gauge!("settled_db_pool_connections", "pool" => name, "state" => "in_use")
+            .set(f64::from(size.saturating_sub(idle)));
+        metrics::gauge!("settled_db_pool_max_connections", "pool" => name).set(f64::from(max));
+    }
+}
+
+/// Reads queue depth, the oldest due job's age and failed jobs per kind. Every known kind is set
+/// on each scrape (0 when absent), so a drained queue does not leave stale values behind.
+async fn queue_gauges(db: &Db) -> bool {
+    let rows = tokio::time::timeout(Duration::from_secs(2), crate::store::queue::stats(db)).await;
+    let rows = match rows {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "cannot read the job queue for /metrics");
+            return false;
+        }
+        Err(_) => {
+            tracing::debug!("reading the job queue for /metrics timed out");
+            return false;
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    // Every known kind, plus any other kind the rows hold (a newer daemon's on the same database).
+    let mut kinds: Vec<&str> = JOB_KINDS.to_vec();
+    for r in &rows {
+        let label = row_kind_label(&r.kind);
+        if !kinds.contains(&label) {
+            kinds.push(label);
+        }
+    }
+    for kind in kinds {
+        let mut depth = 0;
+        let mut failed = 0;
+        let mut oldest: Option<i64> = None;
+        for r in rows.iter().filter(|r| row_kind_label(&r.kind) == kind) {
+            depth += r.depth;
+            failed += r.failed;
+            oldest = match (oldest, r.oldest_due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        let age = oldest.map(|t| (now - t).max(0)).unwrap_or(0);
+        let kind = kind.to_string();
+        metrics::gauge!("settled_job_queue_depth", "kind" => kind.clone()).set(depth as f64);
+        metrics::gauge!("settled_jobs_failed", "kind" => kind.clone()).set(failed as f64);
+        metrics::gauge!("settled_job_queue_oldest_due_age_seconds", "kind" => kind).set(age as f64);
+    }
+    true
+}
+
+/// The job kinds reported (as 0) even while the queue holds none of them.
+pub const JOB_KINDS: &[&str] = &[
+    "generate_invoice",
+    "finalize_invoice",
+    "charge_invoice",
+    "resolve_charge",
+    "process_event",
+    "send_email",
+    "resolve_balance_charge",
+    "apply_late_fee",
+    "send_email_retry",
+    "remind_upcoming_charge",
+    "send_statement",
+];
+
+/// A kind read from a queue row. Rows are written only by this daemon's enqueue, from the `Job`
+/// enum's own names, so the set is bounded; anything unlike such a name counts as "other".
+fn row_kind_label(kind: &str) -> &str {
+    let plain = !kind.is_empty()
+        && kind.len() <= 40
+        && kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    if plain { kind } else { "other" }
+}
+
+fn label_from(known: &[&'static str], value: &str) -> &'static str {
+    known
+        .iter()
+        .find(|k| **k == value)
+        .copied()
+        .unwrap_or("other")
 }
 
 /// Refusal reasons of the webhook intake (the `reason` label).
@@ -107,11 +316,7 @@ const KNOWN_EVENT_TYPES: &[&str] = &[
 ];
 
 pub fn event_type_label(kind: &str) -> &'static str {
-    KNOWN_EVENT_TYPES
-        .iter()
-        .find(|k| **k == kind)
-        .copied()
-        .unwrap_or("other")
+    label_from(KNOWN_EVENT_TYPES, kind)
 }
 
 pub fn event_processed(kind: &str, outcome: &'static str) {
@@ -121,4 +326,295 @@ pub fn event_processed(kind: &str, outcome: &'static str) {
         "outcome" => outcome
     )
     .increment(1);
+}
+
+/// A recurring invoice was created (`Some`) or its period skipped by the catch-up policy (`None`).
+pub fn invoice_generated(created: bool) {
+    if created {
+        metrics::counter!("settled_invoices_generated_total").increment(1);
+    } else {
+        metrics::counter!("settled_periods_skipped_total").increment(1);
+    }
+}
+
+/// Stripe's documented decline codes plus the refusals the daemon records as failed attempts;
+/// anything else counts as "other".
+const DECLINE_CODES: &[&str] = &[
+    "authentication_required",
+    "approve_with_id",
+    "call_issuer",
+    "card_declined",
+    "card_not_supported",
+    "card_velocity_exceeded",
+    "currency_not_supported",
+    "do_not_honor",
+    "do_not_try_again",
+    "duplicate_transaction",
+    "expired_card",
+    "fraudulent",
+    "generic_decline",
+    "incorrect_cvc",
+    "incorrect_number",
+    "incorrect_pin",
+    "incorrect_zip",
+    "insufficient_funds",
+    "invalid_account",
+    "invalid_amount",
+    "invalid_cvc",
+    "invalid_expiry_month",
+    "invalid_expiry_year",
+    "invalid_number",
+    "invalid_pin",
+    "issuer_not_available",
+    "lost_card",
+    "merchant_blacklist",
+    "new_account_information_available",
+    "no_action_taken",
+    "not_permitted",
+    "offline_pin_required",
+    "online_or_offline_pin_required",
+    "pickup_card",
+    "pin_try_exceeded",
+    "processing_error",
+    "reenter_transaction",
+    "restricted_card",
+    "revocation_of_all_authorizations",
+    "revocation_of_authorization",
+    "security_violation",
+    "service_not_allowed",
+    "stolen_card",
+    "stop_payment_order",
+    "testmode_decline",
+    "transaction_not_allowed",
+    "try_again_later",
+    "withdrawal_count_limit_exceeded",
+    "invalid_request",
+    "gateway_not_configured",
+];
+
+fn currency_label(code: &str) -> &'static str {
+    Currency::parse(&code.to_ascii_uppercase())
+        .map(|c| c.code())
+        .unwrap_or("other")
+}
+
+/// What the gateway answered to one charge attempt, ready to be counted once it is recorded.
+pub struct ChargeOutcome {
+    outcome: &'static str,
+    decline_code: &'static str,
+    received: Option<(&'static str, u64)>,
+}
+
+impl ChargeOutcome {
+    /// Reads the answer for an attempt of `amount` minor units in `currency`.
+    pub fn of(
+        currency: &str,
+        amount: i64,
+        result: &Result<ChargeResult, GatewayError>,
+    ) -> ChargeOutcome {
+        let (outcome, code, received) = match result {
+            Ok(r) if r.status == ChargeStatus::Succeeded => {
+                let cur = if r.currency.is_empty() {
+                    currency
+                } else {
+                    &r.currency
+                };
+                let got = if r.amount_received > 0 {
+                    r.amount_received
+                } else {
+                    amount
+                };
+                (
+                    "succeeded",
+                    None,
+                    Some((currency_label(cur), got.max(0) as u64)),
+                )
+            }
+            Ok(r) if r.status == ChargeStatus::Failed => (
+                "declined",
+                Some(r.decline_code.as_deref().unwrap_or("card_declined")),
+                None,
+            ),
+            Ok(_) | Err(GatewayError::Unknown(_)) => ("unknown", None, None),
+            Err(GatewayError::Declined {
+                code, decline_code, ..
+            }) => (
+                "declined",
+                Some(decline_code.as_deref().unwrap_or(code)),
+                None,
+            ),
+            Err(GatewayError::Invalid { .. }) => ("error", Some("invalid_request"), None),
+            Err(GatewayError::NotConfigured) => ("error", Some("gateway_not_configured"), None),
+        };
+        ChargeOutcome {
+            outcome,
+            decline_code: code.map_or("none", |c| label_from(DECLINE_CODES, c)),
+            received,
+        }
+    }
+
+    pub fn record(self) {
+        metrics::counter!(
+            "settled_charges_total",
+            "outcome" => self.outcome,
+            "decline_code" => self.decline_code
+        )
+        .increment(1);
+        if let Some((currency, minor)) = self.received {
+            metrics::counter!("settled_charged_amount_minor_total", "currency" => currency)
+                .increment(minor);
+        }
+    }
+}
+
+const EMAIL_TEMPLATES: &[&str] = &[
+    "invoice",
+    "receipt",
+    "payment_failed",
+    "final_notice",
+    "refund",
+    "credit_note",
+    "upcoming_charge",
+    "statement",
+];
+
+/// One try at an outbox row ended: sent, failed for good, or to be tried again.
+pub fn email_finished(template: &str, outcome: &crate::store::emails::Outcome<'_>) {
+    use crate::store::emails::Outcome;
+    let template = label_from(EMAIL_TEMPLATES, template);
+    let name = match outcome {
+        Outcome::Sent { .. } => "settled_emails_sent_total",
+        Outcome::Failed { .. } => "settled_emails_failed_total",
+        Outcome::Retry { .. } => "settled_emails_retried_total",
+    };
+    metrics::counter!(name, "template" => template).increment(1);
+}
+
+/// A job started `latency` after it was due (None when the queue row gave no due time).
+pub fn job_started(job: &Job, latency: Option<Duration>) {
+    if let Some(latency) = latency {
+        metrics::histogram!("settled_job_latency_seconds", "kind" => job.kind())
+            .record(latency.as_secs_f64());
+    }
+}
+
+/// A job run ended: `outcome` is done, retry or failed.
+pub fn job_finished(job: &Job, outcome: &'static str, took: Duration) {
+    metrics::histogram!(
+        "settled_job_duration_seconds",
+        "kind" => job.kind(),
+        "outcome" => outcome
+    )
+    .record(took.as_secs_f64());
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Middleware timing every request by its route template (`/v1/invoices/{id}`); a request no route
+/// matched counts as `unmatched`, so a scanner probing paths adds no series.
+pub async fn track_http(request: Request, next: Next) -> Response {
+    let method = method_label(request.method());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics::histogram!(
+        "settled_http_request_duration_seconds",
+        "method" => method,
+        "route" => route,
+        "status" => response.status().as_u16().to_string()
+    )
+    .record(started.elapsed().as_secs_f64());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_job_kind_is_reported_even_when_absent() {
+        let s = || "x".to_string();
+        let jobs = [
+            Job::GenerateInvoice {
+                subscription_id: s(),
+                period_start: 0,
+            },
+            Job::FinalizeInvoice { invoice_id: s() },
+            Job::ChargeInvoice {
+                invoice_id: s(),
+                attempt: 1,
+            },
+            Job::ResolveCharge {
+                invoice_id: s(),
+                attempt: 1,
+            },
+            Job::ProcessEvent { event_id: s() },
+            Job::SendEmail { email_id: s() },
+            Job::ResolveBalanceCharge { charge_id: s() },
+            Job::ApplyLateFee { invoice_id: s() },
+            Job::SendEmailRetry {
+                email_id: s(),
+                attempt: 1,
+            },
+            Job::RemindUpcomingCharge {
+                subscription_id: s(),
+                period_start: 0,
+            },
+        ];
+        for job in &jobs {
+            assert!(JOB_KINDS.contains(&job.kind()), "{}", job.kind());
+            assert_eq!(row_kind_label(job.kind()), job.kind());
+        }
+    }
+
+    #[test]
+    fn labels_stay_bounded() {
+        assert_eq!(
+            label_from(DECLINE_CODES, "insufficient_funds"),
+            "insufficient_funds"
+        );
+        assert_eq!(label_from(DECLINE_CODES, "pi_123_made_up"), "other");
+        assert_eq!(currency_label("usd"), "USD");
+        assert_eq!(currency_label("XYZ1"), "other");
+        assert_eq!(row_kind_label("cus_123"), "other");
+        assert_eq!(row_kind_label("'; DROP"), "other");
+        let declined: Result<ChargeResult, GatewayError> = Err(GatewayError::Declined {
+            code: "card_declined".into(),
+            decline_code: Some("insufficient_funds".into()),
+            message: String::new(),
+            payment_intent_id: None,
+        });
+        let o = ChargeOutcome::of("USD", 100, &declined);
+        assert_eq!(
+            (o.outcome, o.decline_code),
+            ("declined", "insufficient_funds")
+        );
+        assert!(o.received.is_none());
+        let ok: Result<ChargeResult, GatewayError> = Ok(ChargeResult {
+            payment_intent_id: "pi_1".into(),
+            status: ChargeStatus::Succeeded,
+            amount_received: 1999,
+            currency: "usd".into(),
+            decline_code: None,
+            failure_message: None,
+        });
+        let o = ChargeOutcome::of("USD", 1999, &ok);
+        assert_eq!((o.outcome, o.decline_code), ("succeeded", "none"));
+        assert_eq!(o.received, Some(("USD", 1999)));
+    }
 }

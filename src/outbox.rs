@@ -756,6 +756,7 @@ async fn finish(
     subject: &str,
     outcome: Outcome<'_>,
 ) -> Result<(), JobError> {
+    crate::metrics::email_finished(&row.template, &outcome);
     emails::finish(&state.db, &row.id, row.attempts, subject, outcome)
         .await
         .map_err(transient)?;

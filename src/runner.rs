@@ -42,6 +42,8 @@ pub struct Scheduler {
     /// being checked (a job finishing mid-check can make new work due between two queries).
     finished_jobs: AtomicI64,
     started: Instant,
+    /// The job queue's own pool, once the worker opened it (its use is reported at /metrics).
+    queue_db: std::sync::OnceLock<Db>,
 }
 
 /// Finished jobs are kept this long for the operator, then deleted (failed ones are kept).
@@ -65,7 +67,13 @@ impl Scheduler {
             last_vacuum: AtomicI64::new(-1),
             finished_jobs: AtomicI64::new(0),
             started: Instant::now(),
+            queue_db: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The job queue's pool, when this process runs workers.
+    pub fn queue_db(&self) -> Option<Db> {
+        self.queue_db.get().cloned()
     }
 
     /// Asks for a sweep now rather than at the next tick.
@@ -86,7 +94,7 @@ impl Scheduler {
 
     /// A manual clock advanced elsewhere (`settled clock advance`, another daemon on the same
     /// database) is followed here, so every daemon lives at the same instant.
-    async fn follow_stored_clock(&self) -> Result<(), sqlx::Error> {
+    pub async fn follow_stored_clock(&self) -> Result<(), sqlx::Error> {
         if let Some(manual) = &self.manual {
             let stored = crate::store::settings::get(&self.db, crate::app::CLOCK_SETTING).await?;
             if let Some(t) = stored.and_then(|s| DateTime::parse_from_rfc3339(&s).ok()) {
@@ -294,6 +302,7 @@ fn spawn_queue_worker(state: Arc<State>, stop: CancellationToken) -> JoinHandle<
                 state.db.clone()
             }
         };
+        let _ = state.scheduler.queue_db.set(queue_db.clone());
         let mut delay = Duration::from_millis(200);
         loop {
             let started = Instant::now();
@@ -436,36 +445,151 @@ fn spawn_wake_loop(state: Arc<State>, stop: CancellationToken) -> JoinHandle<()>
     })
 }
 
+/// What the queue row says about a job besides its payload: its id, when it was due, and which
+/// run this is.
+struct QueueRow {
+    id: String,
+    due_ms: Option<i64>,
+    run: usize,
+}
+
+impl FromRequest<Task<Envelope>> for QueueRow {
+    type Error = std::convert::Infallible;
+    async fn from_request(task: &Task<Envelope>) -> Result<Self, Self::Error> {
+        let ctx = task.ctx();
+        let id = ctx.task_id().map(|t| t.to_string()).unwrap_or_default();
+        // The row's run_at has one-second resolution, and due work is stored as due a second
+        // before it was enqueued; the id is a ULID minted at enqueue time to the millisecond. A
+        // job is due at the later of the two (an enqueue_after delay lies ahead of its id).
+        let enqueued_ms = ulid::Ulid::from_string(&id)
+            .ok()
+            .map(|u| u.timestamp_ms() as i64);
+        let run_at_ms = ctx.run_at().map(|s| s as i64 * 1000);
+        let due_ms = match (run_at_ms, enqueued_ms) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(QueueRow {
+            id,
+            due_ms,
+            run: ctx.attempt(),
+        })
+    }
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The span a job runs in: its kind, queue id and run, and the ids of what it works on, so every
+/// line the job logs says which invoice, event or email it was about.
+fn job_span(job: &Job, row: &QueueRow) -> tracing::Span {
+    use tracing::field::Empty;
+    let span = tracing::info_span!(
+        "job",
+        kind = job.kind(),
+        job_id = %row.id,
+        run = row.run,
+        invoice_id = Empty,
+        subscription_id = Empty,
+        event_id = Empty,
+        email_id = Empty,
+        charge_id = Empty,
+        charge_attempt = Empty,
+        customer_id = Empty,
+    );
+    match job {
+        Job::GenerateInvoice {
+            subscription_id, ..
+        }
+        | Job::RemindUpcomingCharge {
+            subscription_id, ..
+        } => {
+            span.record("subscription_id", subscription_id.as_str());
+        }
+        Job::FinalizeInvoice { invoice_id } | Job::ApplyLateFee { invoice_id } => {
+            span.record("invoice_id", invoice_id.as_str());
+        }
+        Job::ChargeInvoice {
+            invoice_id,
+            attempt,
+        }
+        | Job::ResolveCharge {
+            invoice_id,
+            attempt,
+        } => {
+            span.record("invoice_id", invoice_id.as_str());
+            span.record("charge_attempt", *attempt);
+        }
+        Job::ProcessEvent { event_id } => {
+            span.record("event_id", event_id.as_str());
+        }
+        Job::SendEmail { email_id } | Job::SendEmailRetry { email_id, .. } => {
+            span.record("email_id", email_id.as_str());
+        }
+        Job::ResolveBalanceCharge { charge_id } => {
+            span.record("charge_id", charge_id.as_str());
+        }
+        Job::SendStatement { customer_id, .. } => {
+            span.record("customer_id", customer_id.as_str());
+        }
+    }
+    span
+}
+
 /// Runs one job from the queue.
-async fn handle_job(envelope: Envelope, state: Data<Arc<State>>) -> Result<(), BoxDynError> {
+async fn handle_job(
+    envelope: Envelope,
+    row: QueueRow,
+    state: Data<Arc<State>>,
+) -> Result<(), BoxDynError> {
+    use tracing::Instrument;
     let job = envelope.job;
     let kind = job.kind();
     let started = Instant::now();
+    // Latency is measured on a job's first run only: a retry's wait is its backoff, not the queue.
+    let latency = row
+        .due_ms
+        .filter(|_| row.run <= 1)
+        .map(|due| Duration::from_millis((wall_ms() - due).max(0) as u64));
+    crate::metrics::job_started(&job, latency);
+    let span = job_span(&job, &row);
     // A panic in a job must not take the worker down: it is a permanent failure of that job.
     let result = std::panic::AssertUnwindSafe(crate::billing::run(&state, &job))
         .catch_unwind()
+        .instrument(span.clone())
         .await
         .unwrap_or_else(|_| Err(JobError::Permanent(anyhow::anyhow!("the job panicked"))));
-    let elapsed_ms = started.elapsed().as_millis() as u64;
+    let took = started.elapsed();
+    let elapsed_ms = took.as_millis() as u64;
     state.scheduler.job_finished();
+    let _entered = span.enter();
     match result {
         Ok(()) => {
+            crate::metrics::job_finished(&job, "done", took);
             tracing::info!(job = kind, elapsed_ms, "job done");
             // Its effects may have made more work due (a finalised invoice to charge, an email).
             state.scheduler.nudge();
             Ok(())
         }
         Err(JobError::Transient(e)) => {
+            crate::metrics::job_finished(&job, "retry", took);
             tracing::warn!(
                 job = kind,
+                elapsed_ms,
                 error = format!("{e:#}"),
                 "job failed; it will be retried"
             );
             Err(e.into())
         }
         Err(JobError::Permanent(e)) => {
+            crate::metrics::job_finished(&job, "failed", took);
             tracing::error!(
                 job = kind,
+                elapsed_ms,
                 error = format!("{e:#}"),
                 "job failed permanently"
             );

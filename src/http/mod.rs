@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::Request;
 use tower_http::trace::TraceLayer;
 
@@ -44,17 +44,49 @@ pub fn router(state: Arc<State>) -> Router {
         ))
         .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes));
     crate::metrics::install();
-    Router::new()
-        .merge(health::router())
-        .merge(crate::metrics::router())
-        .merge(webhooks::public_router(state.clone()))
-        .nest("/v1", admin)
-        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+    observed(
+        Router::new()
+            .merge(health::router())
+            .merge(crate::metrics::router())
+            .merge(webhooks::public_router(state.clone()))
+            .nest("/v1", admin)
+            .fallback(|| async { ApiError::NotFound("no such route".into()) }),
+    )
+    .with_state(state)
+}
+
+/// What a workers-only daemon (`daemon.role = "worker"`) serves: health, readiness and metrics,
+/// so its jobs can be watched and its liveness probed like any other daemon's.
+pub fn ops_router(state: Arc<State>) -> Router {
+    crate::metrics::install();
+    observed(
+        Router::new()
+            .merge(health::router())
+            .merge(crate::metrics::router())
+            .fallback(|| async { ApiError::NotFound("no such route".into()) }),
+    )
+    .with_state(state)
+}
+
+/// One span and one timing per request, both by route template.
+fn observed(router: Router<Arc<State>>) -> Router<Arc<State>> {
+    router
+        .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<_>| {
                     // The path only: query strings and bodies may carry personal data.
-                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+                    let route = req
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map(|p| p.as_str().to_string())
+                        .unwrap_or_default();
+                    tracing::info_span!(
+                        "http",
+                        method = %req.method(),
+                        route = %route,
+                        path = %req.uri().path()
+                    )
                 })
                 .on_response(
                     |res: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {
@@ -66,7 +98,6 @@ pub fn router(state: Arc<State>) -> Router {
                     },
                 ),
         )
-        .with_state(state)
 }
 
 /// `{"data": [...], "has_more": bool}` for every list.

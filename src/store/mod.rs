@@ -21,6 +21,19 @@ use sqlx::{PgPool, SqlitePool};
 
 use crate::config::{Config, DatabaseKind};
 
+/// One migration applied by [`Db::migrate_reporting`].
+#[derive(Debug, Clone)]
+pub struct MigrationApplied {
+    /// "settled" or "job queue".
+    pub history: &'static str,
+    pub version: i64,
+    pub description: String,
+    /// 1-based position among the migrations this run applies, and their number.
+    pub index: usize,
+    pub total: usize,
+    pub took: Duration,
+}
+
 /// A pool on one of the two backends.
 #[derive(Clone, Debug)]
 pub enum Db {
@@ -149,26 +162,35 @@ impl Db {
         )
     }
 
+    /// The application's and the job queue's migrators with their history tables, in the order
+    /// they run. The queue keeps its own history table so the two histories never confuse each
+    /// other (both ignore the other's versions).
+    fn migrators(&self) -> [(sqlx::migrate::Migrator, &'static str, &'static str); 2] {
+        let (mut app, mut queue, queue_table) = match self {
+            Db::Sqlite(_) => (
+                app_migrator_sqlite(),
+                apalis_sqlite::SqliteStorage::migrations(),
+                "_apalis_migrations",
+            ),
+            Db::Postgres(_) => {
+                let mut queue = apalis_postgres::PostgresStorage::migrations();
+                queue.create_schema("apalis");
+                (app_migrator_postgres(), queue, "apalis._apalis_migrations")
+            }
+        };
+        app.set_ignore_missing(true);
+        queue.dangerous_set_table_name(queue_table);
+        queue.set_ignore_missing(true);
+        [
+            (app, "_sqlx_migrations", "settled"),
+            (queue, queue_table, "job queue"),
+        ]
+    }
+
     /// True when every migration this binary knows is applied: the application's and the job
     /// queue's (the queue's run second, so checking only ours would report ready too early).
     pub async fn migrations_applied(&self) -> bool {
-        let checks = match self {
-            Db::Sqlite(_) => [
-                (app_migrator_sqlite(), "_sqlx_migrations"),
-                (
-                    apalis_sqlite::SqliteStorage::migrations(),
-                    "_apalis_migrations",
-                ),
-            ],
-            Db::Postgres(_) => [
-                (app_migrator_postgres(), "_sqlx_migrations"),
-                (
-                    apalis_postgres::PostgresStorage::migrations(),
-                    "apalis._apalis_migrations",
-                ),
-            ],
-        };
-        for (migrator, table) in checks {
+        for (migrator, table, _) in self.migrators() {
             let latest = migrator.iter().map(|m| m.version).max().unwrap_or(0);
             let sql = format!("SELECT COUNT(*) FROM {table} WHERE version = $1 AND success");
             let found: Result<i64, sqlx::Error> = on_db!(self, p => {
@@ -181,39 +203,62 @@ impl Db {
         true
     }
 
-    /// Applies the application's and the job queue's migrations. The queue keeps its own history
-    /// table so the two histories never confuse each other.
+    /// Applies the application's and the job queue's migrations.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        match self {
-            Db::Sqlite(pool) => {
-                let mut app = app_migrator_sqlite();
-                app.set_ignore_missing(true);
-                app.run(pool)
-                    .await
-                    .context("applying migrations/sqlite failed")?;
-                let mut queue = apalis_sqlite::SqliteStorage::migrations();
-                queue.dangerous_set_table_name("_apalis_migrations");
-                queue.set_ignore_missing(true);
-                queue
-                    .run(pool)
-                    .await
-                    .context("applying the job queue's migrations failed")?;
-            }
-            Db::Postgres(pool) => {
-                let mut app = app_migrator_postgres();
-                app.set_ignore_missing(true);
-                app.run(pool)
-                    .await
-                    .context("applying migrations/postgres failed")?;
-                let mut queue = apalis_postgres::PostgresStorage::migrations();
-                queue.create_schema("apalis");
-                queue.dangerous_set_table_name("apalis._apalis_migrations");
-                queue.set_ignore_missing(true);
-                queue
-                    .run(pool)
-                    .await
-                    .context("applying the job queue's migrations failed")?;
-            }
+        self.migrate_reporting(|_| {}).await
+    }
+
+    /// Migrations not yet applied, in the order they will run: (which history, version,
+    /// description). A history table that does not exist yet means none of its versions are.
+    pub async fn pending_migrations(&self) -> Vec<(&'static str, i64, String)> {
+        let mut pending = Vec::new();
+        for (migrator, table, label) in self.migrators() {
+            let sql = format!("SELECT version FROM {table} WHERE success");
+            let applied: Vec<i64> = on_db!(self, p => {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str())).fetch_all(p).await
+            })
+            .unwrap_or_default();
+            pending.extend(
+                migrator
+                    .iter()
+                    .filter(|m| !m.migration_type.is_down_migration())
+                    .filter(|m| !applied.contains(&m.version))
+                    .map(|m| (label, m.version, m.description.to_string())),
+            );
+        }
+        pending
+    }
+
+    /// Applies every pending migration one at a time, calling `report` after each one (what
+    /// `settled migrate` shows progress with), then checks the whole history as `run` does.
+    pub async fn migrate_reporting(
+        &self,
+        mut report: impl FnMut(&MigrationApplied),
+    ) -> anyhow::Result<()> {
+        let pending = self.pending_migrations().await;
+        let total = pending.len();
+        let migrators = self.migrators();
+        for (index, (label, version, description)) in pending.into_iter().enumerate() {
+            let Some((migrator, _, _)) = migrators.iter().find(|(_, _, l)| *l == label) else {
+                continue;
+            };
+            let started = std::time::Instant::now();
+            on_db!(self, p => migrator.run_to(version, p).await).with_context(|| {
+                format!("applying the {label} migration {version} ({description}) failed")
+            })?;
+            report(&MigrationApplied {
+                history: label,
+                version,
+                description,
+                index: index + 1,
+                total,
+                took: started.elapsed(),
+            });
+        }
+        // Nothing is left to apply; this validates checksums of what was applied before.
+        for (migrator, _, label) in &migrators {
+            on_db!(self, p => migrator.run(p).await)
+                .with_context(|| format!("applying the {label} migrations failed"))?;
         }
         Ok(())
     }

@@ -403,3 +403,74 @@ pub async fn vacuum(db: &Db, before_secs: i64) -> Result<u64, sqlx::Error> {
     };
     on_db!(db, p => Ok(sqlx::query(sql).bind(QUEUE).bind(before_secs).execute(p).await?.rows_affected()))
 }
+
+/// Unfinished and failed jobs of one kind, for the metrics scrape.
+#[derive(Debug, Clone)]
+pub struct KindStats {
+    pub kind: String,
+    /// Waiting, claimed, running or waiting for another try.
+    pub depth: i64,
+    /// The earliest `run_at` (Unix seconds) among jobs due now that have not started.
+    pub oldest_due: Option<i64>,
+    /// Failed for good (kept for the operator).
+    pub failed: i64,
+}
+
+/// Queue depth, the oldest due job and failed jobs per kind (the `type` in the job's payload).
+/// Finished jobs are left out by the status condition, so the scan stays small.
+pub async fn stats(db: &Db) -> Result<Vec<KindStats>, sqlx::Error> {
+    let now = due_now_secs() + 1;
+    let sql = match db {
+        Db::Sqlite(_) => {
+            "SELECT COALESCE(json_extract(CAST(job AS TEXT), '$.type'), 'unknown') AS kind, \
+             SUM(CASE WHEN status IN ('Pending', 'Queued', 'Running') \
+                 OR (status = 'Failed' AND attempts < max_attempts) THEN 1 ELSE 0 END) AS depth, \
+             MIN(CASE WHEN (status IN ('Pending', 'Queued') \
+                 OR (status = 'Failed' AND attempts < max_attempts)) AND run_at <= $2 \
+                 THEN run_at END) AS oldest_due, \
+             SUM(CASE WHEN status = 'Killed' OR (status = 'Failed' AND attempts >= max_attempts) \
+                 THEN 1 ELSE 0 END) AS failed \
+             FROM Jobs WHERE job_type = $1 \
+             AND status IN ('Pending', 'Queued', 'Running', 'Failed', 'Killed') GROUP BY 1"
+        }
+        Db::Postgres(_) => {
+            "SELECT COALESCE(convert_from(job, 'UTF8')::jsonb ->> 'type', 'unknown') AS kind, \
+             COUNT(*) FILTER (WHERE status IN ('Pending', 'Queued', 'Running') \
+                 OR (status = 'Failed' AND attempts < max_attempts)) AS depth, \
+             (EXTRACT(EPOCH FROM MIN(run_at) FILTER (WHERE (status IN ('Pending', 'Queued') \
+                 OR (status = 'Failed' AND attempts < max_attempts)) \
+                 AND run_at <= to_timestamp($2))))::BIGINT AS oldest_due, \
+             COUNT(*) FILTER (WHERE status = 'Killed' \
+                 OR (status = 'Failed' AND attempts >= max_attempts)) AS failed \
+             FROM apalis.jobs WHERE job_type = $1 \
+             AND status IN ('Pending', 'Queued', 'Running', 'Failed', 'Killed') GROUP BY 1"
+        }
+    };
+    let rows: Vec<(String, i64, Option<i64>, i64)> = on_db!(db, p => {
+        sqlx::query_as(sql).bind(QUEUE).bind(now).fetch_all(p).await?
+    });
+    Ok(rows
+        .into_iter()
+        .map(|(kind, depth, oldest_due, failed)| KindStats {
+            kind,
+            depth,
+            oldest_due,
+            failed,
+        })
+        .collect())
+}
+
+/// Jobs finished (done, or failed for good) at or after `since_secs` (Unix seconds).
+pub async fn finished_since(db: &Db, since_secs: i64) -> Result<i64, sqlx::Error> {
+    let sql = match db {
+        Db::Sqlite(_) => {
+            "SELECT COUNT(*) FROM Jobs WHERE job_type = $1 AND done_at >= $2 \
+             AND (status IN ('Done', 'Killed') OR (status = 'Failed' AND attempts >= max_attempts))"
+        }
+        Db::Postgres(_) => {
+            "SELECT COUNT(*) FROM apalis.jobs WHERE job_type = $1 AND done_at >= to_timestamp($2) \
+             AND (status IN ('Done', 'Killed') OR (status = 'Failed' AND attempts >= max_attempts))"
+        }
+    };
+    on_db!(db, p => sqlx::query_scalar(sql).bind(QUEUE).bind(since_secs).fetch_one(p).await)
+}
