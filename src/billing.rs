@@ -49,14 +49,16 @@ pub async fn due_jobs(
     jobs.extend(crate::charges::due_jobs(db, config, now).await?);
     jobs.extend(crate::charges::late_fee_jobs(db, config, now).await?);
     jobs.extend(crate::outbox::due_jobs(db, config.email.reminder_days, now).await?);
-    // Stored events not yet processed: their job was enqueued with them, this finds any that
-    // was lost.
-    jobs.extend(
-        crate::events::store::unprocessed_without_job(db, 5000)
-            .await?
-            .into_iter()
-            .map(|event_id| Job::ProcessEvent { event_id }),
-    );
+    // Stored events whose process_event job was lost (it is enqueued with the event, so this is
+    // a safety net only; it looks at most every few seconds, not at every sweep).
+    if crate::events::store::lost_job_check_due() {
+        jobs.extend(
+            crate::events::store::unprocessed_without_job(db, 1000)
+                .await?
+                .into_iter()
+                .map(|event_id| Job::ProcessEvent { event_id }),
+        );
+    }
     Ok(jobs)
 }
 

@@ -778,7 +778,8 @@ pub async fn due_jobs(
     now: DateTime<Utc>,
 ) -> Result<Vec<Job>, sqlx::Error> {
     let in_flight_for = (config.stripe.request_timeout_seconds as i64 + 30) * 1000;
-    let rows: Vec<(Option<String>, i64, String, String, Option<i64>)> = on_db!(db, p => {
+    type Due = (Option<String>, i64, String, String, Option<i64>);
+    let rows: Vec<Due> = on_db!(db, p => {
         sqlx::query_as(
             "SELECT invoice_id, attempt, id, status, started_at FROM charge_attempts \
              WHERE (status = 'pending' AND started_at IS NULL AND scheduled_at <= $1) \

@@ -833,6 +833,34 @@ mod tests {
     }
 
     #[test]
+    fn standard_webhook_sources_need_base64_secrets_and_a_free_name() {
+        let err = Config::load_from(
+            None,
+            env(&[(
+                "SETTLED__STANDARD_WEBHOOKS__SOURCES__BANK__SECRETS",
+                "[\"whsec_not base64!\"]",
+            )]),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err}").contains("standard_webhooks.sources.bank.secrets"),
+            "{err}"
+        );
+        let err = Config::load_from(
+            None,
+            env(&[(
+                "SETTLED__STANDARD_WEBHOOKS__SOURCES__STRIPE__SECRETS",
+                "[\"whsec_Zmlyc3Q=\"]",
+            )]),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err}").contains("standard_webhooks.sources.stripe"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn sqlite_is_the_default_database_in_the_state_dir() {
         let config =
             Config::load_from(None, env(&[("SETTLED__DAEMON__STATE_DIR", "/tmp/x")])).unwrap();

@@ -3,6 +3,8 @@
 //! process_event job.
 
 use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use settled_jobs::job::Job;
 use sqlx::FromRow;
@@ -263,6 +265,26 @@ pub async fn replay(db: &Db, id: &str, max_attempts: u32) -> Result<bool, sqlx::
     queue::enqueue_round(&mut tx, &job, round.max(0) as u32, max_attempts).await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// How often the sweep looks for events whose job was lost. Sweeps run after every finished job;
+/// with a backlog of events this scan would otherwise run continuously.
+const LOST_JOB_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+static LAST_LOST_JOB_CHECK: Mutex<Option<Instant>> = Mutex::new(None);
+
+/// True at most once per `LOST_JOB_CHECK_EVERY` (and at the first sweep of the process).
+pub fn lost_job_check_due() -> bool {
+    let mut last = LAST_LOST_JOB_CHECK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    match *last {
+        Some(t) if t.elapsed() < LOST_JOB_CHECK_EVERY => false,
+        _ => {
+            *last = Some(Instant::now());
+            true
+        }
+    }
 }
 
 /// Events stored but not yet processed whose process_event job is missing from the queue (the
