@@ -927,3 +927,78 @@ both!(
         assert_eq!(code, Some(3));
     }
 );
+
+/// Runs statements against the daemon's database from outside (to make storage refuse).
+async fn exec_on(backend: Backend, url: &str, statements: &[&str]) {
+    match backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+            for s in statements {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(*s))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+            pool.close().await;
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            for s in statements {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(*s))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+            pool.close().await;
+        }
+    }
+}
+
+both!(
+    a_delivery_storage_refuses_is_answered_503_and_stored_when_delivered_again,
+    |backend| async move {
+        let w =
+            World::start_with(backend, stripe_secrets(DaemonOptions::default(), &[SECRET])).await;
+        let d = &w.daemon;
+        let refuse: &[&str] = match backend {
+            Backend::Sqlite => &["CREATE TRIGGER refuse_one BEFORE INSERT ON webhook_events \
+                 WHEN NEW.event_id = 'evt_refused' BEGIN SELECT RAISE(ABORT, 'storage refuses'); END"],
+            Backend::Postgres => &[
+                "CREATE FUNCTION refuse_one() RETURNS trigger AS $$ BEGIN \
+                 IF NEW.event_id = 'evt_refused' THEN RAISE EXCEPTION 'storage refuses'; END IF; \
+                 RETURN NEW; END $$ LANGUAGE plpgsql",
+                "CREATE TRIGGER refuse_one BEFORE INSERT ON webhook_events \
+                 FOR EACH ROW EXECUTE FUNCTION refuse_one()",
+            ],
+        };
+        exec_on(backend, &d.database_url, refuse).await;
+        let refused_body = event_body("evt_refused", "customer.created");
+        // Delivered together with others: only the refused one fails.
+        let bodies: Vec<String> = (0..4)
+            .map(|n| event_body(&format!("evt_alongside_{n}"), "customer.created"))
+            .chain([refused_body.clone()])
+            .collect();
+        let answers =
+            futures::future::join_all(bodies.iter().map(|b| post_signed(d, SECRET, b))).await;
+        for (i, (status, answer)) in answers.iter().enumerate() {
+            let expected = if i == 4 { 503 } else { 200 };
+            assert_eq!(*status, expected, "{i}: {answer}");
+        }
+        assert_eq!(answers[4].1["error"]["code"], "unavailable");
+        let stored = events(d, "").await;
+        assert_eq!(stored.len(), 4, "{stored:?}");
+        assert!(stored.iter().all(|e| e["event_id"] != "evt_refused"));
+
+        // Storage is back: the gateway's next delivery is stored and processed.
+        let restore: &[&str] = match backend {
+            Backend::Sqlite => &["DROP TRIGGER refuse_one"],
+            Backend::Postgres => &["DROP TRIGGER refuse_one ON webhook_events"],
+        };
+        exec_on(backend, &d.database_url, restore).await;
+        let (status, answer) = post_signed(d, SECRET, &refused_body).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["duplicate"], false);
+        let event = wait_processed(d, answer["id"].as_str().unwrap()).await;
+        assert_eq!(event["status"], "ignored");
+    }
+);
