@@ -238,6 +238,92 @@ pub async fn on_finalized(
     Ok(())
 }
 
+/// Where an application to an invoice came from: credit notes or retainer deposits.
+struct Source {
+    applications: &'static str,
+    source_column: &'static str,
+    balances: &'static str,
+    account: &'static str,
+    released: &'static str,
+}
+
+const CREDIT: Source = Source {
+    applications: "credit_applications",
+    source_column: "credit_note_id",
+    balances: "credit_notes",
+    account: "credit",
+    released: "credit_released",
+};
+
+const RETAINER: Source = Source {
+    applications: "retainer_applications",
+    source_column: "retainer_id",
+    balances: "retainers",
+    account: "retainer",
+    released: "retainer_released",
+};
+
+/// Gives back everything of `source` applied to an invoice: each application is marked released,
+/// its amount returns to the credit note or deposit, and both ledger accounts move back.
+async fn release(
+    tx: &mut Tx,
+    source: &Source,
+    invoice_id: &str,
+    customer_id: &str,
+    currency: &str,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let select = format!(
+        "SELECT id, {}, amount FROM {} WHERE invoice_id = $1 AND released_at IS NULL",
+        source.source_column, source.applications
+    );
+    let applied: Vec<(String, String, i64)> = on_tx!(tx, c => {
+        sqlx::query_as(sqlx::AssertSqlSafe(select.as_str()))
+            .bind(invoice_id)
+            .fetch_all(&mut *c)
+            .await?
+    });
+    let mark = format!(
+        "UPDATE {} SET released_at = $2 WHERE id = $1",
+        source.applications
+    );
+    let give_back = format!(
+        "UPDATE {} SET remaining = remaining + $2 WHERE id = $1",
+        source.balances
+    );
+    for (application, from, amount) in applied {
+        on_tx!(tx, c => {
+            sqlx::query(sqlx::AssertSqlSafe(mark.as_str()))
+                .bind(&application)
+                .bind(ms(now))
+                .execute(&mut *c)
+                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(give_back.as_str()))
+                .bind(&from)
+                .bind(amount)
+                .execute(&mut *c)
+                .await?;
+        });
+        for account in ["receivable", source.account] {
+            payments::ledger(
+                tx,
+                customer_id,
+                currency,
+                account,
+                source.released,
+                amount,
+                Some(invoice_id),
+                None,
+                Some(&from),
+                None,
+                now,
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
 /// Why an invoice cannot be voided, if it cannot.
 pub enum VoidRefusal {
     NotFound,
@@ -291,81 +377,8 @@ pub async fn void(
     if in_flight > 0 {
         return Ok(Err(VoidRefusal::ChargeInProgress));
     }
-    let credits: Vec<(String, String, i64)> = on_tx!(tx, c => {
-        sqlx::query_as(
-            "SELECT id, credit_note_id, amount FROM credit_applications WHERE invoice_id = $1 AND released_at IS NULL",
-        )
-        .bind(invoice_id)
-        .fetch_all(&mut *c)
-        .await?
-    });
-    for (application, note, amount) in credits {
-        on_tx!(tx, c => {
-            sqlx::query("UPDATE credit_applications SET released_at = $2 WHERE id = $1")
-                .bind(&application)
-                .bind(ms(now))
-                .execute(&mut *c)
-                .await?;
-            sqlx::query("UPDATE credit_notes SET remaining = remaining + $2 WHERE id = $1")
-                .bind(&note)
-                .bind(amount)
-                .execute(&mut *c)
-                .await?;
-        });
-        for account in ["receivable", "credit"] {
-            payments::ledger(
-                tx,
-                &customer_id,
-                &currency,
-                account,
-                "credit_released",
-                amount,
-                Some(invoice_id),
-                None,
-                Some(&note),
-                None,
-                now,
-            )
-            .await?;
-        }
-    }
-    let retainers: Vec<(String, String, i64)> = on_tx!(tx, c => {
-        sqlx::query_as(
-            "SELECT id, retainer_id, amount FROM retainer_applications WHERE invoice_id = $1 AND released_at IS NULL",
-        )
-        .bind(invoice_id)
-        .fetch_all(&mut *c)
-        .await?
-    });
-    for (application, retainer, amount) in retainers {
-        on_tx!(tx, c => {
-            sqlx::query("UPDATE retainer_applications SET released_at = $2 WHERE id = $1")
-                .bind(&application)
-                .bind(ms(now))
-                .execute(&mut *c)
-                .await?;
-            sqlx::query("UPDATE retainers SET remaining = remaining + $2 WHERE id = $1")
-                .bind(&retainer)
-                .bind(amount)
-                .execute(&mut *c)
-                .await?;
-        });
-        for account in ["receivable", "retainer"] {
-            payments::ledger(
-                tx,
-                &customer_id,
-                &currency,
-                account,
-                "retainer_released",
-                amount,
-                Some(invoice_id),
-                None,
-                Some(&retainer),
-                None,
-                now,
-            )
-            .await?;
-        }
+    for source in [&CREDIT, &RETAINER] {
+        release(tx, source, invoice_id, &customer_id, &currency, now).await?;
     }
     if status != "draft" {
         payments::ledger(
