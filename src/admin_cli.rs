@@ -382,6 +382,30 @@ pub async fn call(
     path: &str,
     body: Option<Value>,
 ) -> anyhow::Result<Answer> {
+    let (status, bytes) = send(state, method, path, body, "application/json").await?;
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Ok(Answer { status, body })
+}
+
+/// A CSV answer, printed as is.
+async fn call_csv(state: &Arc<State>, path: &str) -> anyhow::Result<Answer> {
+    let (status, bytes) = send(state, Method::GET, path, None, "text/csv").await?;
+    let body = if status == 200 {
+        json!({"csv": String::from_utf8_lossy(&bytes)})
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    };
+    Ok(Answer { status, body })
+}
+
+/// One request through the admin router with the configured token; the status and raw body.
+async fn send(
+    state: &Arc<State>,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    accept: &str,
+) -> anyhow::Result<(u16, axum::body::Bytes)> {
     let token = state
         .tokens
         .first()
@@ -393,6 +417,7 @@ pub async fn call(
         .uri(path)
         .header(header::AUTHORIZATION, format!("Bearer {token}"))
         .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, accept)
         .body(match body {
             Some(b) => Body::from(b.to_string()),
             None => Body::empty(),
@@ -402,37 +427,8 @@ pub async fn call(
         .await
         .context("the request failed")?;
     let status = response.status().as_u16();
-    let bytes = axum::body::to_bytes(response.into_body(), 16 * 1024 * 1024).await?;
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Ok(Answer { status, body })
-}
-
-/// A CSV answer, printed as is.
-async fn call_csv(state: &Arc<State>, path: &str) -> anyhow::Result<Answer> {
-    let token = state
-        .tokens
-        .first()
-        .context("no admin token is configured")?
-        .expose()
-        .to_string();
-    let request = Request::builder()
-        .method(Method::GET)
-        .uri(path)
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .header(header::ACCEPT, "text/csv")
-        .body(Body::empty())?;
-    let response = crate::http::router(state.clone())
-        .oneshot(request)
-        .await
-        .context("the request failed")?;
-    let status = response.status().as_u16();
     let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024 * 1024).await?;
-    let body = if status == 200 {
-        json!({"csv": String::from_utf8_lossy(&bytes)})
-    } else {
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-    };
-    Ok(Answer { status, body })
+    Ok((status, bytes))
 }
 
 fn query(pairs: &[(&str, &Option<String>)]) -> String {

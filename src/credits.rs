@@ -79,69 +79,7 @@ pub async fn apply_credit(
     invoice_id: &str,
     now: DateTime<Utc>,
 ) -> Result<i64, sqlx::Error> {
-    let Some((customer_id, currency, mut due)) = collectible(tx, invoice_id).await? else {
-        return Ok(0);
-    };
-    let lock = tx.lock_rows();
-    let sql = format!(
-        "SELECT id, remaining FROM credit_notes WHERE customer_id = $1 AND currency = $2 AND remaining > 0 \
-         ORDER BY created_at, id{lock}"
-    );
-    let notes: Vec<(String, i64)> = on_tx!(tx, c => {
-        sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(&customer_id)
-            .bind(&currency)
-            .fetch_all(&mut *c)
-            .await?
-    });
-    let mut total = 0;
-    for (note_id, remaining) in notes {
-        if due == 0 {
-            break;
-        }
-        let take = remaining.min(due);
-        let application = new_id("capp");
-        on_tx!(tx, c => {
-            sqlx::query("UPDATE credit_notes SET remaining = remaining - $2 WHERE id = $1")
-                .bind(&note_id)
-                .bind(take)
-                .execute(&mut *c)
-                .await?;
-            sqlx::query(
-                "INSERT INTO credit_applications (id, credit_note_id, invoice_id, amount, created_at) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(&application)
-            .bind(&note_id)
-            .bind(invoice_id)
-            .bind(take)
-            .bind(ms(now))
-            .execute(&mut *c)
-            .await?;
-        });
-        for account in ["receivable", "credit"] {
-            payments::ledger(
-                tx,
-                &customer_id,
-                &currency,
-                account,
-                "credit_applied",
-                -take,
-                Some(invoice_id),
-                None,
-                Some(&note_id),
-                None,
-                now,
-            )
-            .await?;
-        }
-        due -= take;
-        total += take;
-    }
-    if total > 0 {
-        reduce_due(tx, invoice_id, "credits_applied", total, now).await?;
-        tracing::info!(invoice_id, applied = total, "credit applied");
-    }
-    Ok(total)
+    apply(tx, &CREDIT, invoice_id, None, now).await
 }
 
 /// Applies up to `limit` (all that fits when None) of the customer's retainer balance, oldest
@@ -152,56 +90,76 @@ pub async fn apply_retainer(
     limit: Option<i64>,
     now: DateTime<Utc>,
 ) -> Result<i64, sqlx::Error> {
+    apply(tx, &RETAINER, invoice_id, limit, now).await
+}
+
+/// Spends up to `limit` (all that fits when None) of the customer's balances of `source` on a
+/// collectible invoice, oldest first: each piece is an application row, its balance goes down, and
+/// both ledger accounts move; the invoice's amount due goes down by the total.
+async fn apply(
+    tx: &mut Tx,
+    source: &Source,
+    invoice_id: &str,
+    limit: Option<i64>,
+    now: DateTime<Utc>,
+) -> Result<i64, sqlx::Error> {
     let Some((customer_id, currency, due)) = collectible(tx, invoice_id).await? else {
         return Ok(0);
     };
     let mut want = limit.map_or(due, |l| l.min(due));
     let lock = tx.lock_rows();
-    let sql = format!(
-        "SELECT id, remaining FROM retainers WHERE customer_id = $1 AND currency = $2 AND remaining > 0 \
-         ORDER BY created_at, id{lock}"
+    let select = format!(
+        "SELECT id, remaining FROM {} WHERE customer_id = $1 AND currency = $2 AND remaining > 0 \
+         ORDER BY created_at, id{lock}",
+        source.balances
     );
-    let deposits: Vec<(String, i64)> = on_tx!(tx, c => {
-        sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+    let balances: Vec<(String, i64)> = on_tx!(tx, c => {
+        sqlx::query_as(sqlx::AssertSqlSafe(select.as_str()))
             .bind(&customer_id)
             .bind(&currency)
             .fetch_all(&mut *c)
             .await?
     });
+    let spend = format!(
+        "UPDATE {} SET remaining = remaining - $2 WHERE id = $1",
+        source.balances
+    );
+    let record = format!(
+        "INSERT INTO {} (id, {}, invoice_id, amount, created_at) VALUES ($1, $2, $3, $4, $5)",
+        source.applications, source.source_column
+    );
     let mut total = 0;
-    for (retainer_id, remaining) in deposits {
+    for (from, remaining) in balances {
         if want == 0 {
             break;
         }
         let take = remaining.min(want);
         on_tx!(tx, c => {
-            sqlx::query("UPDATE retainers SET remaining = remaining - $2 WHERE id = $1")
-                .bind(&retainer_id)
+            sqlx::query(sqlx::AssertSqlSafe(spend.as_str()))
+                .bind(&from)
                 .bind(take)
                 .execute(&mut *c)
                 .await?;
-            sqlx::query(
-                "INSERT INTO retainer_applications (id, retainer_id, invoice_id, amount, created_at) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(new_id("rapp"))
-            .bind(&retainer_id)
-            .bind(invoice_id)
-            .bind(take)
-            .bind(ms(now))
-            .execute(&mut *c)
-            .await?;
+            sqlx::query(sqlx::AssertSqlSafe(record.as_str()))
+                .bind(new_id(source.application_prefix))
+                .bind(&from)
+                .bind(invoice_id)
+                .bind(take)
+                .bind(ms(now))
+                .execute(&mut *c)
+                .await?;
         });
-        for account in ["receivable", "retainer"] {
+        for account in ["receivable", source.account] {
             payments::ledger(
                 tx,
                 &customer_id,
                 &currency,
                 account,
-                "retainer_applied",
+                source.applied,
                 -take,
                 Some(invoice_id),
                 None,
-                Some(&retainer_id),
+                Some(&from),
                 None,
                 now,
             )
@@ -211,8 +169,13 @@ pub async fn apply_retainer(
         total += take;
     }
     if total > 0 {
-        reduce_due(tx, invoice_id, "retainer_applied", total, now).await?;
-        tracing::info!(invoice_id, applied = total, "retainer applied");
+        reduce_due(tx, invoice_id, source.invoice_column, total, now).await?;
+        tracing::info!(
+            invoice_id,
+            applied = total,
+            source = source.account,
+            "balance applied"
+        );
     }
     Ok(total)
 }
@@ -238,28 +201,38 @@ pub async fn on_finalized(
     Ok(())
 }
 
-/// Where an application to an invoice came from: credit notes or retainer deposits.
+/// Where money applied to an invoice comes from: credit notes or retainer deposits.
 struct Source {
     applications: &'static str,
+    application_prefix: &'static str,
     source_column: &'static str,
     balances: &'static str,
     account: &'static str,
+    /// The invoice column that shows how much of it this source paid.
+    invoice_column: &'static str,
+    applied: &'static str,
     released: &'static str,
 }
 
 const CREDIT: Source = Source {
     applications: "credit_applications",
+    application_prefix: "capp",
     source_column: "credit_note_id",
     balances: "credit_notes",
     account: "credit",
+    invoice_column: "credits_applied",
+    applied: "credit_applied",
     released: "credit_released",
 };
 
 const RETAINER: Source = Source {
     applications: "retainer_applications",
+    application_prefix: "rapp",
     source_column: "retainer_id",
     balances: "retainers",
     account: "retainer",
+    invoice_column: "retainer_applied",
+    applied: "retainer_applied",
     released: "retainer_released",
 };
 

@@ -435,6 +435,18 @@ pub async fn list(
     })
 }
 
+/// The payment a gateway payment (pi_...) was recorded as, if it was.
+pub async fn by_gateway_id(
+    db: &Db,
+    gateway: &str,
+    gateway_payment_id: &str,
+) -> Result<Option<PaymentRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE gateway = $1 AND gateway_payment_id = $2"
+    );
+    on_db!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(gateway).bind(gateway_payment_id).fetch_optional(p).await)
+}
+
 pub async fn get(db: &Db, id: &str) -> Result<Option<PaymentRow>, sqlx::Error> {
     let sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1");
     on_db!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(p).await)

@@ -307,10 +307,7 @@ async fn charge_balance(
         ));
     }
     let payment = match &after.gateway_payment_id {
-        Some(gid) => payments::list(&state.db, Some(&id), None, 1000, None)
-            .await?
-            .into_iter()
-            .find(|p| p.gateway_payment_id.as_deref() == Some(gid.as_str())),
+        Some(gid) => payments::by_gateway_id(&state.db, "stripe", gid).await?,
         None => None,
     }
     .ok_or_else(|| ApiError::Unexpected(anyhow::anyhow!("balance payment not found")))?;
