@@ -1,7 +1,8 @@
 //! Benchmark: generate the invoices of N subscriptions that all fall due at once, through the real
 //! path (sweep, queue, generate_invoice jobs, gapless numbering), on SQLite and on PostgreSQL.
 //! Prints invoices per second. `cargo bench --bench generate` runs 100,000 (BENCH_SUBSCRIPTIONS
-//! changes it); under `cargo test` it runs a small smoke pass so the benchmark keeps working.
+//! changes it, BENCH_BACKENDS=postgres runs one backend); under `cargo test` it runs a small smoke
+//! pass so the benchmark keeps working.
 
 mod common;
 
@@ -22,26 +23,36 @@ async fn seed(db: &Db, n: usize) {
     let items = r#"[{"description":"Plan","quantity":"1","unit_amount":1999,"tax_rate":"0.20"}]"#;
     let schedule =
         r#"{"every":"month","interval":1,"anchor":"2027-02-01T00:00:00Z","timezone":"UTC"}"#;
-    on_db!(db, p => {
-        sqlx::query("INSERT INTO customers (id, email, name, currency, timezone, created_at, updated_at) VALUES ('cus_bench', 'bench@example.com', 'Bench', 'USD', 'UTC', $1, $1)")
-            .bind(created).execute(p).await.expect("customer");
-    });
+    // One customer per subscription, each with a billing contact, as a real book of accounts has:
+    // every invoice is written, emailed and counted in its own customer's balance.
     for chunk_start in (0..n).step_by(500) {
         let count = (n - chunk_start).min(500);
-        let mut sql = String::from(
+        let mut customers = String::from(
+            "INSERT INTO customers (id, email, name, currency, timezone, created_at, updated_at) VALUES ",
+        );
+        let mut contacts = String::from(
+            "INSERT INTO customer_billing_emails (customer_id, position, email) VALUES ",
+        );
+        let mut subscriptions = String::from(
             "INSERT INTO subscriptions (id, customer_id, currency, items, schedule, timezone, start_at, next_period_start, created_at, updated_at) VALUES ",
         );
         for i in 0..count {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!(
-                "('sub_bench{:07}', 'cus_bench', 'USD', $1, $2, 'UTC', $3, $3, $4, $4)",
-                chunk_start + i
+            let k = chunk_start + i;
+            let sep = if i > 0 { ", " } else { "" };
+            customers.push_str(&format!(
+                "{sep}('cus_bench{k:07}', 'billing{k}@example.com', 'Customer {k}', 'USD', 'UTC', $1, $1)"
+            ));
+            contacts.push_str(&format!(
+                "{sep}('cus_bench{k:07}', 0, 'billing{k}@example.com')"
+            ));
+            subscriptions.push_str(&format!(
+                "{sep}('sub_bench{k:07}', 'cus_bench{k:07}', 'USD', $1, $2, 'UTC', $3, $3, $4, $4)"
             ));
         }
         on_db!(db, p => {
-            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(items).bind(schedule).bind(start).bind(created).execute(p).await.expect("subscriptions");
+            sqlx::query(sqlx::AssertSqlSafe(customers.as_str())).bind(created).execute(p).await.expect("customers");
+            sqlx::query(sqlx::AssertSqlSafe(contacts.as_str())).execute(p).await.expect("contacts");
+            sqlx::query(sqlx::AssertSqlSafe(subscriptions.as_str())).bind(items).bind(schedule).bind(start).bind(created).execute(p).await.expect("subscriptions");
         });
     }
 }
@@ -116,6 +127,13 @@ async fn run(backend: &str, n: usize) -> f64 {
 }
 
 fn main() {
+    // RUST_LOG=settled=debug shows the daemon's log (batches written, sweeps, worker restarts).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let benching = std::env::args().any(|a| a == "--bench");
     let n: usize = std::env::var("BENCH_SUBSCRIPTIONS")
         .ok()
@@ -125,8 +143,9 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
     rt.block_on(async {
-        for backend in ["sqlite", "postgres"] {
+        for backend in backends.split(',').map(str::trim).filter(|b| !b.is_empty()) {
             run(backend, n).await;
         }
     });

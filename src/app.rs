@@ -31,6 +31,8 @@ pub struct State {
     pub mailer: Arc<dyn Mailer>,
     pub tokens: Vec<Secret>,
     pub scheduler: Arc<Scheduler>,
+    /// Writes the invoices of generate_invoice jobs, many per transaction.
+    pub generator: crate::generation::Generator,
 }
 
 impl State {
@@ -50,6 +52,12 @@ impl State {
             manual_clock.clone(),
             config.clone(),
         ));
+        let generator = crate::generation::Generator::new(
+            db.clone(),
+            clock.clone(),
+            config.billing.number_format.clone(),
+            config.billing.draft_minutes,
+        );
         Ok(Arc::new(State {
             config,
             db,
@@ -59,6 +67,7 @@ impl State {
             mailer,
             tokens,
             scheduler,
+            generator,
         }))
     }
 }

@@ -9,22 +9,38 @@ use crate::store::{Db, ms, on_db};
 use settled_jobs::error::JobError;
 use settled_jobs::generate::Generated;
 
+/// How many due subscriptions one sweep enqueues.
+const SUBSCRIPTIONS_PER_SWEEP: i64 = 5000;
+
+/// Where a walk through the due subscriptions has got to: the (next_period_start, id) of the last
+/// one enqueued.
+pub type DueCursor = (i64, String);
+
 /// Due work, as jobs. Each query is bounded so one sweep stays short; the next tick takes the rest.
+/// Due subscriptions are taken a page at a time from `after` on (None: from the first); the
+/// second value is the position of the page's last one (None: the page was empty).
 pub async fn due_jobs(
     db: &Db,
     config: &Config,
     now: DateTime<Utc>,
-) -> Result<Vec<Job>, sqlx::Error> {
+    after: Option<&DueCursor>,
+) -> Result<(Vec<Job>, Option<DueCursor>), sqlx::Error> {
+    let (after_start, after_id) = after.cloned().unwrap_or((i64::MIN, String::new()));
     let rows: Vec<(String, i64)> = on_db!(db, p => {
         sqlx::query_as(
             "SELECT id, next_period_start FROM subscriptions WHERE status = 'active' \
              AND next_period_start IS NOT NULL AND next_period_start <= $1 \
-             ORDER BY next_period_start LIMIT 5000",
+             AND (next_period_start, id) > ($2, $3) \
+             ORDER BY next_period_start, id LIMIT $4",
         )
         .bind(ms(now))
+        .bind(after_start)
+        .bind(after_id)
+        .bind(SUBSCRIPTIONS_PER_SWEEP)
         .fetch_all(p)
         .await?
     });
+    let next = rows.last().map(|(id, start)| (*start, id.clone()));
     let drafts: Vec<String> = on_db!(db, p => {
         sqlx::query_scalar(
             "SELECT id FROM invoices WHERE status = 'draft' AND finalize_at IS NOT NULL \
@@ -49,7 +65,7 @@ pub async fn due_jobs(
     jobs.extend(crate::charges::due_jobs(db, config, now).await?);
     jobs.extend(crate::charges::late_fee_jobs(db, config, now).await?);
     jobs.extend(crate::outbox::due_jobs(db, config.email.reminder_days, now).await?);
-    // Stored events whose process_event job was lost (it is enqueued with the event, so this is
+    // Stored events and outbox rows whose job was lost (each is enqueued with its row, so this is
     // a safety net only; it looks at most every few seconds, not at every sweep).
     if crate::events::store::lost_job_check_due() {
         jobs.extend(
@@ -58,8 +74,14 @@ pub async fn due_jobs(
                 .into_iter()
                 .map(|event_id| Job::ProcessEvent { event_id }),
         );
+        jobs.extend(
+            crate::store::emails::unsent_without_job(db, now)
+                .await?
+                .into_iter()
+                .map(|email_id| Job::SendEmail { email_id }),
+        );
     }
-    Ok(jobs)
+    Ok((jobs, next))
 }
 
 pub async fn run(state: &State, job: &Job) -> Result<(), JobError> {
@@ -72,27 +94,24 @@ pub async fn run(state: &State, job: &Job) -> Result<(), JobError> {
             // clock advanced there, or hosts a little apart). Run at our own "now", the period
             // would look not yet started and the job would finish with nothing billed, its dedup
             // key spent; so catch up with a stored manual clock, and otherwise try again shortly.
-            state.scheduler.follow_stored_clock().await.map_err(|e| {
-                JobError::Transient(anyhow::Error::new(e).context("reading the manual clock"))
-            })?;
+            if crate::store::from_ms(*period_start) > state.clock.now() {
+                state.scheduler.follow_stored_clock().await.map_err(|e| {
+                    JobError::Transient(anyhow::Error::new(e).context("reading the manual clock"))
+                })?;
+            }
             if crate::store::from_ms(*period_start) > state.clock.now() {
                 return Err(JobError::Transient(anyhow::anyhow!(
                     "the period starting {} has not started by this daemon's clock yet",
                     crate::store::from_ms(*period_start).to_rfc3339()
                 )));
             }
-            let store = crate::store::invoices::SqlStore {
-                db: &state.db,
-                number_format: &state.config.billing.number_format,
-            };
-            let outcome = settled_jobs::generate::generate_invoice(
-                &store,
-                state.clock.as_ref(),
-                state.config.billing.draft_minutes,
-                subscription_id,
-                crate::store::from_ms(*period_start),
-            )
-            .await?;
+            let outcome = state
+                .generator
+                .generate(crate::generation::Period {
+                    subscription_id: subscription_id.clone(),
+                    period_start: crate::store::from_ms(*period_start),
+                })
+                .await?;
             match outcome {
                 Generated::Invoice(id) => {
                     crate::metrics::invoice_generated(true);

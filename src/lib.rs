@@ -10,6 +10,7 @@ pub mod config;
 pub mod credits;
 pub mod events;
 pub mod gateway;
+pub mod generation;
 pub mod http;
 pub mod mail;
 pub mod metrics;

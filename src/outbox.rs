@@ -290,12 +290,7 @@ pub async fn due_jobs(
     reminder_days: u32,
     now: DateTime<Utc>,
 ) -> Result<Vec<Job>, sqlx::Error> {
-    let mut jobs: Vec<Job> = emails::unsent(db, now)
-        .await?
-        .into_iter()
-        .map(|email_id| Job::SendEmail { email_id })
-        .collect();
-    jobs.extend(due_statements(db, now).await?);
+    let mut jobs = due_statements(db, now).await?;
     if reminder_days == 0 {
         return Ok(jobs);
     }
@@ -900,61 +895,7 @@ mod db_tests {
     use crate::config::Config;
     use crate::store::on_db;
 
-    struct TestDb {
-        db: Db,
-        _dir: tempfile::TempDir,
-        pg: Option<(String, String)>,
-    }
-
-    impl Drop for TestDb {
-        fn drop(&mut self) {
-            if let Some((admin, name)) = self.pg.take() {
-                let _ = std::thread::spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .unwrap();
-                    rt.block_on(async move {
-                        use sqlx::Connection;
-                        if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
-                            let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                            let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut c).await;
-                        }
-                    });
-                })
-                .join();
-            }
-        }
-    }
-
-    async fn open(postgres: bool) -> TestDb {
-        let dir = tempfile::tempdir().unwrap();
-        let (url, pg) = if postgres {
-            use sqlx::Connection;
-            let admin = std::env::var("SETTLED_TEST_POSTGRES")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-            let name = format!("settled_unit_{}", ulid::Ulid::generate()).to_lowercase();
-            let mut c = sqlx::PgConnection::connect(&admin)
-                .await
-                .expect("PostgreSQL is required for the tests");
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&mut c)
-                .await
-                .unwrap();
-            let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap().to_string();
-            (format!("{base}/{name}"), Some((admin, name)))
-        } else {
-            (
-                format!("sqlite://{}", dir.path().join("t.db").display()),
-                None,
-            )
-        };
-        let config =
-            Config::load_from(None, [("SETTLED__DATABASE__URL".to_string(), url)]).unwrap();
-        let db = Db::open(&config).unwrap();
-        db.migrate().await.unwrap();
-        TestDb { db, _dir: dir, pg }
-    }
+    use crate::store::testing::open;
 
     const FIXTURE: &[&str] = &[
         "INSERT INTO customers (id, email, name, currency, timezone, created_at, updated_at) \
@@ -1060,8 +1001,14 @@ mod db_tests {
                 _ => assert_eq!(r.subject, "Invoice INV-2027-000042 from Example Ltd"),
             }
         }
-        let unsent = emails::unsent(&t.db, now).await.unwrap();
-        assert_eq!(unsent.len(), 6, "the sweep finds them until they are tried");
+        let unsent = emails::unsent_without_job(&t.db, now).await.unwrap();
+        assert!(unsent.is_empty(), "each row's job is queued: {unsent:?}");
+        let lost = format!("DELETE FROM {}", crate::store::queue::table(&t.db));
+        on_db!(&t.db, p => {
+            sqlx::query(sqlx::AssertSqlSafe(lost.as_str())).execute(p).await.unwrap();
+        });
+        let unsent = emails::unsent_without_job(&t.db, now).await.unwrap();
+        assert_eq!(unsent.len(), 6, "the sweep finds rows whose job was lost");
     }
 
     #[tokio::test]

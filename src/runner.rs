@@ -34,6 +34,12 @@ pub struct Scheduler {
     manual: Option<Arc<ManualClock>>,
     config: Arc<Config>,
     wake: Notify,
+    /// Jobs finished: sweep soon, together with whatever else finishes meanwhile.
+    wake_soon: Notify,
+    /// How far the sweep's walk through the due subscriptions has got, and when it last
+    /// started from the first.
+    due_cursor: std::sync::Mutex<Option<crate::billing::DueCursor>>,
+    walk_started: std::sync::Mutex<Instant>,
     /// Milliseconds since start of the last completed sweep (the watchdog's sign of life).
     last_sweep: AtomicI64,
     /// Milliseconds since start of the last clean-up of finished jobs.
@@ -45,6 +51,12 @@ pub struct Scheduler {
     /// The job queue's own pool, once the worker opened it (its use is reported at /metrics).
     queue_db: std::sync::OnceLock<Db>,
 }
+
+/// The sweep's walk through the due subscriptions starts over from the first this often.
+const WALK_RESTART: Duration = Duration::from_secs(30);
+
+/// How soon after the last sweep a finished job's nudge sweeps again.
+const SWEEP_AFTER_JOBS: Duration = Duration::from_millis(250);
 
 /// Finished jobs are kept this long for the operator, then deleted (failed ones are kept).
 const KEEP_DONE_JOBS: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -63,6 +75,9 @@ impl Scheduler {
             manual,
             config,
             wake: Notify::new(),
+            wake_soon: Notify::new(),
+            due_cursor: std::sync::Mutex::new(None),
+            walk_started: std::sync::Mutex::new(Instant::now()),
             last_sweep: AtomicI64::new(-1),
             last_vacuum: AtomicI64::new(-1),
             finished_jobs: AtomicI64::new(0),
@@ -76,9 +91,32 @@ impl Scheduler {
         self.queue_db.get().cloned()
     }
 
-    /// Asks for a sweep now rather than at the next tick.
+    /// Asks for a sweep now rather than at the next tick, from the first due subscription (an
+    /// operator's change may have made one due that lies before the walk's position).
     pub fn nudge(&self) {
+        *self.lock_cursor() = None;
         self.wake.notify_one();
+    }
+
+    fn lock_cursor(&self) -> std::sync::MutexGuard<'_, Option<crate::billing::DueCursor>> {
+        self.due_cursor
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A job finished and its effects may have made more work due: sweep within
+    /// [`SWEEP_AFTER_JOBS`] of the last sweep. Thousands of jobs finishing a second then cost a
+    /// few sweeps, not thousands.
+    pub fn nudge_soon(&self) {
+        self.wake_soon.notify_one();
+    }
+
+    /// How long ago the last sweep completed, if one has.
+    fn since_last_sweep(&self) -> Option<Duration> {
+        let last = self.last_sweep.load(Ordering::Relaxed);
+        (last >= 0).then(|| {
+            Duration::from_millis((self.started.elapsed().as_millis() as i64 - last).max(0) as u64)
+        })
     }
 
     /// The manual clock moved: look for work that became due.
@@ -107,9 +145,12 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Every piece of work due at `now` as the job that does it.
+    /// Every piece of work due at `now` as the job that does it (the first page of due
+    /// subscriptions).
     pub async fn due_jobs(&self, now: DateTime<Utc>) -> Result<Vec<Job>, sqlx::Error> {
-        crate::billing::due_jobs(&self.db, &self.config, now).await
+        Ok(crate::billing::due_jobs(&self.db, &self.config, now, None)
+            .await?
+            .0)
     }
 
     /// Enqueues every due job not already queued; returns how many were new.
@@ -117,12 +158,39 @@ impl Scheduler {
     pub async fn sweep(&self) -> Result<usize, sqlx::Error> {
         self.follow_stored_clock().await?;
         let now = self.clock.now();
-        let jobs = self.due_jobs(now).await?;
+        // Due subscriptions are walked in (next_period_start, id) order, a page per sweep, from
+        // where the last sweep stopped: a backlog is not re-read from its start each time (its
+        // first pages are queued already), and whatever falls due later lies further on. The walk
+        // starts over when nudged (an operator's change may have made due a subscription that
+        // lies before its position) and every WALK_RESTART as a safety net.
+        let after = {
+            let mut cursor = self.lock_cursor();
+            let mut started = self
+                .walk_started
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if started.elapsed() >= WALK_RESTART {
+                *started = Instant::now();
+                *cursor = None;
+            }
+            cursor.clone()
+        };
+        let (jobs, next) =
+            crate::billing::due_jobs(&self.db, &self.config, now, after.as_ref()).await?;
+
         let mut added = 0;
         if !jobs.is_empty() {
             let mut tx = self.db.begin().await?;
             added = queue::enqueue_many(&mut tx, &jobs, self.config.jobs.max_attempts).await?;
             tx.commit().await?;
+        }
+        {
+            // An explicit nudge during this sweep reset the walk; keep the reset. An empty page
+            // leaves the position where it is.
+            let mut cursor = self.lock_cursor();
+            if *cursor == after && next.is_some() {
+                *cursor = next;
+            }
         }
         let elapsed = self.started.elapsed().as_millis() as i64;
         self.last_sweep.store(elapsed, Ordering::Relaxed);
@@ -142,6 +210,7 @@ impl Scheduler {
         if added > 0 {
             tracing::debug!(added, "sweep enqueued due work");
         }
+
         Ok(added)
     }
 
@@ -434,9 +503,20 @@ async fn sweep_tick(_tick: Tick, state: Data<Arc<State>>) -> Result<(), BoxDynEr
 fn spawn_wake_loop(state: Arc<State>, stop: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
+            let scheduler = &state.scheduler;
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = state.scheduler.wake.notified() => {}
+                _ = scheduler.wake.notified() => {}
+                _ = scheduler.wake_soon.notified() => {
+                    let wait = scheduler
+                        .since_last_sweep()
+                        .map_or(Duration::ZERO, |since| SWEEP_AFTER_JOBS.saturating_sub(since));
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = scheduler.wake.notified() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
             }
             if let Err(e) = state.scheduler.sweep().await {
                 tracing::warn!(error = %e, "sweep failed; the next tick retries");
@@ -572,7 +652,7 @@ async fn handle_job(
             crate::metrics::job_finished(&job, "done", took);
             tracing::info!(job = kind, elapsed_ms, "job done");
             // Its effects may have made more work due (a finalised invoice to charge, an email).
-            state.scheduler.nudge();
+            state.scheduler.nudge_soon();
             Ok(())
         }
         Err(JobError::Transient(e)) => {

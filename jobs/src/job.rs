@@ -71,6 +71,20 @@ impl Job {
         }
     }
 
+    /// The queue's priority: of the jobs due, higher runs first. Mail waits for money: a
+    /// thousand invoices falling due are written before their thousand emails are rendered, and a
+    /// charge or a gateway event is never stuck behind a mail backlog. Within a priority, jobs run
+    /// in the order they fell due.
+    pub fn priority(&self) -> i32 {
+        match self {
+            Job::SendEmail { .. }
+            | Job::SendEmailRetry { .. }
+            | Job::RemindUpcomingCharge { .. }
+            | Job::SendStatement { .. } => 0,
+            _ => 1,
+        }
+    }
+
     /// The queue's dedup key: the same due work enqueued twice (by two sweeps, two daemons, a sweep
     /// and a finaliser) is one job. `round` distinguishes deliberate re-runs (an operator's replay).
     pub fn dedup_key(&self, round: u32) -> String {

@@ -1,7 +1,5 @@
-//! What the billing core needs from storage, as one transaction at a time: the daemon implements
-//! it for SQLite and PostgreSQL. Every change a job makes goes through one `Tx` and commits once.
+//! The records the billing core reads and writes, as the daemon's storage hands them over.
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::invoice::{CatchUp, ItemSpec, Line, ScheduleSpec};
@@ -56,37 +54,4 @@ pub struct NewInvoice {
     pub due_at: DateTime<Utc>,
     /// None: finalise at once; Some(t): stay a draft until t.
     pub finalize_at: Option<DateTime<Utc>>,
-}
-
-#[async_trait]
-pub trait Store: Send + Sync {
-    type Tx: Send;
-
-    async fn begin(&self) -> Result<Self::Tx, StoreError>;
-
-    async fn commit(&self, tx: Self::Tx) -> Result<(), StoreError>;
-
-    /// Reads a subscription and holds it until commit, so no other transaction bills it meanwhile.
-    async fn lock_subscription(
-        &self,
-        tx: &mut Self::Tx,
-        id: &str,
-    ) -> Result<Option<Subscription>, StoreError>;
-
-    /// Writes the invoice and, unless it has a draft window, finalises it with the next gapless
-    /// number. Returns false when the period already has its invoice.
-    async fn insert_invoice(
-        &self,
-        tx: &mut Self::Tx,
-        invoice: &NewInvoice,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError>;
-
-    async fn set_next_period_start(
-        &self,
-        tx: &mut Self::Tx,
-        subscription_id: &str,
-        next: Option<DateTime<Utc>>,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
 }

@@ -254,16 +254,23 @@ pub async fn retry(db: &Db, id: &str, now: DateTime<Utc>) -> Result<RetryOutcome
     Ok(RetryOutcome::Retried)
 }
 
-/// Pending rows whose first try never ran (the process stopped between commit and enqueue, or
-/// the job was lost): the sweep sends them again under the same dedup key.
-pub async fn unsent(db: &Db, now: DateTime<Utc>) -> Result<Vec<String>, sqlx::Error> {
+/// Pending rows whose first try never ran and whose send job is missing from the queue (the
+/// sweep's safety net; the job is enqueued with the row, so this finds only a job lost since, such
+/// as one an operator deleted). Rows whose job is waiting are left alone, so a backlog of mail
+/// does not make every sweep re-offer thousands of jobs.
+pub async fn unsent_without_job(db: &Db, now: DateTime<Utc>) -> Result<Vec<String>, sqlx::Error> {
+    let sql = format!(
+        "SELECT e.id FROM (SELECT id, send_after FROM emails WHERE status = 'pending' \
+         AND attempts = 0 AND send_after <= $1 ORDER BY send_after LIMIT 5000) e \
+         WHERE NOT EXISTS (SELECT 1 FROM {} j WHERE j.job_type = $2 \
+         AND j.idempotency_key = 'send_email:' || e.id) ORDER BY e.send_after",
+        queue::table(db)
+    );
     on_db!(db, p => {
-        sqlx::query_scalar(
-            "SELECT id FROM emails WHERE status = 'pending' AND attempts = 0 AND send_after <= $1 \
-             ORDER BY send_after LIMIT 5000",
-        )
-        .bind(ms(now))
-        .fetch_all(p)
-        .await
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(ms(now))
+            .bind(queue::QUEUE)
+            .fetch_all(p)
+            .await
     })
 }

@@ -1,15 +1,12 @@
-//! Invoices: writing and finalising them with a gapless number, the billing core's `Store` for
-//! generation, and reads for the API.
+//! Invoices: writing and finalising them with a gapless number, and reads for the API.
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use settled_jobs::error::JobError;
 use settled_jobs::ids::{new_id, prefix};
 use settled_jobs::invoice::format_number;
-use settled_jobs::store::{NewInvoice, Store, StoreError, Subscription};
+use settled_jobs::store::NewInvoice;
 use sqlx::FromRow;
 
-use super::subscriptions::{SUBSCRIPTION_COLUMNS, SubscriptionRow, subscription_from_row};
 use super::{Db, Tx, ms, on_db, on_tx};
 use crate::app::State;
 
@@ -116,6 +113,21 @@ pub async fn insert(
     Ok(true)
 }
 
+/// Takes `count` consecutive numbers from the gapless sequence and returns the first. The
+/// sequence row stays locked until the caller's transaction ends, so numbers are never skipped:
+/// a transaction that rolls back gives its numbers back.
+pub async fn take_numbers(tx: &mut Tx, count: i64) -> Result<i64, sqlx::Error> {
+    on_tx!(tx, c => {
+        sqlx::query("INSERT INTO invoice_sequences (name, next_value) VALUES ('invoice', 1) ON CONFLICT (name) DO NOTHING")
+            .execute(&mut *c)
+            .await?;
+        sqlx::query_scalar("UPDATE invoice_sequences SET next_value = next_value + $1 WHERE name = 'invoice' RETURNING next_value - $1")
+            .bind(count)
+            .fetch_one(&mut *c)
+            .await
+    })
+}
+
 /// Numbers a draft from the gapless sequence and opens it, in the caller's transaction, and
 /// records it in the ledger. A paid-in-full invoice (total 0) is paid at once.
 pub async fn finalize(
@@ -124,14 +136,7 @@ pub async fn finalize(
     now: DateTime<Utc>,
     number_format: &str,
 ) -> Result<bool, sqlx::Error> {
-    let seq: i64 = on_tx!(tx, c => {
-        sqlx::query("INSERT INTO invoice_sequences (name, next_value) VALUES ('invoice', 1) ON CONFLICT (name) DO NOTHING")
-            .execute(&mut *c)
-            .await?;
-        sqlx::query_scalar("UPDATE invoice_sequences SET next_value = next_value + 1 WHERE name = 'invoice' RETURNING next_value - 1")
-            .fetch_one(&mut *c)
-            .await?
-    });
+    let seq = take_numbers(tx, 1).await?;
     let number = format_number(number_format, now, seq);
     let row: Option<(String, String, i64)> = on_tx!(tx, c => {
         sqlx::query_as(
@@ -170,78 +175,8 @@ pub async fn finalize(
     Ok(true)
 }
 
-/// The daemon's storage as the billing core's `Store`.
-pub struct SqlStore<'a> {
-    pub db: &'a Db,
-    pub number_format: &'a str,
-}
-
-fn unavailable(e: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(format!("{e:#}"))
-}
-
 fn transient(e: sqlx::Error) -> JobError {
     JobError::Transient(anyhow::Error::new(e).context("database error"))
-}
-
-#[async_trait]
-impl Store for SqlStore<'_> {
-    type Tx = Tx;
-
-    async fn begin(&self) -> Result<Tx, StoreError> {
-        self.db.begin().await.map_err(unavailable)
-    }
-
-    async fn commit(&self, tx: Tx) -> Result<(), StoreError> {
-        tx.commit().await.map_err(unavailable)
-    }
-
-    async fn lock_subscription(
-        &self,
-        tx: &mut Tx,
-        id: &str,
-    ) -> Result<Option<Subscription>, StoreError> {
-        let lock = tx.lock_rows();
-        let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1{lock}");
-        let row: Option<SubscriptionRow> = on_tx!(tx, c => {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(id)
-                .fetch_optional(&mut *c)
-                .await
-                .map_err(unavailable)?
-        });
-        row.map(subscription_from_row).transpose()
-    }
-
-    async fn insert_invoice(
-        &self,
-        tx: &mut Tx,
-        invoice: &NewInvoice,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        insert(tx, invoice, now, self.number_format)
-            .await
-            .map_err(unavailable)
-    }
-
-    async fn set_next_period_start(
-        &self,
-        tx: &mut Tx,
-        subscription_id: &str,
-        next: Option<DateTime<Utc>>,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        on_tx!(tx, c => {
-            sqlx::query("UPDATE subscriptions SET next_period_start = $2, updated_at = $3 WHERE id = $1")
-                .bind(subscription_id)
-                .bind(next.map(ms))
-                .bind(ms(now))
-                .execute(&mut *c)
-                .await
-                .map_err(unavailable)?;
-        });
-        Ok(())
-    }
 }
 
 /// The finalize_invoice job: a draft whose review window has passed gets its number.

@@ -2,12 +2,15 @@
 //! (both backends accept them) and instants as BIGINT milliseconds; the `on_db!`/`on_tx!` macros
 //! expand a body once per backend so the same code is type-checked against each driver.
 
+pub mod bulk;
 pub mod customers;
 pub mod emails;
 pub mod invoices;
 pub mod queue;
 pub mod settings;
 pub mod subscriptions;
+#[cfg(test)]
+pub mod testing;
 
 use std::path::Path;
 use std::str::FromStr;

@@ -108,11 +108,12 @@ async fn insert_jobs(
             .map(|_| ulid::Ulid::generate().to_string())
             .collect();
         let keys: Vec<String> = jobs.iter().map(|j| j.dedup_key(round)).collect();
+        let priorities: Vec<i32> = jobs.iter().map(Job::priority).collect();
         let n = sqlx::query(
             "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at, \
              priority, metadata, idempotency_key) \
-             SELECT j, i, $1, 'Pending', 0, $2, to_timestamp($3), 0, ''::hstore, k \
-             FROM UNNEST($4::bytea[], $5::text[], $6::text[]) AS t(j, i, k) \
+             SELECT j, i, $1, 'Pending', 0, $2, to_timestamp($3), p, ''::hstore, k \
+             FROM UNNEST($4::bytea[], $5::text[], $6::text[], $7::int4[]) AS t(j, i, k, p) \
              ON CONFLICT (job_type, idempotency_key) DO NOTHING",
         )
         .bind(QUEUE)
@@ -121,6 +122,7 @@ async fn insert_jobs(
         .bind(payloads)
         .bind(ids)
         .bind(keys)
+        .bind(priorities)
         .execute(&mut **t)
         .await?
         .rows_affected();
@@ -136,13 +138,14 @@ async fn insert_jobs(
             "INSERT INTO {table} (job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key) VALUES "
         );
         for i in 0..chunk.len() {
-            let b = 4 + i * 3;
+            let b = 4 + i * 4;
             if i > 0 {
                 sql.push_str(", ");
             }
             sql.push_str(&format!(
-                "(${b}, ${}, $1, 'Pending', 0, $2, {run_at_sql}, 0, {metadata}, ${})",
+                "(${b}, ${}, $1, 'Pending', 0, $2, {run_at_sql}, ${}, {metadata}, ${})",
                 b + 1,
+                b + 3,
                 b + 2
             ));
         }
@@ -156,7 +159,8 @@ async fn insert_jobs(
                 q = q
                     .bind(payload(job))
                     .bind(ulid::Ulid::generate().to_string())
-                    .bind(job.dedup_key(round));
+                    .bind(job.dedup_key(round))
+                    .bind(job.priority());
             }
             q.execute(c).await?.rows_affected()
         });
