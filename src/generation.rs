@@ -1107,6 +1107,65 @@ mod tests {
         assert_eq!(stuck, vec![Some(START), Some(START)]);
     }
 
+    /// A period whose job ran while the subscription was paused is billed after it resumes,
+    /// though that job's dedup key keeps the sweep from queueing the period again.
+    async fn resuming_requeues_a_period_its_job_skipped_while_paused(postgres: bool) {
+        use crate::store::subscriptions::{Action, transition};
+        let t = open(postgres).await;
+        let db = &t.db;
+        customer(db, "cus_1", false).await;
+        subscription(db, "sub_a", "cus_1", 1000).await;
+        let s = settings(db);
+        let now = s.clock.now();
+        let job = Job::GenerateInvoice {
+            subscription_id: "sub_a".into(),
+            period_start: START,
+        };
+        // The sweep queued the period, the subscription was paused, then the job ran and
+        // finished with nothing to do.
+        assert!(queue::enqueue_now(db, &job, 5).await.unwrap());
+        assert!(
+            transition(db, "sub_a", "active", Action::Pause, now)
+                .await
+                .unwrap()
+        );
+        let outcome = write_guarded(&s, &[period("sub_a")]).await.unwrap();
+        assert!(matches!(outcome[0], Ok(Generated::Stale)), "{outcome:?}");
+        let done = format!("UPDATE {} SET status = 'Done'", queue::table(db));
+        exec(db, &done).await;
+        assert!(
+            !queue::enqueue_now(db, &job, 5).await.unwrap(),
+            "the sweep cannot requeue it"
+        );
+
+        assert!(
+            transition(db, "sub_a", "paused", Action::Resume, now)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            queue::unfinished(db).await.unwrap(),
+            1,
+            "resume queued the period"
+        );
+        let outcome = write_guarded(&s, &[period("sub_a")]).await.unwrap();
+        assert!(
+            matches!(outcome[0], Ok(Generated::Invoice(_))),
+            "{outcome:?}"
+        );
+        invoice_of(db, "sub_a").await;
+    }
+
+    #[tokio::test]
+    async fn resume_on_sqlite() {
+        resuming_requeues_a_period_its_job_skipped_while_paused(false).await;
+    }
+
+    #[tokio::test]
+    async fn resume_on_postgres() {
+        resuming_requeues_a_period_its_job_skipped_while_paused(true).await;
+    }
+
     #[tokio::test]
     async fn isolation_on_sqlite() {
         one_bad_period_does_not_fail_its_batch(false).await;

@@ -169,6 +169,29 @@ async fn insert_jobs(
     Ok(added)
 }
 
+/// How many jobs of `job`'s dedup key exist, counting deliberate re-runs (`:r{n}`): the round a
+/// new re-run takes.
+pub async fn rounds(tx: &mut Tx, job: &Job) -> Result<u32, sqlx::Error> {
+    let base = job.dedup_key(0);
+    let sql = format!(
+        "SELECT COUNT(*) FROM {} WHERE job_type = $1 AND (idempotency_key = $2 \
+         OR idempotency_key LIKE $3)",
+        match tx {
+            Tx::Sqlite(_) => "Jobs",
+            Tx::Postgres(_) => "apalis.jobs",
+        }
+    );
+    let n: i64 = on_tx!(tx, c => {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(QUEUE)
+            .bind(&base)
+            .bind(format!("{base}:r%"))
+            .fetch_one(&mut *c)
+            .await?
+    });
+    Ok(n as u32)
+}
+
 /// The queue's table on this backend, for queries that look a job up by its dedup key.
 pub fn table(db: &Db) -> &'static str {
     match db {

@@ -5,7 +5,9 @@ use settled_jobs::invoice::{CatchUp, ItemSpec, ScheduleSpec};
 use settled_jobs::store::{StoreError, Subscription, SubscriptionStatus};
 use sqlx::FromRow;
 
-use super::{Db, from_ms, ms, on_db};
+use settled_jobs::job::Job;
+
+use super::{Db, Tx, from_ms, ms, on_db, on_tx, queue};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct SubscriptionRow {
@@ -157,7 +159,37 @@ pub async fn transition(
              updated_at = $3 WHERE id = $1 AND status = $2"
         }
     };
-    on_db!(db, p => {
-        Ok(sqlx::query(sql).bind(id).bind(from).bind(ms(now)).execute(p).await?.rows_affected() == 1)
-    })
+    let mut tx = db.begin().await?;
+    let changed = on_tx!(&mut tx, c => {
+        sqlx::query(sql).bind(id).bind(from).bind(ms(now)).execute(&mut *c).await?.rows_affected() == 1
+    });
+    if changed && matches!(action, Action::Resume) {
+        requeue_due_period(&mut tx, id, now).await?;
+    }
+    tx.commit().await?;
+    Ok(changed)
+}
+
+/// On resume: if the subscription's next period is due already, queue its generate_invoice job
+/// afresh. The period's job may have run while the subscription was paused and finished with
+/// nothing to do; its dedup key would otherwise keep the sweep from ever queueing it again. A
+/// job still waiting makes this one a harmless duplicate (whichever runs second finds the period
+/// billed).
+async fn requeue_due_period(tx: &mut Tx, id: &str, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    let next: Option<i64> = on_tx!(tx, c => {
+        sqlx::query_scalar("SELECT next_period_start FROM subscriptions WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *c)
+            .await?
+    });
+    let Some(period_start) = next.filter(|p| *p <= ms(now)) else {
+        return Ok(());
+    };
+    let job = Job::GenerateInvoice {
+        subscription_id: id.to_string(),
+        period_start,
+    };
+    let rounds = queue::rounds(tx, &job).await?;
+    queue::enqueue_round(tx, &job, rounds, queue::default_max_attempts()).await?;
+    Ok(())
 }
