@@ -30,8 +30,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::outbox::snapshot::{CustomerSnap, InvoiceSnap, LineSnap, Snapshot};
 use crate::payments::COLLECTIBLE;
 use crate::store::bulk::{self, Arg};
+use crate::store::emails::{self, NewEmail};
 use crate::store::subscriptions::{SUBSCRIPTION_COLUMNS, SubscriptionRow, subscription_from_row};
-use crate::store::{Db, Tx, emails, ms, queue};
+use crate::store::{Db, Tx, ms, queue};
 
 /// The most periods one transaction writes.
 pub const MAX_BATCH: usize = 500;
@@ -360,7 +361,7 @@ async fn write(
 
     // What finalising records: the ledger row, the invoice email, the first charge attempt.
     let mut ledger_rows = Vec::with_capacity(finals.len());
-    let mut email_rows = Vec::with_capacity(finals.len());
+    let mut contexts = Vec::with_capacity(finals.len());
     let mut attempt_rows = Vec::new();
     let mut charges = Vec::new();
     let mut running: Balances = outstanding;
@@ -392,7 +393,8 @@ async fn write(
             credit_balance: 0,
             ..Snapshot::default()
         };
-        email_rows.push(email_row(inv, customer, &snapshot, now));
+        let context = serde_json::to_string(&snapshot).unwrap_or_else(|_| "null".into());
+        contexts.push((inv, customer, context));
         if inv.total > 0 && inv.auto_charge {
             if customer.auto_charge && customer.default_method {
                 let attempt = 1;
@@ -424,19 +426,21 @@ async fn write(
         }
     }
     bulk::insert(tx, "ledger_entries", &LEDGER_INSERT, &ledger_rows, "").await?;
-    let email_ids = bulk::insert_returning(
-        tx,
-        "emails",
-        &EMAIL_INSERT,
-        &email_rows,
-        "ON CONFLICT (template, subject_id, attempt) DO NOTHING",
-    )
-    .await?;
-    let sends: Vec<Job> = email_ids
-        .into_iter()
-        .map(|email_id| Job::SendEmail { email_id })
+    let invoice_emails: Vec<NewEmail> = contexts
+        .iter()
+        .map(|(inv, customer, context)| NewEmail {
+            template: "invoice",
+            subject_id: &inv.id,
+            attempt: 0,
+            customer_id: &inv.customer_id,
+            invoice_id: Some(&inv.id),
+            payment_id: None,
+            recipients: &customer.recipients,
+            subject: "",
+            context,
+        })
         .collect();
-    queue::enqueue_many(tx, &sends, emails::SEND_JOB_ATTEMPTS).await?;
+    emails::insert_many(tx, &invoice_emails, now).await?;
     bulk::insert(tx, "charge_attempts", &ATTEMPT_INSERT, &attempt_rows, "").await?;
     queue::enqueue_many(tx, &charges, queue::default_max_attempts()).await?;
 
@@ -524,24 +528,6 @@ const LEDGER_INSERT: [&str; 8] = [
     "invoice_id",
     "memo",
     "at",
-];
-
-const EMAIL_INSERT: [&str; 15] = [
-    "id",
-    "template",
-    "subject_id",
-    "attempt",
-    "customer_id",
-    "invoice_id",
-    "payment_id",
-    "recipients",
-    "subject",
-    "context",
-    "message_id",
-    "status",
-    "attempts",
-    "send_after",
-    "created_at",
 ];
 
 const ATTEMPT_INSERT: [&str; 10] = [
@@ -642,34 +628,6 @@ fn invoice_snap(inv: &NewInvoice, number: &str, now: DateTime<Utc>) -> InvoiceSn
             })
             .collect(),
     }
-}
-
-/// The invoice email's outbox row, as [`crate::store::emails::insert`] writes it.
-fn email_row(
-    inv: &NewInvoice,
-    customer: &CustomerFacts,
-    snapshot: &Snapshot,
-    now: DateTime<Utc>,
-) -> Vec<Arg> {
-    let recipients = serde_json::to_string(&customer.recipients).unwrap_or_else(|_| "[]".into());
-    let context = serde_json::to_string(snapshot).unwrap_or_else(|_| "null".into());
-    vec![
-        Arg::from(new_id(prefix::EMAIL)),
-        Arg::from("invoice"),
-        Arg::from(inv.id.as_str()),
-        Arg::from(0),
-        Arg::from(inv.customer_id.as_str()),
-        Arg::from(Some(inv.id.clone())),
-        Arg::from(None::<String>),
-        Arg::from(recipients),
-        Arg::from(""),
-        Arg::from(context),
-        Arg::from(emails::message_id("invoice", &inv.id, 0)),
-        Arg::from("pending"),
-        Arg::from(0),
-        Arg::from(ms(now)),
-        Arg::from(ms(now)),
-    ]
 }
 
 fn period_key(inv: &NewInvoice) -> (String, i64) {

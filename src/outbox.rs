@@ -65,7 +65,7 @@ async fn write(
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     let recipients = snapshot::recipients(tx, &snap.customer.id).await?;
-    let context = serde_json::to_value(snap).unwrap_or(serde_json::Value::Null);
+    let context = serde_json::to_string(snap).unwrap_or_else(|_| "null".into());
     let new = NewEmail {
         template: what.template,
         subject_id: what.subject_id,

@@ -38,8 +38,7 @@ pub struct Scheduler {
     wake_soon: Notify,
     /// How far the sweep's walk through the due subscriptions has got, and when it last
     /// started from the first.
-    due_cursor: std::sync::Mutex<Option<crate::billing::DueCursor>>,
-    walk_started: std::sync::Mutex<Instant>,
+    walk: std::sync::Mutex<Walk>,
     /// Milliseconds since start of the last completed sweep (the watchdog's sign of life).
     last_sweep: AtomicI64,
     /// Milliseconds since start of the last clean-up of finished jobs.
@@ -50,6 +49,13 @@ pub struct Scheduler {
     started: Instant,
     /// The job queue's own pool, once the worker opened it (its use is reported at /metrics).
     queue_db: std::sync::OnceLock<Db>,
+}
+
+/// How far the sweep's walk through the due subscriptions has got (the position of the last
+/// one it enqueued), and when the walk last started from the first.
+struct Walk {
+    cursor: Option<crate::billing::DueCursor>,
+    started: Instant,
 }
 
 /// The sweep's walk through the due subscriptions starts over from the first this often.
@@ -76,8 +82,10 @@ impl Scheduler {
             config,
             wake: Notify::new(),
             wake_soon: Notify::new(),
-            due_cursor: std::sync::Mutex::new(None),
-            walk_started: std::sync::Mutex::new(Instant::now()),
+            walk: std::sync::Mutex::new(Walk {
+                cursor: None,
+                started: Instant::now(),
+            }),
             last_sweep: AtomicI64::new(-1),
             last_vacuum: AtomicI64::new(-1),
             finished_jobs: AtomicI64::new(0),
@@ -94,12 +102,12 @@ impl Scheduler {
     /// Asks for a sweep now rather than at the next tick, from the first due subscription (an
     /// operator's change may have made one due that lies before the walk's position).
     pub fn nudge(&self) {
-        *self.lock_cursor() = None;
+        self.lock_walk().cursor = None;
         self.wake.notify_one();
     }
 
-    fn lock_cursor(&self) -> std::sync::MutexGuard<'_, Option<crate::billing::DueCursor>> {
-        self.due_cursor
+    fn lock_walk(&self) -> std::sync::MutexGuard<'_, Walk> {
+        self.walk
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -164,16 +172,12 @@ impl Scheduler {
         // starts over when nudged (an operator's change may have made due a subscription that
         // lies before its position) and every WALK_RESTART as a safety net.
         let after = {
-            let mut cursor = self.lock_cursor();
-            let mut started = self
-                .walk_started
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if started.elapsed() >= WALK_RESTART {
-                *started = Instant::now();
-                *cursor = None;
+            let mut walk = self.lock_walk();
+            if walk.started.elapsed() >= WALK_RESTART {
+                walk.started = Instant::now();
+                walk.cursor = None;
             }
-            cursor.clone()
+            walk.cursor.clone()
         };
         let (jobs, next) =
             crate::billing::due_jobs(&self.db, &self.config, now, after.as_ref()).await?;
@@ -187,9 +191,9 @@ impl Scheduler {
         {
             // An explicit nudge during this sweep reset the walk; keep the reset. An empty page
             // leaves the position where it is.
-            let mut cursor = self.lock_cursor();
-            if *cursor == after && next.is_some() {
-                *cursor = next;
+            let mut walk = self.lock_walk();
+            if walk.cursor == after && next.is_some() {
+                walk.cursor = next;
             }
         }
         let elapsed = self.started.elapsed().as_millis() as i64;

@@ -6,6 +6,7 @@ use settled_jobs::ids::{new_id, prefix};
 use settled_jobs::job::Job;
 use sqlx::FromRow;
 
+use super::bulk::{self, Arg};
 use super::{Db, Tx, ms, on_db, on_tx, queue};
 
 #[derive(Debug, Clone, FromRow)]
@@ -49,7 +50,8 @@ pub struct NewEmail<'a> {
     pub payment_id: Option<&'a str>,
     pub recipients: &'a [String],
     pub subject: &'a str,
-    pub context: &'a serde_json::Value,
+    /// The snapshot the message is rendered from, as JSON.
+    pub context: &'a str,
 }
 
 /// The Message-ID a row's message carries, derived from its natural key so every resend of it
@@ -65,40 +67,73 @@ pub async fn insert(
     new: &NewEmail<'_>,
     now: DateTime<Utc>,
 ) -> Result<Option<String>, sqlx::Error> {
-    let id = new_id(prefix::EMAIL);
-    let recipients = serde_json::to_string(new.recipients).unwrap_or_else(|_| "[]".into());
-    let context = new.context.to_string();
-    let inserted = on_tx!(tx, c => {
-        sqlx::query(
-            "INSERT INTO emails (id, template, subject_id, attempt, customer_id, invoice_id, payment_id, \
-             recipients, subject, context, message_id, status, attempts, send_after, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0, $12, $12) \
-             ON CONFLICT (template, subject_id, attempt) DO NOTHING",
-        )
-        .bind(&id)
-        .bind(new.template)
-        .bind(new.subject_id)
-        .bind(new.attempt)
-        .bind(new.customer_id)
-        .bind(new.invoice_id)
-        .bind(new.payment_id)
-        .bind(&recipients)
-        .bind(new.subject)
-        .bind(&context)
-        .bind(message_id(new.template, new.subject_id, new.attempt))
-        .bind(ms(now))
-        .execute(&mut *c)
-        .await?
-        .rows_affected()
-    });
-    if inserted == 0 {
-        return Ok(None);
-    }
-    let job = Job::SendEmail {
-        email_id: id.clone(),
-    };
-    queue::enqueue(tx, &job, SEND_JOB_ATTEMPTS).await?;
-    Ok(Some(id))
+    Ok(insert_many(tx, std::slice::from_ref(new), now).await?.pop())
+}
+
+const COLUMNS: [&str; 15] = [
+    "id",
+    "template",
+    "subject_id",
+    "attempt",
+    "customer_id",
+    "invoice_id",
+    "payment_id",
+    "recipients",
+    "subject",
+    "context",
+    "message_id",
+    "status",
+    "attempts",
+    "send_after",
+    "created_at",
+];
+
+/// [`insert`] for many rows in a few statements; returns the ids of the rows written (those not
+/// there already), each with its send job enqueued.
+pub async fn insert_many(
+    tx: &mut Tx,
+    news: &[NewEmail<'_>],
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, sqlx::Error> {
+    let rows: Vec<Vec<Arg>> = news
+        .iter()
+        .map(|new| {
+            let recipients = serde_json::to_string(new.recipients).unwrap_or_else(|_| "[]".into());
+            vec![
+                Arg::from(new_id(prefix::EMAIL)),
+                Arg::from(new.template),
+                Arg::from(new.subject_id),
+                Arg::from(new.attempt),
+                Arg::from(new.customer_id),
+                Arg::from(new.invoice_id.map(str::to_string)),
+                Arg::from(new.payment_id.map(str::to_string)),
+                Arg::from(recipients),
+                Arg::from(new.subject),
+                Arg::from(new.context),
+                Arg::from(message_id(new.template, new.subject_id, new.attempt)),
+                Arg::from("pending"),
+                Arg::from(0),
+                Arg::from(ms(now)),
+                Arg::from(ms(now)),
+            ]
+        })
+        .collect();
+    let ids = bulk::insert_returning(
+        tx,
+        "emails",
+        &COLUMNS,
+        &rows,
+        "ON CONFLICT (template, subject_id, attempt) DO NOTHING",
+    )
+    .await?;
+    let sends: Vec<Job> = ids
+        .iter()
+        .map(|id| Job::SendEmail {
+            email_id: id.clone(),
+        })
+        .collect();
+    queue::enqueue_many(tx, &sends, SEND_JOB_ATTEMPTS).await?;
+    Ok(ids)
 }
 
 pub async fn get(db: &Db, id: &str) -> Result<Option<EmailRow>, sqlx::Error> {
