@@ -15,7 +15,7 @@ mod stripe_gateway;
 
 use std::time::{Duration, Instant};
 
-use settled::app::{Application, CLOCK_SETTING};
+use settled::app::Application;
 use settled::config::Config;
 use settled::store::{Db, on_db};
 use stripe_gateway::StripeGateway;
@@ -137,28 +137,32 @@ async fn run(backend: &str, n: usize, latency: Duration, concurrency: usize) -> 
     let state = app.state();
     let stop = CancellationToken::new();
     let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
-    while !state.db.migrations_applied().await {
+    while !state.billing.db.migrations_applied().await {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let to = chrono::DateTime::parse_from_rfc3339("2027-02-01T00:00:00Z")
         .unwrap()
         .with_timezone(&chrono::Utc);
     seed(
-        &state.db,
+        &state.billing.db,
         n,
         &gateway_customer,
         &token,
         to.timestamp_millis(),
     )
     .await;
-    settled::store::settings::set(&state.db, CLOCK_SETTING, &to.to_rfc3339())
-        .await
-        .unwrap();
+    settled::store::settings::set(
+        &state.billing.db,
+        settled::store::settings::CLOCK,
+        &to.to_rfc3339(),
+    )
+    .await
+    .unwrap();
     let started = Instant::now();
     state.manual_clock.as_ref().unwrap().advance_to(to).unwrap();
     state.scheduler.mark_advanced();
     loop {
-        let paid: i64 = on_db!(&state.db, p => sqlx::query_scalar("SELECT COUNT(*) FROM invoices WHERE status = 'paid'").fetch_one(p).await.unwrap());
+        let paid: i64 = on_db!(&state.billing.db, p => sqlx::query_scalar("SELECT COUNT(*) FROM invoices WHERE status = 'paid'").fetch_one(p).await.unwrap());
         if paid as usize >= n {
             break;
         }
@@ -166,7 +170,7 @@ async fn run(backend: &str, n: usize, latency: Duration, concurrency: usize) -> 
     }
     let elapsed = started.elapsed();
     let rate = n as f64 / elapsed.as_secs_f64();
-    let payments: i64 = on_db!(&state.db, p => sqlx::query_scalar("SELECT COUNT(*) FROM payments").fetch_one(p).await.unwrap());
+    let payments: i64 = on_db!(&state.billing.db, p => sqlx::query_scalar("SELECT COUNT(*) FROM payments").fetch_one(p).await.unwrap());
     assert_eq!(payments as usize, n, "one payment per invoice");
     assert_eq!(
         gateway.payment_intent_count(),

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use settled::app::{Application, CLOCK_SETTING};
+use settled::app::Application;
 use settled::config::Config;
 use settled::store::{Db, on_db};
 use tokio_util::sync::CancellationToken;
@@ -98,21 +98,25 @@ async fn run(backend: &str, n: usize) -> f64 {
     let state = app.state();
     let stop = CancellationToken::new();
     let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
-    while !state.db.migrations_applied().await {
+    while !state.billing.db.migrations_applied().await {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    seed(&state.db, n).await;
+    seed(&state.billing.db, n).await;
     let to = chrono::DateTime::parse_from_rfc3339("2027-02-01T00:00:00Z")
         .unwrap()
         .with_timezone(&chrono::Utc);
-    settled::store::settings::set(&state.db, CLOCK_SETTING, &to.to_rfc3339())
-        .await
-        .unwrap();
+    settled::store::settings::set(
+        &state.billing.db,
+        settled::store::settings::CLOCK,
+        &to.to_rfc3339(),
+    )
+    .await
+    .unwrap();
     let started = Instant::now();
     state.manual_clock.as_ref().unwrap().advance_to(to).unwrap();
     state.scheduler.mark_advanced();
     loop {
-        let count: i64 = on_db!(&state.db, p => sqlx::query_scalar("SELECT COUNT(*) FROM invoices").fetch_one(p).await.unwrap());
+        let count: i64 = on_db!(&state.billing.db, p => sqlx::query_scalar("SELECT COUNT(*) FROM invoices").fetch_one(p).await.unwrap());
         if count as usize >= n {
             break;
         }

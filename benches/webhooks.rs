@@ -244,7 +244,7 @@ async fn daemon_run(
     let state = app.state();
     let stop = CancellationToken::new();
     let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
-    while !state.db.migrations_applied().await {
+    while !state.billing.db.migrations_applied().await {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let addr = format!("127.0.0.1:{port}");
@@ -252,7 +252,7 @@ async fn daemon_run(
     fire(&addr, deliveries(concurrency * 4, "warmup"), concurrency).await;
     let started = Instant::now();
     let figures = fire(&addr, deliveries(n, "run"), concurrency).await;
-    let stored: i64 = on_db!(&state.db, p => sqlx::query_scalar("SELECT COUNT(*) FROM webhook_events WHERE event_id LIKE 'evt_run_%'").fetch_one(p).await.unwrap());
+    let stored: i64 = on_db!(&state.billing.db, p => sqlx::query_scalar("SELECT COUNT(*) FROM webhook_events WHERE event_id LIKE 'evt_run_%'").fetch_one(p).await.unwrap());
     assert_eq!(stored as usize, n, "every accepted event is stored");
     println!(
         "webhooks/{backend} ({role}): {n} events at concurrency {concurrency}: {:.0} accepted events/s, p50 {:.1} ms, p99 {:.1} ms",
@@ -265,10 +265,10 @@ async fn daemon_run(
             n as usize
         };
         let all = n;
-        let mut done = processed(state.db.clone()).await;
+        let mut done = processed(state.billing.db.clone()).await;
         while done < all && started.elapsed() < drain {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            done = processed(state.db.clone()).await;
+            done = processed(state.billing.db.clone()).await;
         }
         println!(
             "webhooks/{backend} ({role}): {done} of {all} events processed {:.1} s after the first delivery = {:.0} processed events/s",

@@ -1,4 +1,4 @@
-//! Start-up and shutdown: builds the `Application` (database, clock, gateway, HTTP listener, job
+//! Start-up and shutdown: builds the `Application` (the context, the HTTP listener, the job
 //! workers) so `main` and the tests start the very same thing, on port 0 when they like.
 
 use std::net::SocketAddr;
@@ -6,74 +6,62 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use settled_jobs::clock::{Clock, ManualClock, SystemClock};
-use settled_jobs::gateway::Gateway;
 use settled_jobs::mailer::Mailer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::billing::Billing;
 use crate::config::{ClockMode, Config, Secret};
-use crate::runner::Scheduler;
-use crate::store::Db;
+use crate::gateway::Gateways;
+use crate::http::AppState;
+use crate::runner::Runner;
+use crate::store::{Db, settings};
 
-/// The settings key that keeps the manual clock's position across restarts.
-pub const CLOCK_SETTING: &str = "manual_clock_now";
-
-/// Everything a request handler or a job needs.
-pub struct State {
-    pub config: Arc<Config>,
-    pub db: Db,
-    pub clock: Arc<dyn Clock>,
-    pub manual_clock: Option<Arc<ManualClock>>,
-    pub gateway: Option<Arc<dyn Gateway>>,
-    pub mailer: Arc<dyn Mailer>,
-    pub tokens: Vec<Secret>,
-    pub scheduler: Arc<Scheduler>,
-    /// Writes the invoices of generate_invoice jobs, many per transaction.
-    pub generator: crate::generation::Generator,
+/// Everything the daemon is made of, built once: the money workflows' context, the runner
+/// around it, and the HTTP state over both. The CLI builds the same to run an operator's
+/// command against exactly what the daemon would.
+pub struct Context {
+    pub billing: Arc<Billing>,
+    pub runner: Arc<Runner>,
+    pub http: Arc<AppState>,
 }
 
-impl State {
-    /// Opens the database, the clock and the gateway. The CLI uses this too, so an operator's
-    /// command runs against exactly what the daemon would.
-    pub async fn build(config: Config) -> anyhow::Result<Arc<State>> {
+impl Context {
+    /// Opens the database, the clock, the gateways and the mailer.
+    pub async fn build(config: Config) -> anyhow::Result<Context> {
         let config = Arc::new(config);
         let db = Db::open_sized(&config, Db::pool_shares(&config).0)?;
-        crate::store::queue::set_default_max_attempts(config.jobs.max_attempts);
         let tokens = admin_tokens(&config)?;
-        let gateway = crate::gateway::from_config(&config)?;
+        let gateways = Gateways::from_config(&config)?;
         let mailer: Arc<dyn Mailer> = Arc::new(crate::mail::LettreMailer::from_config(&config)?);
         let (clock, manual_clock) = make_clock(&config, &db).await;
-        let scheduler = Arc::new(Scheduler::new(
-            db.clone(),
-            clock.clone(),
-            manual_clock.clone(),
-            config.clone(),
-        ));
-        let generator = crate::generation::Generator::new(
-            db.clone(),
-            clock.clone(),
-            config.billing.number_format.clone(),
-            config.billing.draft_minutes,
-        );
-        Ok(Arc::new(State {
-            config,
+        let billing = Arc::new(Billing {
             db,
             clock,
-            manual_clock,
-            gateway,
+            gateways,
             mailer,
+            config,
+        });
+        let runner = Arc::new(Runner::new(billing.clone(), manual_clock.clone()));
+        let http = Arc::new(AppState {
+            billing: billing.clone(),
+            scheduler: runner.scheduler.clone(),
+            manual_clock,
             tokens,
-            scheduler,
-            generator,
-        }))
+        });
+        Ok(Context {
+            billing,
+            runner,
+            http,
+        })
     }
 }
 
 pub struct Application {
-    state: Arc<State>,
+    context: Context,
     listener: Option<TcpListener>,
     port: u16,
 }
@@ -82,8 +70,8 @@ impl Application {
     /// Opens everything; applies migrations unless told not to. An unreachable database is retried
     /// in the background rather than failing start-up.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let state = State::build(config).await?;
-        let config = state.config.clone();
+        let context = Context::build(config).await?;
+        let config = context.billing.config.clone();
         // Every role listens: a workers-only daemon serves health, readiness and metrics there.
         let addr = config.listen_addr()?;
         let listener = TcpListener::bind(addr)
@@ -92,7 +80,7 @@ impl Application {
         let port = listener.local_addr()?.port();
         let listener = Some(listener);
         Ok(Application {
-            state,
+            context,
             listener,
             port,
         })
@@ -102,22 +90,33 @@ impl Application {
         self.port
     }
 
-    pub fn state(&self) -> Arc<State> {
-        self.state.clone()
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// The HTTP state: the context's parts a request handler (or a test driving the daemon from
+    /// inside) reaches.
+    pub fn state(&self) -> Arc<AppState> {
+        self.context.http.clone()
     }
 
     /// Serves until `shutdown` is cancelled, then stops intake, lets in-flight jobs finish (bounded
     /// by `daemon.shutdown_timeout_seconds`) and returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let state = self.state;
+        let Context {
+            billing,
+            runner,
+            http: state,
+        } = self.context;
+        let config = billing.config.clone();
         let ready = crate::notify::Notifier::from_env();
         // HTTP first: /healthz answers and /readyz says 503 while the database is still away.
         let http = self.listener.map(|listener| {
             let addr: Option<SocketAddr> = listener.local_addr().ok();
             if let Some(addr) = addr {
-                tracing::info!(%addr, port = addr.port(), role = ?state.config.daemon.role, "listening");
+                tracing::info!(%addr, port = addr.port(), role = ?config.daemon.role, "listening");
             }
-            let app = if state.config.daemon.role.runs_http() {
+            let app = if config.daemon.role.runs_http() {
                 crate::http::router(state.clone())
             } else {
                 crate::http::ops_router(state.clone())
@@ -129,15 +128,16 @@ impl Application {
                     .await
             })
         });
-        prepare_database(&state, &shutdown).await;
+        prepare_database(&billing, &shutdown).await;
         resume_manual_clock(&state).await;
-        let workers = if state.config.daemon.role.runs_workers() && !shutdown.is_cancelled() {
-            Some(crate::runner::start(state.clone()))
+        let workers = if config.daemon.role.runs_workers() && !shutdown.is_cancelled() {
+            Some(crate::runner::start(runner.clone()))
         } else {
             None
         };
         ready.ready();
-        let watchdog = ready.spawn_watchdog(state.clone(), shutdown.clone());
+        let watchdog =
+            ready.spawn_watchdog(billing.clone(), runner.scheduler.clone(), shutdown.clone());
         shutdown.cancelled().await;
         ready.stopping();
         tracing::info!("shutting down: intake stopped, waiting for in-flight jobs");
@@ -150,26 +150,26 @@ impl Application {
         if let Some(w) = watchdog {
             w.abort();
         }
-        state.db.close().await;
+        billing.db.close().await;
         tracing::info!("stopped");
         Ok(())
     }
 }
 
 /// Waits for the database (logging each failure) and applies migrations when configured to.
-async fn prepare_database(state: &State, shutdown: &CancellationToken) {
+async fn prepare_database(billing: &Billing, shutdown: &CancellationToken) {
     let mut delay = Duration::from_millis(250);
     loop {
-        let result = if state.config.database.migrate_on_start {
-            state.db.migrate().await
-        } else if state.db.ping().await {
+        let result = if billing.config.database.migrate_on_start {
+            billing.db.migrate().await
+        } else if billing.db.ping().await {
             Ok(())
         } else {
             Err(anyhow::anyhow!("the database does not answer"))
         };
         match result {
             Ok(()) => {
-                tracing::info!(backend = state.db.backend(), "database ready");
+                tracing::info!(backend = billing.db.backend(), "database ready");
                 return;
             }
             Err(e) => {
@@ -190,9 +190,9 @@ async fn prepare_database(state: &State, shutdown: &CancellationToken) {
 
 /// A manual clock built while the database was away starts at the configured origin; once the
 /// database answers, it moves on to where it stood before the restart.
-async fn resume_manual_clock(state: &State) {
+async fn resume_manual_clock(state: &AppState) {
     if let Some(clock) = &state.manual_clock
-        && let Some(stored) = stored_clock(&state.db).await
+        && let Some(stored) = stored_clock(&state.billing.db).await
         && stored > clock.now()
     {
         let _ = clock.advance_to(stored);
@@ -200,7 +200,7 @@ async fn resume_manual_clock(state: &State) {
 }
 
 async fn stored_clock(db: &Db) -> Option<DateTime<Utc>> {
-    crate::store::settings::get(db, CLOCK_SETTING)
+    settings::get(db, settings::CLOCK)
         .await
         .ok()
         .flatten()

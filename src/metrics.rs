@@ -6,21 +6,19 @@
 //! Counters are counted where their effect is recorded; the queue and pool gauges are read from the
 //! database and the pools when `/metrics` is scraped, so they are never stale.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::{MatchedPath, Request, State as AxState};
-use axum::http::{Method, header};
+use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use settled_jobs::gateway::{ChargeResult, ChargeStatus, GatewayError};
 use settled_jobs::job::Job;
 use settled_jobs::money::Currency;
+use settled_jobs::template::Template;
 
-use crate::app::State;
 use crate::store::Db;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -150,40 +148,21 @@ fn describe() {
     );
 }
 
-/// `GET /metrics` (public, Prometheus text format).
-pub fn router() -> Router<Arc<State>> {
-    Router::new().route("/metrics", get(render))
-}
-
-async fn render(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
-    let Some(handle) = install() else {
-        return (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            "another metrics recorder is installed in this process\n".to_string(),
-        );
-    };
-    pool_gauges(&state);
-    let up = queue_gauges(&state.db).await;
+/// Everything `GET /metrics` shows: the counters, plus the gauges read at scrape time (pools,
+/// the job queue, whether the database answers). None when another recorder owns the process.
+pub async fn scrape(db: &Db, pools: &[(&'static str, Db)]) -> Option<String> {
+    let handle = install()?;
+    pool_gauges(pools);
+    let up = queue_gauges(db).await;
     metrics::gauge!("settled_database_up").set(if up { 1.0 } else { 0.0 });
     handle.run_upkeep();
-    (
-        axum::http::StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        handle.render(),
-    )
+    Some(handle.render())
 }
 
-fn pool_gauges(state: &State) {
-    let mut pools = vec![("main", state.db.clone())];
-    if let Some(queue) = state.scheduler.queue_db() {
-        pools.push(("queue", queue));
-    }
+fn pool_gauges(pools: &[(&'static str, Db)]) {
     for (name, db) in pools {
-        let (size, idle, max) = match &db {
+        let name = *name;
+        let (size, idle, max) = match db {
             Db::Sqlite(p) => (p.size(), p.num_idle(), p.options().get_max_connections()),
             Db::Postgres(p) => (p.size(), p.num_idle(), p.options().get_max_connections()),
         };
@@ -467,21 +446,10 @@ impl ChargeOutcome {
     }
 }
 
-const EMAIL_TEMPLATES: &[&str] = &[
-    "invoice",
-    "receipt",
-    "payment_failed",
-    "final_notice",
-    "refund",
-    "credit_note",
-    "upcoming_charge",
-    "statement",
-];
-
 /// One try at an outbox row ended: sent, failed for good, or to be tried again.
 pub fn email_finished(template: &str, outcome: &crate::store::emails::Outcome<'_>) {
     use crate::store::emails::Outcome;
-    let template = label_from(EMAIL_TEMPLATES, template);
+    let template = Template::parse(template).map_or("other", Template::name);
     let name = match outcome {
         Outcome::Sent { .. } => "settled_emails_sent_total",
         Outcome::Failed { .. } => "settled_emails_failed_total",

@@ -8,7 +8,8 @@ use sd_notify::NotifyState;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::State;
+use crate::billing::Billing;
+use crate::runner::Scheduler;
 
 pub struct Notifier {
     enabled: bool,
@@ -51,7 +52,8 @@ impl Notifier {
     /// shows signs of life, so systemd restarts a wedged daemon instead of trusting a live thread.
     pub fn spawn_watchdog(
         &self,
-        state: Arc<State>,
+        billing: Arc<Billing>,
+        scheduler: Arc<Scheduler>,
         shutdown: CancellationToken,
     ) -> Option<JoinHandle<()>> {
         let interval = self.watchdog? / 2;
@@ -65,9 +67,9 @@ impl Notifier {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(interval) => {}
                 }
-                let db_ok = state.db.ping().await;
-                let runner_ok = !state.config.daemon.role.runs_workers()
-                    || state.scheduler.alive_within(stale_after);
+                let db_ok = billing.db.ping().await;
+                let runner_ok = !billing.config.daemon.role.runs_workers()
+                    || scheduler.alive_within(stale_after);
                 if db_ok && runner_ok {
                     let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
                 } else {

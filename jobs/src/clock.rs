@@ -1,5 +1,5 @@
 //! The daemon's only source of time. Production reads the system clock; tests and demos use a
-//! manual clock that moves only when told, so months of billing pass in seconds (rule 4).
+//! manual clock that moves only when told, so months of billing pass in seconds. SQL never reads a clock of its own.
 
 use std::sync::RwLock;
 

@@ -15,11 +15,11 @@ impl JobError {
     }
 }
 
-impl From<crate::store::StoreError> for JobError {
-    fn from(e: crate::store::StoreError) -> Self {
+impl From<crate::records::StoreError> for JobError {
+    fn from(e: crate::records::StoreError) -> Self {
         match e {
-            crate::store::StoreError::Unavailable(m) => JobError::Transient(anyhow::anyhow!(m)),
-            crate::store::StoreError::Corrupt(m) => JobError::Permanent(anyhow::anyhow!(m)),
+            crate::records::StoreError::Unavailable(m) => JobError::Transient(anyhow::anyhow!(m)),
+            crate::records::StoreError::Corrupt(m) => JobError::Permanent(anyhow::anyhow!(m)),
         }
     }
 }

@@ -8,7 +8,8 @@ use chrono::{DateTime, Duration, Utc};
 use crate::error::JobError;
 use crate::ids::{new_id, prefix};
 use crate::invoice::{build_lines, due_at, plan_period};
-use crate::store::{NewInvoice, Subscription, SubscriptionStatus};
+use crate::records::{NewInvoice, Subscription, SubscriptionStatus};
+use crate::status::InvoiceKind;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Generated {
@@ -59,7 +60,7 @@ pub fn decide(
                 id: new_id(prefix::INVOICE),
                 customer_id: sub.customer_id.clone(),
                 subscription_id: Some(sub.id.clone()),
-                kind: "standard",
+                kind: InvoiceKind::Standard,
                 currency: sub.currency.clone(),
                 period: Some((start, end)),
                 lines,

@@ -1,5 +1,6 @@
 //! The queue's vocabulary: every unit of work the daemon does, as one versioned enum. A job carries
-//! ids only and re-reads the database when it runs (rule 1), so a stale or repeated job is harmless.
+//! ids only and re-reads the database when it runs (the database is the truth, a job a nudge), so a
+//! stale or repeated job is harmless.
 
 use serde::{Deserialize, Serialize};
 

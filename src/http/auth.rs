@@ -8,10 +8,10 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::ApiError;
-use crate::app::State;
+use super::AppState;
 
 pub async fn require_admin(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {

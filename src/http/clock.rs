@@ -10,10 +10,10 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::ApiError;
+use super::AppState;
 use super::extract::ApiJson;
-use crate::app::State;
 
-pub fn router() -> Router<Arc<State>> {
+pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/clock", get(show))
         .route("/clock/advance", post(advance))
@@ -32,7 +32,7 @@ struct Advance {
     to: String,
 }
 
-async fn show(AxState(state): AxState<Arc<State>>) -> Result<Json<ClockView>, ApiError> {
+async fn show(AxState(state): AxState<Arc<AppState>>) -> Result<Json<ClockView>, ApiError> {
     let Some(clock) = &state.manual_clock else {
         return Err(ApiError::NotFound("the clock is not in manual mode".into()));
     };
@@ -51,7 +51,7 @@ fn jobs_now(clock: &settled_jobs::clock::ManualClock) -> DateTime<Utc> {
 }
 
 async fn advance(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     ApiJson(body): ApiJson<Advance>,
 ) -> Result<(StatusCode, Json<ClockView>), ApiError> {
     let Some(clock) = &state.manual_clock else {
@@ -76,7 +76,12 @@ async fn advance(
             ),
         ));
     }
-    crate::store::settings::set(&state.db, crate::app::CLOCK_SETTING, &to.to_rfc3339()).await?;
+    crate::store::settings::set(
+        &state.billing.db,
+        crate::store::settings::CLOCK,
+        &to.to_rfc3339(),
+    )
+    .await?;
     clock
         .advance_to(to)
         .map_err(|e| ApiError::invalid("to", e))?;

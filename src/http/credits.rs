@@ -9,19 +9,22 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 use settled_jobs::money::{Currency, Money};
 
-use super::extract::{ApiJson, ApiQuery};
-use super::invoices::{InvoiceView, amount, load_view, rfc3339_ms};
-use super::{ApiError, ListResponse};
-use crate::app::State;
-use crate::credits::{self, VoidRefusal};
-use crate::payments::{self, NewPayment, PaymentView};
-use crate::store::{customers, from_ms, invoices, ms, on_db, on_tx};
+use settled_jobs::status::OfflineMethod;
 
-pub fn router() -> Router<Arc<State>> {
+use super::extract::{ApiJson, ApiQuery};
+use super::format::{amount, rfc3339, rfc3339_ms};
+use super::invoices::{InvoiceView, load_view};
+use super::payments::PaymentView;
+use super::{ApiError, AppState, ListResponse};
+use crate::billing::{self, credits, ledger, payments, retainers, statements};
+use crate::store::balances::{self, CreditNoteRow};
+use crate::store::{customers, from_ms, invoices, ms};
+
+pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/credit_notes", post(create_credit_note))
         .route("/customers/{id}/credit_notes", get(list_credit_notes))
@@ -52,18 +55,6 @@ struct NewCreditNote {
     reason: String,
 }
 
-#[derive(Serialize, sqlx::FromRow)]
-struct CreditNoteRow {
-    id: String,
-    customer_id: String,
-    amount: i64,
-    remaining: i64,
-    currency: String,
-    source: String,
-    reason: String,
-    created_at: i64,
-}
-
 fn credit_note_view(r: CreditNoteRow) -> serde_json::Value {
     json!({
         "id": r.id, "object": "credit_note", "customer_id": r.customer_id,
@@ -73,14 +64,11 @@ fn credit_note_view(r: CreditNoteRow) -> serde_json::Value {
     })
 }
 
-const CREDIT_NOTE_COLUMNS: &str =
-    "id, customer_id, amount, remaining, currency, source, reason, created_at";
-
 async fn create_credit_note(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     ApiJson(body): ApiJson<NewCreditNote>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let customer = customers::get_row(&state.db, &body.customer_id)
+    let customer = customers::get_row(&state.billing.db, &body.customer_id)
         .await?
         .ok_or_else(|| {
             ApiError::invalid("customer_id", format!("no customer {}", body.customer_id))
@@ -100,38 +88,22 @@ async fn create_credit_note(
     if reason.is_empty() || reason.len() > 500 {
         return Err(ApiError::invalid("reason", "must be 1 to 500 characters"));
     }
-    let now = state.clock.now();
-    let mut tx = state.db.begin().await?;
-    let id = payments::add_credit(
-        &mut tx,
-        &customer.id,
-        &currency,
-        minor,
-        "manual",
-        None,
-        reason,
-        now,
-    )
-    .await?;
-    crate::outbox::credit_note(&mut tx, &id, now).await?;
-    tx.commit().await?;
-    tracing::info!(credit_note_id = %id, customer_id = %customer.id, "credit note issued");
-    let sql = format!("SELECT {CREDIT_NOTE_COLUMNS} FROM credit_notes WHERE id = $1");
-    let row: CreditNoteRow = on_db!(&state.db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(&id).fetch_one(p).await?);
+    let id =
+        credits::issue_credit_note(&state.billing, &customer.id, &currency, minor, reason).await?;
+    let row = balances::credit_note(&state.billing.db, &id)
+        .await?
+        .ok_or_else(|| ApiError::Unexpected(anyhow::anyhow!("credit note vanished")))?;
     Ok((StatusCode::CREATED, Json(credit_note_view(row))))
 }
 
 async fn list_credit_notes(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<ListResponse<serde_json::Value>>, ApiError> {
-    customers::get_row(&state.db, &id)
+    customers::get_row(&state.billing.db, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("customer", &id))?;
-    let sql = format!(
-        "SELECT {CREDIT_NOTE_COLUMNS} FROM credit_notes WHERE customer_id = $1 ORDER BY created_at, id"
-    );
-    let rows: Vec<CreditNoteRow> = on_db!(&state.db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(&id).fetch_all(p).await?);
+    let rows = balances::credit_notes_of(&state.billing.db, &id).await?;
     let n = rows.len() as i64;
     Ok(Json(ListResponse::page(
         rows.into_iter().map(credit_note_view).collect(),
@@ -147,78 +119,24 @@ struct ApplyRetainer {
 }
 
 async fn apply_retainer(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<ApplyRetainer>,
 ) -> Result<Json<InvoiceView>, ApiError> {
-    let inv = invoices::get(&state.db, &body.invoice_id)
+    let inv = invoices::get(&state.billing.db, &body.invoice_id)
         .await?
         .ok_or_else(|| {
             ApiError::invalid("invoice_id", format!("no invoice {}", body.invoice_id))
         })?;
-    if inv.customer_id != id {
-        return Err(ApiError::invalid(
-            "invoice_id",
-            format!("invoice {} belongs to another customer", inv.id),
-        ));
-    }
-    if !["open", "partially_paid", "past_due"].contains(&inv.status.as_str()) {
-        return Err(ApiError::conflict(
-            "invoice_not_open",
-            format!("invoice {} is {}; nothing to apply to", inv.id, inv.status),
-        ));
-    }
     let limit = match &body.amount {
         Some(a) => Some(money(a, &inv.currency, "amount")?),
         None => None,
     };
-    let now = state.clock.now();
-    let mut tx = state.db.begin().await?;
-    let available: i64 = on_tx!(&mut tx, c => {
-        sqlx::query_scalar(
-            "SELECT CAST(COALESCE(SUM(remaining), 0) AS BIGINT) FROM retainers WHERE customer_id = $1 AND currency = $2",
-        )
-        .bind(&id)
-        .bind(&inv.currency)
-        .fetch_one(&mut *c)
-        .await?
-    });
-    let due: i64 = on_tx!(&mut tx, c => {
-        sqlx::query_scalar("SELECT amount_due FROM invoices WHERE id = $1")
-            .bind(&inv.id)
-            .fetch_one(&mut *c)
-            .await?
-    });
-    if let Some(l) = limit {
-        if l > available {
-            return Err(ApiError::conflict(
-                "insufficient_retainer",
-                format!(
-                    "{} is more than the {} retainer balance",
-                    amount(l, &inv.currency),
-                    amount(available, &inv.currency)
-                ),
-            ));
-        }
-        if l > due {
-            return Err(ApiError::invalid(
-                "amount",
-                format!("is more than the {} due", amount(due, &inv.currency)),
-            ));
-        }
-    }
-    if available == 0 {
-        return Err(ApiError::conflict(
-            "insufficient_retainer",
-            format!("customer {id} has no retainer balance in {}", inv.currency),
-        ));
-    }
-    credits::apply_retainer(&mut tx, &inv.id, limit, now).await?;
-    tx.commit().await?;
-    let row = invoices::get(&state.db, &inv.id)
+    retainers::apply(&state.billing, &id, &inv.id, limit).await?;
+    let row = invoices::get(&state.billing.db, &inv.id)
         .await?
         .ok_or_else(|| ApiError::not_found("invoice", &inv.id))?;
-    Ok(Json(load_view(&state.db, row).await?))
+    Ok(Json(load_view(&state.billing.db, row).await?))
 }
 
 #[derive(Deserialize)]
@@ -231,79 +149,24 @@ struct RefundRetainer {
 /// there (under a key derived from the retainer and its remaining balance, so a retried request
 /// never refunds twice), others by record.
 async fn refund_retainer(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<RefundRetainer>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let customer = customers::get_row(&state.db, &id)
+    let customer = customers::get_row(&state.billing.db, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("customer", &id))?;
     let requested = money(&body.amount, &customer.currency, "amount")?;
-    let now = state.clock.now();
-    let mut tx = state.db.begin().await?;
-    let Some(parts) =
-        credits::take_retainer_for_refund(&mut tx, &id, &customer.currency, requested).await?
-    else {
-        return Err(ApiError::conflict(
-            "insufficient_retainer",
-            format!(
-                "{} is more than the unused retainer",
-                amount(requested, &customer.currency)
-            ),
-        ));
-    };
-    let mut refunds = Vec::new();
-    for (retainer_id, payment_id, take, gateway) in parts {
-        let mut gateway_refund = None;
-        if gateway == "stripe" {
-            let gw = state.gateway.clone().ok_or_else(|| {
-                ApiError::conflict(
-                    "gateway_not_configured",
-                    "the retainer was paid through Stripe, which is not configured",
-                )
-            })?;
-            let pi: Option<String> = on_tx!(&mut tx, c => {
-                sqlx::query_scalar("SELECT gateway_payment_id FROM payments WHERE id = $1")
-                    .bind(&payment_id)
-                    .fetch_one(&mut *c)
-                    .await?
-            });
-            let remaining: i64 = on_tx!(&mut tx, c => {
-                sqlx::query_scalar("SELECT remaining FROM retainers WHERE id = $1")
-                    .bind(&retainer_id)
-                    .fetch_one(&mut *c)
-                    .await?
-            });
-            let key = format!("settled:{retainer_id}:refund:{remaining}:{take}");
-            let refund = gw
-                .refund(pi.as_deref().unwrap_or_default(), take, &key)
-                .await
-                .map_err(|e| ApiError::Gateway(format!("the gateway refused the refund: {e}")))?;
-            gateway_refund = Some(refund);
-        }
-        let refund_id = credits::record_retainer_refund(
-            &mut tx,
-            &id,
-            &customer.currency,
-            &retainer_id,
-            payment_id.as_deref(),
-            take,
-            if gateway == "stripe" {
-                "stripe"
-            } else {
-                "offline"
-            },
-            gateway_refund.as_deref(),
-            now,
-        )
-        .await?;
-        refunds.push(json!({"id": refund_id, "retainer_id": retainer_id,
-                            "amount": amount(take, &customer.currency),
-                            "gateway_refund_id": gateway_refund}));
-    }
-    tx.commit().await?;
-    tracing::info!(customer_id = %id, amount = requested, "retainer refunded");
-    let c = customers::get(&state.db, &id)
+    let parts = retainers::refund(&state.billing, &id, requested).await?;
+    let refunds: Vec<serde_json::Value> = parts
+        .iter()
+        .map(|p| {
+            json!({"id": p.id, "retainer_id": p.retainer_id,
+                   "amount": amount(p.amount, &customer.currency),
+                   "gateway_refund_id": p.gateway_refund_id})
+        })
+        .collect();
+    let c = customers::get(&state.billing.db, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("customer", &id))?;
     Ok(Json(json!({
@@ -325,13 +188,11 @@ struct OfflinePayment {
     currency: Option<String>,
 }
 
-const OFFLINE_METHODS: &[&str] = &["wire", "check", "cash", "other"];
-
 fn check_offline(body: &OfflinePayment, currency: &str) -> Result<i64, ApiError> {
-    if !OFFLINE_METHODS.contains(&body.method.as_str()) {
+    if OfflineMethod::parse(&body.method).is_none() {
         return Err(ApiError::invalid(
             "method",
-            format!("must be one of {}", OFFLINE_METHODS.join(", ")),
+            format!("must be one of {}", OfflineMethod::names().join(", ")),
         ));
     }
     if let Some(c) = &body.currency
@@ -354,15 +215,15 @@ fn check_offline(body: &OfflinePayment, currency: &str) -> Result<i64, ApiError>
 /// `POST /v1/invoices/{id}/payments`: a wire, cheque or cash payment recorded by an operator;
 /// a part leaves the invoice partially paid, more than due becomes credit.
 async fn invoice_payment(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<OfflinePayment>,
 ) -> Result<(StatusCode, Json<PaymentView>), ApiError> {
-    let inv = invoices::get(&state.db, &id)
+    let inv = invoices::get(&state.billing.db, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("invoice", &id))?;
     let minor = check_offline(&body, &inv.currency)?;
-    if !["open", "partially_paid", "past_due"].contains(&inv.status.as_str()) {
+    if !inv.status().is_collectible() {
         return Err(ApiError::conflict(
             "invoice_not_open",
             format!("invoice {id} is {}; it takes no payment", inv.status),
@@ -382,11 +243,11 @@ async fn invoice_payment(
 /// `POST /v1/customers/{id}/payments`: an offline payment toward the whole balance, allocated to
 /// open invoices oldest due first; any excess becomes credit.
 async fn customer_payment(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<OfflinePayment>,
 ) -> Result<(StatusCode, Json<PaymentView>), ApiError> {
-    let customer = customers::get_row(&state.db, &id)
+    let customer = customers::get_row(&state.billing.db, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("customer", &id))?;
     let minor = check_offline(&body, &customer.currency)?;
@@ -394,73 +255,35 @@ async fn customer_payment(
 }
 
 async fn record_offline(
-    state: &State,
+    state: &AppState,
     customer_id: &str,
     invoice_id: Option<&str>,
     minor: i64,
     currency: &str,
     body: &OfflinePayment,
 ) -> Result<(StatusCode, Json<PaymentView>), ApiError> {
-    let now = state.clock.now();
-    let mut tx = state.db.begin().await?;
-    let recorded = payments::record(
-        &mut tx,
-        &NewPayment {
-            customer_id,
-            invoice_id,
-            amount: minor,
-            currency,
-            gateway: "offline",
-            gateway_payment_id: None,
-            method: &body.method,
-            reference: body.reference.as_deref(),
-            brand: None,
-            last4: None,
-            at: now,
-            unapplied: false,
-        },
-        now,
+    let row = payments::record_offline(
+        &state.billing,
+        customer_id,
+        invoice_id,
+        minor,
+        currency,
+        &body.method,
+        body.reference.as_deref(),
     )
     .await?;
-    tx.commit().await?;
-    let row = payments::get(&state.db, recorded.id())
-        .await?
-        .ok_or_else(|| ApiError::Unexpected(anyhow::anyhow!("payment vanished")))?;
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
 async fn void(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<InvoiceView>, ApiError> {
-    let now = state.clock.now();
-    let mut tx = state.db.begin().await?;
-    match credits::void(&mut tx, &id, now).await? {
-        Ok(()) => tx.commit().await?,
-        Err(VoidRefusal::NotFound) => return Err(ApiError::not_found("invoice", &id)),
-        Err(VoidRefusal::HasPayments) => {
-            return Err(ApiError::conflict(
-                "invoice_has_payments",
-                format!("invoice {id} has payments recorded; refund them instead of voiding"),
-            ));
-        }
-        Err(VoidRefusal::ChargeInProgress) => {
-            return Err(ApiError::conflict(
-                "charge_in_progress",
-                format!("a charge of invoice {id} is in progress; its outcome is not known yet"),
-            ));
-        }
-        Err(VoidRefusal::Status(s)) => {
-            return Err(ApiError::conflict(
-                "invoice_not_voidable",
-                format!("invoice {id} is {s}"),
-            ));
-        }
-    }
-    let row = invoices::get(&state.db, &id)
+    billing::invoices::void(&state.billing, &id).await?;
+    let row = invoices::get(&state.billing.db, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("invoice", &id))?;
-    Ok(Json(load_view(&state.db, row).await?))
+    Ok(Json(load_view(&state.billing.db, row).await?))
 }
 
 #[derive(Deserialize)]
@@ -485,22 +308,22 @@ fn instant(v: &Option<String>, field: &str) -> Result<Option<DateTime<Utc>>, Api
 
 /// `GET /v1/customers/{id}/statement?from=&to=`: JSON, or CSV with `Accept: text/csv`.
 async fn statement(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<StatementQuery>,
 ) -> Result<Response, ApiError> {
-    let customer = customers::get_row(&state.db, &id)
+    let customer = customers::get_row(&state.billing.db, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("customer", &id))?;
     let from = instant(&q.from, "from")?.unwrap_or_else(|| from_ms(0));
     let to = instant(&q.to, "to")?
-        .unwrap_or_else(|| state.clock.now() + chrono::Duration::milliseconds(1));
+        .unwrap_or_else(|| state.billing.now() + chrono::Duration::milliseconds(1));
     if to <= from {
         return Err(ApiError::invalid("to", "must be after from"));
     }
     let cur = &customer.currency;
-    let s = credits::statement(&state.db, &id, cur, ms(from), ms(to)).await?;
+    let s = statements::statement(&state.billing.db, &id, cur, ms(from), ms(to)).await?;
     let csv = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -533,8 +356,8 @@ async fn statement(
         "object": "statement",
         "customer_id": id,
         "currency": cur,
-        "from": super::invoices::rfc3339(from),
-        "to": super::invoices::rfc3339(to),
+        "from": rfc3339(from),
+        "to": rfc3339(to),
         "opening_balance": amount(s.opening, cur),
         "entries": entries,
         "closing_balance": amount(s.closing, cur),
@@ -552,8 +375,10 @@ fn csv_field(s: &str) -> String {
 
 /// `GET /v1/ledger/check`: compares the ledger's sums with the records; `ok` with no problems
 /// when every cent is accounted for.
-async fn check(AxState(state): AxState<Arc<State>>) -> Result<Json<serde_json::Value>, ApiError> {
-    let problems = credits::check(&state.db).await?;
+async fn check(
+    AxState(state): AxState<Arc<AppState>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let problems = ledger::check(&state.billing.db).await?;
     Ok(Json(
         json!({"ok": problems.is_empty(), "problems": problems}),
     ))

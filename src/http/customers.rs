@@ -7,20 +7,17 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use settled_jobs::gateway::{GatewayError, NewGatewayCustomer};
+use settled_jobs::gateway::GatewayError;
 use settled_jobs::ids::{new_id, prefix};
 use settled_jobs::money::Currency;
 
 use super::extract::{ApiJson, ApiQuery, parse};
-use super::invoices::{amount, rfc3339_ms};
-use super::{ApiError, ListResponse, Paging};
-use crate::app::State;
-use crate::store::customers::{
-    self as store, Customer, CustomerPatch, NewCustomer, PaymentMethodRow,
-};
-use crate::store::ms;
+use super::format::{amount, rfc3339_ms};
+use super::{ApiError, AppState, ListResponse, Paging};
+use crate::store::customers::{self as store, Customer, CustomerPatch, NewCustomer};
+use crate::store::payment_methods::{self, PaymentMethodRow};
 
-pub fn router() -> Router<Arc<State>> {
+pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/customers", post(create).get(list))
         .route("/customers/{id}", get(show).patch(update))
@@ -177,7 +174,7 @@ fn check_gateway_customer(id: &str) -> Result<String, ApiError> {
 }
 
 async fn create(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     ApiJson(body): ApiJson<CreateCustomer>,
 ) -> Result<(StatusCode, Json<CustomerView>), ApiError> {
     let email = check_email("email", &body.email)?;
@@ -208,21 +205,21 @@ async fn create(
         statement_emails: body.statement_emails.unwrap_or(false),
         gateway_customer_id,
     };
-    let mut tx = state.db.begin().await?;
-    store::insert(&mut tx, &new, state.clock.now()).await?;
+    let mut tx = state.billing.db.begin().await?;
+    store::insert(&mut tx, &new, state.billing.now()).await?;
     tx.commit().await?;
     tracing::info!(customer_id = %new.id, "customer created");
-    let customer = store::get(&state.db, &new.id)
+    let customer = store::get(&state.billing.db, &new.id)
         .await?
         .ok_or_else(|| ApiError::Unexpected(anyhow::anyhow!("customer vanished after insert")))?;
     Ok((StatusCode::CREATED, Json(customer.into())))
 }
 
 async fn show(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<CustomerView>, ApiError> {
-    store::get(&state.db, &id)
+    store::get(&state.billing.db, &id)
         .await?
         .map(|c| Json(c.into()))
         .ok_or_else(|| ApiError::not_found("customer", &id))
@@ -236,12 +233,12 @@ struct CustomerQuery {
 }
 
 async fn list(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     ApiQuery(q): ApiQuery<CustomerQuery>,
 ) -> Result<Json<ListResponse<CustomerView>>, ApiError> {
     let limit = q.paging.limit()?;
     let items = store::list(
-        &state.db,
+        &state.billing.db,
         q.billing_email.as_deref().map(str::trim),
         limit + 1,
         q.paging.starting_after.as_deref(),
@@ -267,7 +264,7 @@ struct UpdateCustomer {
 }
 
 async fn update(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateCustomer>,
 ) -> Result<Json<CustomerView>, ApiError> {
@@ -293,8 +290,8 @@ async fn update(
             .map(check_gateway_customer)
             .transpose()?,
     };
-    let mut tx = state.db.begin().await?;
-    if !store::update(&mut tx, &id, &patch, state.clock.now()).await? {
+    let mut tx = state.billing.db.begin().await?;
+    if !store::update(&mut tx, &id, &patch, state.billing.now()).await? {
         return Err(ApiError::not_found("customer", &id));
     }
     tx.commit().await?;
@@ -367,7 +364,7 @@ fn looks_like_card_number(s: &str) -> bool {
 }
 
 async fn add_payment_method(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<PaymentMethodView>), ApiError> {
@@ -387,8 +384,18 @@ async fn add_payment_method(
             });
     }
     let req: AddPaymentMethod = parse(&body)?;
-    if req.gateway != "stripe" {
-        return Err(ApiError::invalid("gateway", "only \"stripe\" is supported"));
+    if !crate::gateway::supports(&req.gateway) {
+        return Err(ApiError::invalid(
+            "gateway",
+            format!(
+                "must be one of {}",
+                crate::gateway::SUPPORTED
+                    .iter()
+                    .map(|g| format!("\"{g}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
     }
     if !req.token.starts_with("pm_") || req.token.len() > 255 {
         return Err(ApiError::invalid(
@@ -396,73 +403,24 @@ async fn add_payment_method(
             "must be a gateway payment method token like pm_...",
         ));
     }
-    let customer = store::get_row(&state.db, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("customer", &id))?;
-    let gateway = state.gateway.as_ref().ok_or_else(|| {
-        ApiError::conflict(
-            "gateway_not_configured",
-            "no payment gateway is configured (stripe.api_key)",
-        )
-    })?;
-    // The gateway customer is created on first use, so customers can exist before a gateway does.
-    let gateway_customer = match &customer.gateway_customer_id {
-        Some(g) => g.clone(),
-        None => {
-            let created = gateway
-                .create_customer(&NewGatewayCustomer {
-                    customer_id: customer.id.clone(),
-                    email: customer.email.clone(),
-                    name: customer.name.clone(),
-                })
-                .await
-                .map_err(gateway_error)?;
-            let mut tx = state.db.begin().await?;
-            store::update(
-                &mut tx,
-                &customer.id,
-                &CustomerPatch {
-                    gateway_customer_id: Some(created.clone()),
-                    ..Default::default()
-                },
-                state.clock.now(),
-            )
-            .await?;
-            tx.commit().await?;
-            created
-        }
-    };
-    let card = gateway
-        .attach_payment_method(&gateway_customer, &req.token)
-        .await
-        .map_err(gateway_error)?;
-    let existing = store::payment_methods(&state.db, &id).await?;
-    let make_default = req.default.unwrap_or(true) || existing.is_empty();
-    let row = PaymentMethodRow {
-        id: new_id(prefix::PAYMENT_METHOD),
-        customer_id: id.clone(),
-        gateway: "stripe".into(),
-        token: card.token,
-        brand: card.brand,
-        last4: card.last4,
-        exp_month: card.exp_month,
-        exp_year: card.exp_year,
-        is_default: make_default,
-        created_at: ms(state.clock.now()),
-    };
-    let mut tx = state.db.begin().await?;
-    if let Err(e) = store::insert_payment_method(&mut tx, &row, make_default).await {
-        if crate::store::is_unique_violation(&e) {
-            return Err(ApiError::conflict(
-                "payment_method_exists",
-                "this payment method is already saved",
-            ));
-        }
-        return Err(e.into());
-    }
-    tx.commit().await?;
-    tracing::info!(customer_id = %id, payment_method_id = %row.id, brand = %row.brand, "payment method saved");
+    let row = crate::billing::customers::add_payment_method(
+        &state.billing,
+        &id,
+        &req.gateway,
+        &req.token,
+        req.default,
+    )
+    .await
+    .map_err(payment_method_error)?;
     Ok((StatusCode::CREATED, Json(row.into())))
+}
+
+/// A gateway's refusal of a card is a 422 here (no charge was attempted), not a 402.
+fn payment_method_error(e: crate::billing::Error) -> ApiError {
+    match e {
+        crate::billing::Error::Gateway(g) => gateway_error(g),
+        other => other.into(),
+    }
 }
 
 fn gateway_error(e: GatewayError) -> ApiError {
@@ -489,13 +447,13 @@ fn gateway_error(e: GatewayError) -> ApiError {
 }
 
 async fn list_payment_methods(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<ListResponse<PaymentMethodView>>, ApiError> {
-    if store::get_row(&state.db, &id).await?.is_none() {
+    if store::get_row(&state.billing.db, &id).await?.is_none() {
         return Err(ApiError::not_found("customer", &id));
     }
-    let items: Vec<PaymentMethodView> = store::payment_methods(&state.db, &id)
+    let items: Vec<PaymentMethodView> = payment_methods::list(&state.billing.db, &id)
         .await?
         .into_iter()
         .map(Into::into)
@@ -505,39 +463,32 @@ async fn list_payment_methods(
 }
 
 async fn show_payment_method(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     Path((id, pm)): Path<(String, String)>,
 ) -> Result<Json<PaymentMethodView>, ApiError> {
-    store::payment_method(&state.db, &id, &pm)
+    payment_methods::get(&state.billing.db, &id, &pm)
         .await?
         .map(|p| Json(p.into()))
         .ok_or_else(|| ApiError::not_found("payment method", &pm))
 }
 
 async fn make_default(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     Path((id, pm)): Path<(String, String)>,
 ) -> Result<Json<PaymentMethodView>, ApiError> {
-    if !store::set_default_payment_method(&state.db, &id, &pm).await? {
+    if !payment_methods::set_default(&state.billing.db, &id, &pm).await? {
         return Err(ApiError::not_found("payment method", &pm));
     }
     show_payment_method(AxState(state), Path((id, pm))).await
 }
 
 async fn remove_payment_method(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     Path((id, pm)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let row = store::payment_method(&state.db, &id, &pm)
-        .await?
-        .ok_or_else(|| ApiError::not_found("payment method", &pm))?;
-    if let Some(gateway) = &state.gateway {
-        match gateway.detach_payment_method(&row.token).await {
-            Ok(()) | Err(GatewayError::Invalid { .. }) => {}
-            Err(e) => return Err(gateway_error(e)),
-        }
-    }
-    store::remove_payment_method(&state.db, &id, &pm, state.clock.now()).await?;
+    crate::billing::customers::remove_payment_method(&state.billing, &id, &pm)
+        .await
+        .map_err(payment_method_error)?;
     Ok(Json(
         serde_json::json!({"id": pm, "object": "payment_method", "deleted": true}),
     ))

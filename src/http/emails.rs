@@ -8,13 +8,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use settled_jobs::template::Template;
+
+use super::AppState;
 use super::extract::ApiQuery;
-use super::invoices::rfc3339_ms;
+use super::format::rfc3339_ms;
 use super::{ApiError, ListResponse, Paging};
-use crate::app::State;
 use crate::store::emails::{self as store, EMAIL_STATUSES, EmailFilter, EmailRow, RetryOutcome};
 
-pub fn router() -> Router<Arc<State>> {
+pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/emails", get(list))
         .route("/emails/{id}", get(show))
@@ -73,7 +75,7 @@ struct EmailQuery {
 }
 
 async fn list(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     ApiQuery(q): ApiQuery<EmailQuery>,
 ) -> Result<Json<ListResponse<EmailView>>, ApiError> {
     let limit = q.paging.limit()?;
@@ -86,11 +88,11 @@ async fn list(
         ));
     }
     if let Some(t) = &q.template
-        && !crate::outbox::TEMPLATES.contains(&t.as_str())
+        && Template::parse(t).is_none()
     {
         return Err(ApiError::invalid(
             "template",
-            format!("must be one of {}", crate::outbox::TEMPLATES.join(", ")),
+            format!("must be one of {}", Template::names().join(", ")),
         ));
     }
     let filter = EmailFilter {
@@ -100,7 +102,7 @@ async fn list(
         template: q.template.as_deref(),
     };
     let rows = store::list(
-        &state.db,
+        &state.billing.db,
         &filter,
         limit + 1,
         q.paging.starting_after.as_deref(),
@@ -111,20 +113,20 @@ async fn list(
 }
 
 async fn show(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<EmailView>, ApiError> {
-    store::get(&state.db, &id)
+    store::get(&state.billing.db, &id)
         .await?
         .map(|r| Json(r.into()))
         .ok_or_else(|| ApiError::not_found("email", &id))
 }
 
 async fn retry(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<EmailView>, ApiError> {
-    match store::retry(&state.db, &id, state.clock.now()).await? {
+    match store::retry(&state.billing.db, &id, state.billing.now()).await? {
         RetryOutcome::NotFound => Err(ApiError::not_found("email", &id)),
         RetryOutcome::NotFailed(status) => Err(ApiError::conflict(
             "email_not_failed",

@@ -79,24 +79,49 @@ impl ApiError {
     }
 }
 
-impl From<sqlx::Error> for ApiError {
-    fn from(err: sqlx::Error) -> Self {
+impl From<crate::store::Error> for ApiError {
+    fn from(err: crate::store::Error) -> Self {
+        if err.is_unavailable() {
+            ApiError::Unavailable(err.into())
+        } else {
+            ApiError::Unexpected(anyhow::Error::new(err).context("database query failed"))
+        }
+    }
+}
+
+impl From<crate::billing::Error> for ApiError {
+    fn from(err: crate::billing::Error) -> Self {
+        use crate::billing::Error;
+        use settled_jobs::gateway::GatewayError;
         match err {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                ApiError::Unavailable(err.into())
+            Error::Store(e) => e.into(),
+            Error::Conflict { code, message } => ApiError::Conflict { code, message },
+            Error::Invalid { field, message } => ApiError::invalid(&field, message),
+            Error::NotFound(message) => ApiError::NotFound(message),
+            Error::Gateway(GatewayError::Declined {
+                decline_code,
+                message,
+                ..
+            }) => ApiError::Declined {
+                decline_code: decline_code.unwrap_or_default(),
+                message,
+            },
+            Error::Gateway(GatewayError::NotConfigured) => {
+                ApiError::conflict("gateway_not_configured", "no payment gateway is configured")
             }
-            // Contention that outlasted the busy timeout, or a lock conflict: try again.
-            sqlx::Error::Database(ref db)
-                if matches!(
-                    db.code().as_deref(),
-                    Some("5" | "6" | "517" | "40001" | "40P01")
-                ) =>
-            {
-                ApiError::Unavailable(err.into())
+            Error::Gateway(GatewayError::Invalid { message, param }) => ApiError::Invalid {
+                code: "gateway_refused",
+                message: match param {
+                    Some(p) => format!("the gateway refused {p}: {message}"),
+                    None => format!("the gateway refused the request: {message}"),
+                },
+            },
+            Error::Gateway(GatewayError::Unknown(m)) => {
+                tracing::warn!(error = %m, "gateway call failed");
+                ApiError::Gateway("the payment gateway did not answer; try again".into())
             }
-            other => {
-                ApiError::Unexpected(anyhow::Error::new(other).context("database query failed"))
-            }
+            Error::Later(m) => ApiError::Unavailable(anyhow::anyhow!(m)),
+            Error::Permanent(m) => ApiError::Unexpected(anyhow::anyhow!(m)),
         }
     }
 }

@@ -1,20 +1,21 @@
-//! Liveness and readiness for load balancers and systemd.
+//! Liveness, readiness and metrics, for load balancers, systemd and Prometheus.
 
 use std::sync::Arc;
 
 use axum::extract::State as AxState;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::app::State;
+use super::AppState;
 
-pub fn router() -> Router<Arc<State>> {
+pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -22,18 +23,42 @@ async fn healthz() -> impl IntoResponse {
 }
 
 /// Ready when the database answers and every migration is applied.
-async fn readyz(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
-    if !state.db.ping().await {
+async fn readyz(AxState(state): AxState<Arc<AppState>>) -> impl IntoResponse {
+    let db = &state.billing.db;
+    if !db.ping().await {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "unavailable", "reason": "the database does not answer"})),
         );
     }
-    if !state.db.migrations_applied().await {
+    if !db.migrations_applied().await {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "unavailable", "reason": "migrations are not applied"})),
         );
     }
     (StatusCode::OK, Json(json!({"status": "ready"})))
+}
+
+/// `GET /metrics` (Prometheus text format).
+async fn metrics(AxState(state): AxState<Arc<AppState>>) -> impl IntoResponse {
+    let mut pools = vec![("main", state.billing.db.clone())];
+    if let Some(queue) = state.scheduler.queue_db() {
+        pools.push(("queue", queue));
+    }
+    match crate::metrics::scrape(&state.billing.db, &pools).await {
+        Some(text) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        ),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "another metrics recorder is installed in this process\n".to_string(),
+        ),
+    }
 }

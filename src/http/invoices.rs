@@ -6,39 +6,25 @@ use axum::extract::{Path, State as AxState};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use settled_jobs::ids::{new_id, prefix};
 use settled_jobs::invoice::{ItemSpec, Line, build_lines, due_at};
 use settled_jobs::money::{self, Currency, Money};
+use settled_jobs::records::NewInvoice;
+use settled_jobs::status::{AttemptStatus, InvoiceKind, InvoiceStatus};
 
 use super::extract::{ApiJson, ApiQuery};
-use super::{ApiError, ListResponse, Paging};
-use crate::app::State;
+use super::format::{amount, rfc3339_ms};
+use super::payments::PaymentView;
+use super::{ApiError, AppState, ListResponse, Paging};
 use crate::store::invoices::{self as store, InvoiceFilter, InvoiceRow, LineRow};
-use crate::store::{customers, from_ms};
-use settled_jobs::store::NewInvoice;
+use crate::store::{charge_attempts, customers, payments};
 
-pub fn router() -> Router<Arc<State>> {
+pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/invoices", post(create).get(list))
         .route("/invoices/{id}", get(show))
-}
-
-/// An amount in minor units as the API shows it: a decimal string in the currency's major unit.
-pub fn amount(minor: i64, currency: &str) -> String {
-    match Currency::parse(currency) {
-        Ok(c) => Money::new(minor, c).to_decimal_string(),
-        Err(_) => minor.to_string(),
-    }
-}
-
-pub fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-pub fn rfc3339_ms(v: i64) -> String {
-    rfc3339(from_ms(v))
 }
 
 /// An item as the API takes it: amounts and quantities are strings, never JSON numbers.
@@ -162,7 +148,7 @@ pub struct InvoiceView {
     /// When the next automatic charge attempt is scheduled, if one is.
     pub next_attempt_at: Option<String>,
     pub lines: Vec<LineView>,
-    pub payments: Vec<crate::payments::PaymentView>,
+    pub payments: Vec<PaymentView>,
     pub attempts: Vec<AttemptView>,
 }
 
@@ -189,12 +175,12 @@ pub struct AttemptView {
 /// The invoice with its lines, payments and charge attempts, as every route shows it.
 pub async fn load_view(db: &crate::store::Db, row: InvoiceRow) -> Result<InvoiceView, ApiError> {
     let lines = store::lines(db, &row.id).await?;
-    let payments = crate::payments::list(db, None, Some(&row.id), 1000, None).await?;
-    let attempts = crate::charges::attempts_of(db, &row.id).await?;
+    let payments = payments::list(db, None, Some(&row.id), 1000, None).await?;
+    let attempts = charge_attempts::of_invoice(db, &row.id).await?;
     let mut view = invoice_view(row, lines);
     view.payments = payments.into_iter().map(Into::into).collect();
     for a in attempts {
-        if a.status == "pending" && a.started_at.is_none() {
+        if a.status() == AttemptStatus::Pending && a.started_at.is_none() {
             if a.automatic {
                 view.next_attempt_at = Some(rfc3339_ms(a.scheduled_at));
             }
@@ -205,9 +191,9 @@ pub async fn load_view(db: &crate::store::Db, row: InvoiceRow) -> Result<Invoice
             at: a.started_at.map(rfc3339_ms),
             amount: amount(a.amount, &a.currency),
             automatic: a.automatic,
-            outcome: match a.status.as_str() {
-                "succeeded" => "succeeded",
-                "failed" => "failed",
+            outcome: match a.status() {
+                AttemptStatus::Succeeded => "succeeded",
+                AttemptStatus::Failed => "failed",
                 _ => "unknown",
             },
             decline_code: a.decline_code,
@@ -266,10 +252,10 @@ struct CreateInvoice {
 }
 
 async fn create(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     ApiJson(body): ApiJson<CreateInvoice>,
 ) -> Result<(StatusCode, Json<InvoiceView>), ApiError> {
-    let customer = customers::get_row(&state.db, &body.customer_id)
+    let customer = customers::get_row(&state.billing.db, &body.customer_id)
         .await?
         .ok_or_else(|| {
             ApiError::invalid("customer_id", format!("no customer {}", body.customer_id))
@@ -285,8 +271,8 @@ async fn create(
         ));
     }
     let kind = match body.kind.as_deref() {
-        None | Some("standard") => "standard",
-        Some("retainer") => "retainer",
+        None | Some("standard") => InvoiceKind::Standard,
+        Some("retainer") => InvoiceKind::Retainer,
         Some(other) => {
             return Err(ApiError::invalid(
                 "kind",
@@ -295,12 +281,12 @@ async fn create(
         }
     };
     let items = items_from_input(&body.items, currency)?;
-    let now = state.clock.now();
+    let now = state.billing.now();
     let due = match &body.due_at {
         Some(s) => DateTime::parse_from_rfc3339(s)
             .map(|d| d.with_timezone(&Utc))
             .map_err(|_| ApiError::invalid("due_at", "must be an RFC 3339 instant"))?,
-        None => due_at(now, state.config.billing.net_days),
+        None => due_at(now, state.billing.config.billing.net_days),
     };
     let (lines, totals) = build_lines(&items).map_err(|e| ApiError::invalid("items", e))?;
     let new = NewInvoice {
@@ -318,25 +304,25 @@ async fn create(
         due_at: due,
         finalize_at: None,
     };
-    let mut tx = state.db.begin().await?;
-    store::insert(&mut tx, &new, now, &state.config.billing.number_format).await?;
-    tx.commit().await?;
-    tracing::info!(invoice_id = %new.id, customer_id = %customer.id, "invoice created");
+    crate::billing::invoices::create(&state.billing, &new).await?;
     state.scheduler.nudge();
-    let row = store::get(&state.db, &new.id)
+    let row = store::get(&state.billing.db, &new.id)
         .await?
         .ok_or_else(|| ApiError::Unexpected(anyhow::anyhow!("invoice vanished after insert")))?;
-    Ok((StatusCode::CREATED, Json(load_view(&state.db, row).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(load_view(&state.billing.db, row).await?),
+    ))
 }
 
 async fn show(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<InvoiceView>, ApiError> {
-    let row = store::get(&state.db, &id)
+    let row = store::get(&state.billing.db, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("invoice", &id))?;
-    Ok(Json(load_view(&state.db, row).await?))
+    Ok(Json(load_view(&state.billing.db, row).await?))
 }
 
 #[derive(Deserialize)]
@@ -348,27 +334,17 @@ struct InvoiceQuery {
     paging: Paging,
 }
 
-const STATUSES: &[&str] = &[
-    "draft",
-    "open",
-    "partially_paid",
-    "paid",
-    "past_due",
-    "void",
-    "uncollectible",
-];
-
 async fn list(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     ApiQuery(q): ApiQuery<InvoiceQuery>,
 ) -> Result<Json<ListResponse<InvoiceView>>, ApiError> {
     let limit = q.paging.limit()?;
     if let Some(s) = &q.status
-        && !STATUSES.contains(&s.as_str())
+        && InvoiceStatus::parse(s).is_none()
     {
         return Err(ApiError::invalid(
             "status",
-            format!("must be one of {}", STATUSES.join(", ")),
+            format!("must be one of {}", InvoiceStatus::names().join(", ")),
         ));
     }
     let filter = InvoiceFilter {
@@ -377,7 +353,7 @@ async fn list(
         status: q.status.as_deref(),
     };
     let rows = store::list(
-        &state.db,
+        &state.billing.db,
         &filter,
         limit + 1,
         q.paging.starting_after.as_deref(),
@@ -385,7 +361,7 @@ async fn list(
     .await?;
     let mut views = Vec::with_capacity(rows.len());
     for row in rows {
-        views.push(load_view(&state.db, row).await?);
+        views.push(load_view(&state.billing.db, row).await?);
     }
     Ok(Json(ListResponse::page(views, limit)))
 }

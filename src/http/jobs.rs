@@ -7,12 +7,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use super::AppState;
 use super::extract::ApiQuery;
 use super::{ApiError, ListResponse, Paging};
-use crate::app::State;
 use crate::store::queue::{self, JOB_STATUSES, JobView, RetryOutcome};
 
-pub fn router() -> Router<Arc<State>> {
+pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/jobs", get(list))
         .route("/jobs/{id}", get(show))
@@ -27,7 +27,7 @@ struct JobQuery {
 }
 
 async fn list(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     ApiQuery(q): ApiQuery<JobQuery>,
 ) -> Result<Json<ListResponse<JobView>>, ApiError> {
     let limit = q.paging.limit()?;
@@ -40,7 +40,7 @@ async fn list(
         ));
     }
     let jobs = queue::list(
-        &state.db,
+        &state.billing.db,
         q.status.as_deref(),
         limit + 1,
         q.paging.starting_after.as_deref(),
@@ -50,20 +50,20 @@ async fn list(
 }
 
 async fn show(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    queue::get(&state.db, &id)
+    queue::get(&state.billing.db, &id)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found("job", &id))
 }
 
 async fn retry(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    match queue::retry(&state.db, &id).await? {
+    match queue::retry(&state.billing.db, &id).await? {
         RetryOutcome::NotFound => Err(ApiError::not_found("job", &id)),
         RetryOutcome::NotFailed(status) => Err(ApiError::conflict(
             "job_not_failed",

@@ -1,5 +1,6 @@
 //! The HTTP surface: health and metrics, webhook intake, and the authenticated admin API (/v1).
-//! Each module owns its routes; `router()` merges them over one shared state.
+//! Each module owns its routes; `router()` merges them over one shared state. Handlers read rows
+//! through `store` and change them through `billing`; no SQL is written here.
 
 pub mod auth;
 pub mod charges;
@@ -9,9 +10,12 @@ pub mod customers;
 pub mod emails;
 pub mod error;
 pub mod extract;
+pub mod format;
 pub mod health;
 pub mod invoices;
 pub mod jobs;
+pub mod payments;
+pub mod state;
 pub mod subscriptions;
 pub mod webhooks;
 
@@ -23,16 +27,17 @@ use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::Request;
 use tower_http::trace::TraceLayer;
 
-use crate::app::State;
+pub use state::AppState;
 
 pub use error::ApiError;
 
-pub fn router(state: Arc<State>) -> Router {
+pub fn router(state: Arc<AppState>) -> Router {
     let admin = Router::new()
         .merge(customers::router())
         .merge(subscriptions::router())
         .merge(invoices::router())
         .merge(charges::router())
+        .merge(payments::router())
         .merge(credits::router())
         .merge(clock::router())
         .merge(jobs::router())
@@ -42,13 +47,14 @@ pub fn router(state: Arc<State>) -> Router {
             state.clone(),
             auth::require_admin,
         ))
-        .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes));
+        .layer(DefaultBodyLimit::max(
+            state.billing.config.server.max_body_bytes,
+        ));
     crate::metrics::install();
     observed(
         Router::new()
             .merge(health::router())
-            .merge(crate::metrics::router())
-            .merge(webhooks::public_router(state.clone()))
+            .merge(webhooks::public_router(state.billing.clone()))
             .nest("/v1", admin)
             .fallback(|| async { ApiError::NotFound("no such route".into()) }),
     )
@@ -57,19 +63,18 @@ pub fn router(state: Arc<State>) -> Router {
 
 /// What a workers-only daemon (`daemon.role = "worker"`) serves: health, readiness and metrics,
 /// so its jobs can be watched and its liveness probed like any other daemon's.
-pub fn ops_router(state: Arc<State>) -> Router {
+pub fn ops_router(state: Arc<AppState>) -> Router {
     crate::metrics::install();
     observed(
         Router::new()
             .merge(health::router())
-            .merge(crate::metrics::router())
             .fallback(|| async { ApiError::NotFound("no such route".into()) }),
     )
     .with_state(state)
 }
 
 /// One span and one timing per request, both by route template.
-fn observed(router: Router<Arc<State>>) -> Router<Arc<State>> {
+fn observed(router: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
     router
         .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .layer(

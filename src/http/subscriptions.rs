@@ -11,17 +11,18 @@ use serde::{Deserialize, Serialize};
 use settled_jobs::ids::{new_id, prefix};
 use settled_jobs::invoice::{CatchUp, ItemSpec, ScheduleSpec, build_lines, due_at};
 use settled_jobs::money::Currency;
+use settled_jobs::records::SubscriptionStatus;
 use settled_jobs::schedule::{Schedule, Unit};
-use settled_jobs::store::SubscriptionStatus;
 
+use super::AppState;
 use super::extract::{ApiJson, ApiQuery};
-use super::invoices::{ItemInput, LineView, amount, items_from_input, rfc3339, rfc3339_ms};
+use super::format::{amount, rfc3339, rfc3339_ms};
+use super::invoices::{ItemInput, LineView, items_from_input};
 use super::{ApiError, ListResponse, Paging};
-use crate::app::State;
 use crate::store::subscriptions::{self as store, SubscriptionRow, subscription_from_row};
 use crate::store::{customers, ms};
 
-pub fn router() -> Router<Arc<State>> {
+pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/subscriptions", post(create).get(list))
         .route("/subscriptions/{id}", get(show))
@@ -171,10 +172,10 @@ fn schedule_spec(
 }
 
 async fn create(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     ApiJson(body): ApiJson<CreateSubscription>,
 ) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
-    let customer = customers::get_row(&state.db, &body.customer_id)
+    let customer = customers::get_row(&state.billing.db, &body.customer_id)
         .await?
         .ok_or_else(|| {
             ApiError::invalid("customer_id", format!("no customer {}", body.customer_id))
@@ -182,7 +183,7 @@ async fn create(
     let currency = Currency::parse(&customer.currency)
         .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("stored currency: {e}")))?;
     let items = items_from_input(&body.items, currency)?;
-    let now = state.clock.now();
+    let now = state.billing.now();
     let start_at = match &body.start_at {
         Some(s) => parse_instant("start_at", s)?,
         None => now,
@@ -202,7 +203,9 @@ async fn create(
         Some(s) => CatchUp::parse(s)
             .ok_or_else(|| ApiError::invalid("catch_up", "must be one of all, latest, skip"))?,
     };
-    let net_days = body.net_days.unwrap_or(state.config.billing.net_days);
+    let net_days = body
+        .net_days
+        .unwrap_or(state.billing.config.billing.net_days);
     if net_days > 365 {
         return Err(ApiError::invalid("net_days", "must be at most 365"));
     }
@@ -224,17 +227,17 @@ async fn create(
         created_at: ms(now),
         updated_at: ms(now),
     };
-    store::insert(&state.db, &row).await?;
+    store::insert(&state.billing.db, &row).await?;
     tracing::info!(subscription_id = %row.id, customer_id = %row.customer_id, "subscription created");
     state.scheduler.nudge();
     Ok((StatusCode::CREATED, Json(view(row)?)))
 }
 
 async fn show(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
-    let row = store::get(&state.db, &id)
+    let row = store::get(&state.billing.db, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("subscription", &id))?;
     Ok(Json(view(row)?))
@@ -249,12 +252,12 @@ struct SubscriptionQuery {
 }
 
 async fn list(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     ApiQuery(q): ApiQuery<SubscriptionQuery>,
 ) -> Result<Json<ListResponse<SubscriptionView>>, ApiError> {
     let limit = q.paging.limit()?;
     let rows = store::list(
-        &state.db,
+        &state.billing.db,
         q.customer_id.as_deref(),
         q.status.as_deref(),
         limit + 1,
@@ -266,11 +269,11 @@ async fn list(
 }
 
 async fn transition(
-    state: Arc<State>,
+    state: Arc<AppState>,
     id: String,
     action: store::Action,
 ) -> Result<Json<SubscriptionView>, ApiError> {
-    let row = store::get(&state.db, &id)
+    let row = store::get(&state.billing.db, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("subscription", &id))?;
     let allowed = match action {
@@ -288,7 +291,8 @@ async fn transition(
             ),
         ));
     }
-    if !store::transition(&state.db, &id, &row.status, action, state.clock.now()).await? {
+    let b = &state.billing;
+    if !store::transition(&b.db, &id, &row.status, action, b.now(), b.max_attempts()).await? {
         return Err(ApiError::conflict(
             "invalid_state",
             format!("subscription {id} changed meanwhile; try again"),
@@ -300,21 +304,21 @@ async fn transition(
 }
 
 async fn pause(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
     transition(state, id, store::Action::Pause).await
 }
 
 async fn resume(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
     transition(state, id, store::Action::Resume).await
 }
 
 async fn cancel(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
     transition(state, id, store::Action::Cancel).await
@@ -342,7 +346,7 @@ struct PreviewInvoice {
 
 /// The next invoices exactly as generation would build them; nothing is stored.
 async fn preview(
-    AxState(state): AxState<Arc<State>>,
+    AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<PreviewQuery>,
 ) -> Result<Json<ListResponse<PreviewInvoice>>, ApiError> {
@@ -350,7 +354,7 @@ async fn preview(
     if !(1..=120).contains(&periods) {
         return Err(ApiError::invalid("periods", "must be between 1 and 120"));
     }
-    let row = store::get(&state.db, &id)
+    let row = store::get(&state.billing.db, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("subscription", &id))?;
     let sub = subscription_from_row(row.clone())

@@ -5,7 +5,7 @@
 use pdf_writer::{Content, Finish, Name, Pdf, Rect, Ref, Str, TextStr};
 use settled_jobs::money::Money;
 
-use super::render::View;
+use super::view::View;
 
 const PAGE_W: f32 = 595.0;
 const PAGE_H: f32 = 842.0;

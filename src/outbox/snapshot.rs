@@ -1,10 +1,14 @@
 //! The facts an email is about, read in the transaction of the event that causes it and stored
 //! with the outbox row as JSON. A send or a resend renders from this snapshot, never from the
 //! live rows, so a receipt shows the balance right after its payment however much later it goes.
+//! The rows come from `store`; this turns them into the snapshot's plain types.
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Tx, on_tx};
+use crate::store::customers::CustomerRow;
+use crate::store::payments::PaymentRow;
+use crate::store::refunds::RefundFacts;
+use crate::store::{Result, Tx, charge_attempts, invoices, payments};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -172,82 +176,22 @@ pub struct Snapshot {
     pub credit_balance: i64,
 }
 
-pub async fn customer(tx: &mut Tx, id: &str) -> Result<Option<CustomerSnap>, sqlx::Error> {
-    let row: Option<(String, String, String, String, String)> = on_tx!(tx, c => {
-        sqlx::query_as("SELECT id, name, email, timezone, currency FROM customers WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *c)
-            .await?
-    });
-    Ok(
-        row.map(|(id, name, email, timezone, currency)| CustomerSnap {
-            id,
-            name,
-            email,
-            timezone,
-            currency,
-        }),
-    )
-}
-
-/// Every billing contact, in the order the customer gave them.
-pub async fn recipients(tx: &mut Tx, customer_id: &str) -> Result<Vec<String>, sqlx::Error> {
-    on_tx!(tx, c => {
-        sqlx::query_scalar(
-            "SELECT email FROM customer_billing_emails WHERE customer_id = $1 ORDER BY position",
-        )
-        .bind(customer_id)
-        .fetch_all(&mut *c)
-        .await
-    })
-}
-
-#[derive(sqlx::FromRow)]
-struct InvoiceRead {
-    id: String,
-    number: Option<String>,
-    kind: String,
-    status: String,
-    currency: String,
-    period_start: Option<i64>,
-    period_end: Option<i64>,
-    subtotal: i64,
-    tax: i64,
-    total: i64,
-    credits_applied: i64,
-    retainer_applied: i64,
-    amount_paid: i64,
-    amount_due: i64,
-    due_at: Option<i64>,
-    finalized_at: Option<i64>,
-    customer_id: String,
-    created_at: i64,
+pub fn customer_of(row: &CustomerRow) -> CustomerSnap {
+    CustomerSnap {
+        id: row.id.clone(),
+        name: row.name.clone(),
+        email: row.email.clone(),
+        timezone: row.timezone.clone(),
+        currency: row.currency.clone(),
+    }
 }
 
 /// The invoice with its lines, and its customer's id.
-pub async fn invoice(tx: &mut Tx, id: &str) -> Result<Option<(InvoiceSnap, String)>, sqlx::Error> {
-    let row: Option<InvoiceRead> = on_tx!(tx, c => {
-        sqlx::query_as(
-            "SELECT id, number, kind, status, currency, period_start, period_end, subtotal, tax, total, \
-             credits_applied, retainer_applied, amount_paid, amount_due, due_at, finalized_at, customer_id, \
-             created_at FROM invoices WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&mut *c)
-        .await?
-    });
-    let Some(r) = row else {
+pub async fn invoice(tx: &mut Tx, id: &str) -> Result<Option<(InvoiceSnap, String)>> {
+    let Some(r) = invoices::get_in(tx, id).await? else {
         return Ok(None);
     };
-    let lines: Vec<(String, String, i64, i64, Option<String>)> = on_tx!(tx, c => {
-        sqlx::query_as(
-            "SELECT description, quantity, unit_amount, amount, tax_rate FROM invoice_lines \
-             WHERE invoice_id = $1 ORDER BY position",
-        )
-        .bind(id)
-        .fetch_all(&mut *c)
-        .await?
-    });
+    let lines = invoices::lines_in(tx, id).await?;
     let snap = InvoiceSnap {
         id: r.id,
         number: r.number,
@@ -268,78 +212,29 @@ pub async fn invoice(tx: &mut Tx, id: &str) -> Result<Option<(InvoiceSnap, Strin
         created_at: r.created_at,
         lines: lines
             .into_iter()
-            .map(
-                |(description, quantity, unit_amount, amount, tax_rate)| LineSnap {
-                    description,
-                    quantity,
-                    unit_amount,
-                    amount,
-                    tax_rate,
-                },
-            )
+            .map(|l| LineSnap {
+                description: l.description,
+                quantity: l.quantity,
+                unit_amount: l.unit_amount,
+                amount: l.amount,
+                tax_rate: l.tax_rate,
+            })
             .collect(),
     };
     Ok(Some((snap, r.customer_id)))
 }
 
-/// The payment and its customer's id.
-pub async fn payment(
-    tx: &mut Tx,
-    id: &str,
-) -> Result<Option<(PaymentSnap, String, Option<String>)>, sqlx::Error> {
-    type Row = (
-        String,
-        i64,
-        String,
-        String,
-        String,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        i64,
-        String,
-        Option<String>,
-    );
-    let row: Option<Row> = on_tx!(tx, c => {
-        sqlx::query_as(
-            "SELECT id, amount, currency, gateway, method, reference, brand, last4, at, customer_id, \
-             invoice_id FROM payments WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&mut *c)
-        .await?
-    });
-    Ok(row.map(
-        |(
-            id,
-            amount,
-            currency,
-            gateway,
-            method,
-            reference,
-            brand,
-            last4,
-            at,
-            customer,
-            invoice,
-        )| {
-            let card = card(brand, last4);
-            (
-                PaymentSnap {
-                    id,
-                    amount,
-                    currency,
-                    gateway,
-                    method,
-                    reference,
-                    card,
-                    at,
-                },
-                customer,
-                invoice,
-            )
-        },
-    ))
+pub fn payment_of(row: &PaymentRow) -> PaymentSnap {
+    PaymentSnap {
+        id: row.id.clone(),
+        amount: row.amount,
+        currency: row.currency.clone(),
+        gateway: row.gateway.clone(),
+        method: row.method.clone(),
+        reference: row.reference.clone(),
+        card: card(row.brand.clone(), row.last4.clone()),
+        at: row.at,
+    }
 }
 
 /// Brand and last 4 when both are known; nothing else about a card is ever shown.
@@ -367,17 +262,8 @@ pub async fn allocations(
     payment_id: &str,
     invoice_id: Option<&str>,
     amount: i64,
-) -> Result<Vec<AllocationSnap>, sqlx::Error> {
-    let rows: Vec<(String, Option<String>, i64, i64)> = on_tx!(tx, c => {
-        sqlx::query_as(
-            "SELECT a.invoice_id, i.number, a.amount, i.amount_due FROM payment_allocations a \
-             JOIN invoices i ON i.id = a.invoice_id WHERE a.payment_id = $1 \
-             ORDER BY i.created_at, i.id",
-        )
-        .bind(payment_id)
-        .fetch_all(&mut *c)
-        .await?
-    });
+) -> Result<Vec<AllocationSnap>> {
+    let rows = payments::allocations_with_due(tx, payment_id).await?;
     if !rows.is_empty() {
         return Ok(rows
             .into_iter()
@@ -392,107 +278,43 @@ pub async fn allocations(
     let Some(invoice_id) = invoice_id else {
         return Ok(Vec::new());
     };
-    let row: Option<(Option<String>, i64)> = on_tx!(tx, c => {
-        sqlx::query_as("SELECT number, amount_due FROM invoices WHERE id = $1")
-            .bind(invoice_id)
-            .fetch_optional(&mut *c)
-            .await?
-    });
-    Ok(row
-        .map(|(number, due)| AllocationSnap {
+    Ok(invoices::get_in(tx, invoice_id)
+        .await?
+        .map(|inv| AllocationSnap {
             invoice_id: invoice_id.to_string(),
-            number,
+            number: inv.number,
             amount,
-            amount_due_after: due,
+            amount_due_after: inv.amount_due,
         })
         .into_iter()
         .collect())
 }
 
-/// What the customer owes over every open invoice, and the credit it holds, in its currency.
-pub async fn balances(
-    tx: &mut Tx,
-    customer_id: &str,
-    currency: &str,
-) -> Result<(i64, i64), sqlx::Error> {
-    on_tx!(tx, c => {
-        let outstanding: i64 = sqlx::query_scalar(
-            "SELECT CAST(COALESCE(SUM(amount_due), 0) AS BIGINT) FROM invoices WHERE customer_id = $1 \
-             AND currency = $2 AND status IN ('open', 'partially_paid', 'past_due')",
-        )
-        .bind(customer_id)
-        .bind(currency)
-        .fetch_one(&mut *c)
-        .await?;
-        let credit: i64 = sqlx::query_scalar(
-            "SELECT CAST(COALESCE(SUM(remaining), 0) AS BIGINT) FROM credit_notes WHERE customer_id = $1 \
-             AND currency = $2",
-        )
-        .bind(customer_id)
-        .bind(currency)
-        .fetch_one(&mut *c)
-        .await?;
-        Ok((outstanding, credit))
-    })
+pub fn refund_of(facts: RefundFacts) -> (RefundSnap, String) {
+    let (id, payment_id, amount, currency, to_credit, reason, at) = facts;
+    (
+        RefundSnap {
+            id,
+            amount,
+            currency,
+            to_credit,
+            reason,
+            at,
+        },
+        payment_id,
+    )
 }
 
-pub async fn refund(tx: &mut Tx, id: &str) -> Result<Option<(RefundSnap, String)>, sqlx::Error> {
-    type Row = (String, String, i64, String, bool, Option<String>, i64);
-    let row: Option<Row> = on_tx!(tx, c => {
-        sqlx::query_as(
-            "SELECT id, payment_id, amount, currency, to_credit, reason, at FROM refunds WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&mut *c)
-        .await?
-    });
-    Ok(row.map(
-        |(id, payment_id, amount, currency, to_credit, reason, at)| {
-            (
-                RefundSnap {
-                    id,
-                    amount,
-                    currency,
-                    to_credit,
-                    reason,
-                    at,
-                },
-                payment_id,
-            )
-        },
-    ))
-}
-
-pub async fn credit_note(
-    tx: &mut Tx,
-    id: &str,
-) -> Result<Option<(CreditNoteSnap, String)>, sqlx::Error> {
-    type Row = (String, i64, i64, String, String, String, i64, String);
-    let row: Option<Row> = on_tx!(tx, c => {
-        sqlx::query_as(
-            "SELECT id, amount, remaining, currency, source, reason, created_at, customer_id \
-             FROM credit_notes WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&mut *c)
-        .await?
-    });
-    Ok(row.map(
-        |(id, amount, remaining, currency, source, reason, created_at, customer)| {
-            (
-                CreditNoteSnap {
-                    id,
-                    amount,
-                    remaining,
-                    currency,
-                    source,
-                    reason,
-                    created_at,
-                },
-                customer,
-            )
-        },
-    ))
+pub fn credit_note_of(row: &crate::store::balances::CreditNoteRow) -> CreditNoteSnap {
+    CreditNoteSnap {
+        id: row.id.clone(),
+        amount: row.amount,
+        remaining: row.remaining,
+        currency: row.currency.clone(),
+        source: row.source.clone(),
+        reason: row.reason.clone(),
+        created_at: row.created_at,
+    }
 }
 
 /// The failed charge attempt: why it was declined and which card it was.
@@ -500,40 +322,10 @@ pub async fn charge_attempt(
     tx: &mut Tx,
     invoice_id: &str,
     attempt: i64,
-) -> Result<Option<(Option<String>, Option<CardSnap>)>, sqlx::Error> {
-    type Row = (
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    );
-    let row: Option<Row> = on_tx!(tx, c => {
-        sqlx::query_as(
-            "SELECT a.decline_code, a.failure_message, pm.brand, pm.last4 FROM charge_attempts a \
-             LEFT JOIN payment_methods pm ON pm.id = a.payment_method_id \
-             WHERE a.invoice_id = $1 AND a.attempt = $2",
-        )
-        .bind(invoice_id)
-        .bind(attempt)
-        .fetch_optional(&mut *c)
-        .await?
-    });
+) -> Result<Option<(Option<String>, Option<CardSnap>)>> {
+    let row = charge_attempts::decline_of(tx, invoice_id, attempt).await?;
     Ok(row.map(|(code, message, brand, last4)| {
         let decline = message.or(code.map(|c| c.replace('_', " ")));
         (decline, card(brand, last4))
     }))
-}
-
-/// The customer's default card, if it has one that is not removed.
-pub async fn default_card(tx: &mut Tx, customer_id: &str) -> Result<Option<CardSnap>, sqlx::Error> {
-    let row: Option<(String, String)> = on_tx!(tx, c => {
-        sqlx::query_as(
-            "SELECT brand, last4 FROM payment_methods WHERE customer_id = $1 AND is_default \
-             AND removed_at IS NULL",
-        )
-        .bind(customer_id)
-        .fetch_optional(&mut *c)
-        .await?
-    });
-    Ok(row.and_then(|(b, l)| card(Some(b), Some(l))))
 }

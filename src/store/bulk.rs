@@ -9,7 +9,7 @@
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 
-use super::Tx;
+use super::{Error, Result, Tx};
 
 /// Bound parameters per SQLite statement, under its limit.
 const MAX_BINDS: usize = 30_000;
@@ -78,8 +78,8 @@ impl Column {
 
 /// Turns rows into one array per column; a column whose rows mix kinds is a caller's bug,
 /// reported as a protocol error rather than written wrongly.
-fn columns(rows: &[Vec<Arg>], width: usize) -> Result<Vec<Column>, sqlx::Error> {
-    let mixed = |i: usize| sqlx::Error::Protocol(format!("bulk column {i} mixes value kinds"));
+fn columns(rows: &[Vec<Arg>], width: usize) -> Result<Vec<Column>> {
+    let mixed = |i: usize| Error::corrupt(format!("bulk column {i} mixes value kinds"));
     let mut cols = Vec::with_capacity(width);
     for i in 0..width {
         let col = match rows.first().map(|r| &r[i]) {
@@ -189,7 +189,7 @@ fn plan<'a>(
     rows: &'a [Vec<Arg>],
     width: usize,
     make: impl Fn(&str) -> String,
-) -> Result<Plan<'a>, sqlx::Error> {
+) -> Result<Plan<'a>> {
     Ok(match tx {
         Tx::Postgres(_) => {
             let cols = columns(rows, width)?;
@@ -208,7 +208,7 @@ fn plan<'a>(
 }
 
 /// Runs a planned statement that returns nothing; returns the rows it affected.
-async fn execute(tx: &mut Tx, plan: Plan<'_>) -> Result<u64, sqlx::Error> {
+async fn execute(tx: &mut Tx, plan: Plan<'_>) -> Result<u64> {
     let mut affected = 0;
     match (tx, plan) {
         (Tx::Postgres(t), Plan::Postgres(sql, cols)) => {
@@ -241,7 +241,7 @@ pub async fn insert(
     columns: &[&str],
     rows: &[Vec<Arg>],
     suffix: &str,
-) -> Result<u64, sqlx::Error> {
+) -> Result<u64> {
     if rows.is_empty() {
         return Ok(0);
     }
@@ -260,7 +260,7 @@ pub async fn insert_returning(
     columns: &[&str],
     rows: &[Vec<Arg>],
     suffix: &str,
-) -> Result<Vec<String>, sqlx::Error> {
+) -> Result<Vec<String>> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -303,7 +303,7 @@ pub async fn update(
     columns: &[&str],
     rows: &[Vec<Arg>],
     set: &str,
-) -> Result<u64, sqlx::Error> {
+) -> Result<u64> {
     if rows.is_empty() {
         return Ok(0);
     }
@@ -324,7 +324,7 @@ pub async fn select_by_ids<T>(
     tx: &mut Tx,
     ids: &[&str],
     sql_for: impl Fn(&str) -> String,
-) -> Result<Vec<T>, sqlx::Error>
+) -> Result<Vec<T>>
 where
     T: for<'r> sqlx::FromRow<'r, PgRow> + for<'r> sqlx::FromRow<'r, SqliteRow> + Send + Unpin,
 {
@@ -334,10 +334,10 @@ where
     match tx {
         Tx::Postgres(t) => {
             let sql = sql_for("= ANY($1)");
-            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(ids)
                 .fetch_all(&mut **t)
-                .await
+                .await?)
         }
         Tx::Sqlite(t) => {
             let mut rows = Vec::with_capacity(ids.len());

@@ -1,9 +1,11 @@
-//! Customers, their billing contacts and their saved payment methods.
+//! Customers and their billing contacts: the only writer of `customers` and
+//! `customer_billing_emails`, and the reads that gather a customer's facts.
 
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
-use super::{Db, Tx, from_ms, ms, on_db, on_tx};
+use super::bulk;
+use super::{Db, Result, Tx, from_ms, ms, on_db, on_tx};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct CustomerRow {
@@ -47,7 +49,7 @@ pub struct NewCustomer {
 const CUSTOMER_COLUMNS: &str = "id, email, name, currency, timezone, auto_charge, apply_retainer, \
      statement_emails, gateway_customer_id, created_at, updated_at";
 
-pub async fn insert(tx: &mut Tx, c: &NewCustomer, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+pub async fn insert(tx: &mut Tx, c: &NewCustomer, now: DateTime<Utc>) -> Result<()> {
     on_tx!(tx, conn => {
         sqlx::query(
             "INSERT INTO customers (id, email, name, currency, timezone, auto_charge, apply_retainer, \
@@ -74,7 +76,7 @@ pub async fn replace_billing_emails(
     tx: &mut Tx,
     customer_id: &str,
     emails: &[String],
-) -> Result<(), sqlx::Error> {
+) -> Result<()> {
     on_tx!(tx, conn => {
         sqlx::query("DELETE FROM customer_billing_emails WHERE customer_id = $1")
             .bind(customer_id)
@@ -112,7 +114,7 @@ pub async fn update(
     id: &str,
     patch: &CustomerPatch,
     now: DateTime<Utc>,
-) -> Result<bool, sqlx::Error> {
+) -> Result<bool> {
     let changed = on_tx!(tx, conn => {
         sqlx::query(
             "UPDATE customers SET name = COALESCE($2, name), email = COALESCE($3, email), \
@@ -144,19 +146,21 @@ pub async fn update(
     Ok(true)
 }
 
-pub async fn get_row(db: &Db, id: &str) -> Result<Option<CustomerRow>, sqlx::Error> {
+pub async fn get_row(db: &Db, id: &str) -> Result<Option<CustomerRow>> {
     let sql = format!("SELECT {CUSTOMER_COLUMNS} FROM customers WHERE id = $1");
-    on_db!(db, p => sqlx::query_as::<_, CustomerRow>(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(p).await)
+    Ok(
+        on_db!(db, p => sqlx::query_as::<_, CustomerRow>(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(p).await?),
+    )
 }
 
-pub async fn get(db: &Db, id: &str) -> Result<Option<Customer>, sqlx::Error> {
+pub async fn get(db: &Db, id: &str) -> Result<Option<Customer>> {
     match get_row(db, id).await? {
         Some(row) => Ok(Some(with_details(db, row).await?)),
         None => Ok(None),
     }
 }
 
-async fn with_details(db: &Db, row: CustomerRow) -> Result<Customer, sqlx::Error> {
+async fn with_details(db: &Db, row: CustomerRow) -> Result<Customer> {
     let (billing_emails, credit, retainer, outstanding) = on_db!(db, p => {
         let emails: Vec<String> = sqlx::query_scalar(
             "SELECT email FROM customer_billing_emails WHERE customer_id = $1 ORDER BY position",
@@ -203,7 +207,7 @@ pub async fn list(
     billing_email: Option<&str>,
     limit: i64,
     starting_after: Option<&str>,
-) -> Result<Vec<Customer>, sqlx::Error> {
+) -> Result<Vec<Customer>> {
     let mut sql = format!("SELECT {CUSTOMER_COLUMNS} FROM customers WHERE 1 = 1");
     let mut n = 1;
     if billing_email.is_some() {
@@ -234,134 +238,171 @@ pub async fn list(
     Ok(out)
 }
 
-#[derive(Debug, Clone, FromRow)]
-pub struct PaymentMethodRow {
-    pub id: String,
-    pub customer_id: String,
-    pub gateway: String,
-    pub token: String,
-    pub brand: String,
-    pub last4: String,
-    pub exp_month: i64,
-    pub exp_year: i64,
-    pub is_default: bool,
-    pub created_at: i64,
-}
-
-const PM_COLUMNS: &str =
-    "id, customer_id, gateway, token, brand, last4, exp_month, exp_year, is_default, created_at";
-
-pub async fn insert_payment_method(
-    tx: &mut Tx,
-    pm: &PaymentMethodRow,
-    make_default: bool,
-) -> Result<(), sqlx::Error> {
-    on_tx!(tx, conn => {
-        if make_default {
-            sqlx::query("UPDATE payment_methods SET is_default = FALSE WHERE customer_id = $1 AND is_default")
-                .bind(&pm.customer_id)
-                .execute(&mut *conn)
-                .await?;
-        }
-        sqlx::query(
-            "INSERT INTO payment_methods (id, customer_id, gateway, token, brand, last4, exp_month, \
-             exp_year, is_default, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(&pm.id)
-        .bind(&pm.customer_id)
-        .bind(&pm.gateway)
-        .bind(&pm.token)
-        .bind(&pm.brand)
-        .bind(&pm.last4)
-        .bind(pm.exp_month)
-        .bind(pm.exp_year)
-        .bind(make_default)
-        .bind(pm.created_at)
-        .execute(&mut *conn)
-        .await?;
-    });
-    Ok(())
-}
-
-pub async fn payment_methods(
-    db: &Db,
-    customer_id: &str,
-) -> Result<Vec<PaymentMethodRow>, sqlx::Error> {
-    let sql = format!(
-        "SELECT {PM_COLUMNS} FROM payment_methods WHERE customer_id = $1 AND removed_at IS NULL ORDER BY created_at, id"
-    );
-    on_db!(db, p => sqlx::query_as::<_, PaymentMethodRow>(sqlx::AssertSqlSafe(sql.as_str())).bind(customer_id).fetch_all(p).await)
-}
-
-pub async fn payment_method(
-    db: &Db,
-    customer_id: &str,
-    id: &str,
-) -> Result<Option<PaymentMethodRow>, sqlx::Error> {
-    let sql = format!(
-        "SELECT {PM_COLUMNS} FROM payment_methods WHERE customer_id = $1 AND id = $2 AND removed_at IS NULL"
-    );
-    on_db!(db, p => sqlx::query_as::<_, PaymentMethodRow>(sqlx::AssertSqlSafe(sql.as_str())).bind(customer_id).bind(id).fetch_optional(p).await)
-}
-
-pub async fn default_payment_method(
-    db: &Db,
-    customer_id: &str,
-) -> Result<Option<PaymentMethodRow>, sqlx::Error> {
-    let sql = format!(
-        "SELECT {PM_COLUMNS} FROM payment_methods WHERE customer_id = $1 AND is_default AND removed_at IS NULL"
-    );
-    on_db!(db, p => sqlx::query_as::<_, PaymentMethodRow>(sqlx::AssertSqlSafe(sql.as_str())).bind(customer_id).fetch_optional(p).await)
-}
-
-pub async fn set_default_payment_method(
-    db: &Db,
-    customer_id: &str,
-    id: &str,
-) -> Result<bool, sqlx::Error> {
-    let mut tx = db.begin().await?;
-    let changed = on_tx!(&mut tx, conn => {
-        sqlx::query("UPDATE payment_methods SET is_default = FALSE WHERE customer_id = $1 AND is_default")
-            .bind(customer_id)
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query(
-            "UPDATE payment_methods SET is_default = TRUE WHERE customer_id = $1 AND id = $2 AND removed_at IS NULL",
-        )
-        .bind(customer_id)
-        .bind(id)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected()
-    });
-    if changed == 1 {
-        tx.commit().await?;
-        Ok(true)
-    } else {
-        Ok(false)
-    }
-}
-
-pub async fn remove_payment_method(
-    db: &Db,
-    customer_id: &str,
-    id: &str,
-    now: DateTime<Utc>,
-) -> Result<bool, sqlx::Error> {
-    on_db!(db, p => {
-        Ok(sqlx::query(
-            "UPDATE payment_methods SET removed_at = $3, is_default = FALSE \
-             WHERE customer_id = $1 AND id = $2 AND removed_at IS NULL",
-        )
-        .bind(customer_id)
-        .bind(id)
-        .bind(ms(now))
-        .execute(p)
-        .await?
-        .rows_affected() == 1)
-    })
-}
-
 pub fn created(row: &CustomerRow) -> DateTime<Utc> {
     from_ms(row.created_at)
+}
+
+/// The customer, read inside `tx` (what an email snapshot or a rule needs of it).
+pub async fn get_in(tx: &mut Tx, id: &str) -> Result<Option<CustomerRow>> {
+    let sql = format!("SELECT {CUSTOMER_COLUMNS} FROM customers WHERE id = $1");
+    Ok(on_tx!(tx, c => {
+        sqlx::query_as::<_, CustomerRow>(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(id)
+            .fetch_optional(&mut *c)
+            .await?
+    }))
+}
+
+/// The customer, locked for the rest of `tx`: the first lock of the documented order
+/// (customer, then its invoices by id).
+pub async fn lock(tx: &mut Tx, id: &str) -> Result<Option<CustomerRow>> {
+    let sql = format!(
+        "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE id = $1{}",
+        tx.lock_rows()
+    );
+    Ok(on_tx!(tx, c => {
+        sqlx::query_as::<_, CustomerRow>(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(id)
+            .fetch_optional(&mut *c)
+            .await?
+    }))
+}
+
+/// Every billing contact, in the order the customer gave them.
+pub async fn recipients(tx: &mut Tx, customer_id: &str) -> Result<Vec<String>> {
+    Ok(on_tx!(tx, c => {
+        sqlx::query_scalar(
+            "SELECT email FROM customer_billing_emails WHERE customer_id = $1 ORDER BY position",
+        )
+        .bind(customer_id)
+        .fetch_all(&mut *c)
+        .await?
+    }))
+}
+
+/// Our customer whose customer at a gateway is `gateway_customer` (the oldest, if several).
+pub async fn by_gateway_customer(tx: &mut Tx, gateway_customer: &str) -> Result<Option<String>> {
+    Ok(on_tx!(tx, c => {
+        sqlx::query_scalar(
+            "SELECT id FROM customers WHERE gateway_customer_id = $1 ORDER BY created_at LIMIT 1",
+        )
+        .bind(gateway_customer)
+        .fetch_optional(&mut *c)
+        .await?
+    }))
+}
+
+/// A customer as finalising a batch of invoices needs it: the row, its contacts and whether it
+/// has a default payment method.
+pub struct Facts {
+    pub row: CustomerRow,
+    pub recipients: Vec<String>,
+    pub default_method: bool,
+}
+
+/// [`Facts`] of many customers in three statements.
+pub async fn facts_many(
+    tx: &mut Tx,
+    ids: &[&str],
+) -> Result<std::collections::HashMap<String, Facts>> {
+    let rows: Vec<CustomerRow> = bulk::select_by_ids(tx, ids, |ids| {
+        format!("SELECT {CUSTOMER_COLUMNS} FROM customers WHERE id {ids}")
+    })
+    .await?;
+    let contacts: Vec<(String, String)> = bulk::select_by_ids(tx, ids, |ids| {
+        format!(
+            "SELECT customer_id, email FROM customer_billing_emails WHERE customer_id {ids} \
+             ORDER BY customer_id, position"
+        )
+    })
+    .await?;
+    let with_method: Vec<(String,)> = bulk::select_by_ids(tx, ids, |ids| {
+        format!(
+            "SELECT customer_id FROM payment_methods WHERE customer_id {ids} AND is_default \
+             AND removed_at IS NULL"
+        )
+    })
+    .await?;
+    let with_method: std::collections::HashSet<String> =
+        with_method.into_iter().map(|(c,)| c).collect();
+    let mut facts: std::collections::HashMap<String, Facts> = rows
+        .into_iter()
+        .map(|row| {
+            let default_method = with_method.contains(&row.id);
+            (
+                row.id.clone(),
+                Facts {
+                    row,
+                    recipients: Vec::new(),
+                    default_method,
+                },
+            )
+        })
+        .collect();
+    for (customer_id, email) in contacts {
+        if let Some(f) = facts.get_mut(&customer_id) {
+            f.recipients.push(email);
+        }
+    }
+    Ok(facts)
+}
+
+/// What the monthly statement needs of a customer: its time zone, currency, whether it wants
+/// statements and since when.
+pub async fn statement_settings(
+    db: &Db,
+    id: &str,
+) -> Result<Option<(String, String, bool, Option<i64>)>> {
+    Ok(on_db!(db, p => {
+        sqlx::query_as(
+            "SELECT timezone, currency, statement_emails, statement_emails_since FROM customers \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(p)
+        .await?
+    }))
+}
+
+/// Time zones with a customer who opted in to statements before `began` and has none of month
+/// `latest` or later yet.
+pub async fn statement_zones(db: &Db, began: i64, latest: i64) -> Result<Vec<String>> {
+    Ok(on_db!(db, p => {
+        sqlx::query_scalar(
+            "SELECT DISTINCT c.timezone FROM customers c \
+             WHERE c.statement_emails AND c.statement_emails_since < $1 \
+             AND NOT EXISTS (SELECT 1 FROM emails e WHERE e.template = 'statement' \
+                             AND e.subject_id = c.id AND e.attempt >= $2)",
+        )
+        .bind(began)
+        .bind(latest)
+        .fetch_all(p)
+        .await?
+    }))
+}
+
+/// Customers in `timezone` who opted in before `ended` and have no statement of `month` or
+/// later yet.
+pub async fn owed_statement(
+    db: &Db,
+    timezone: &str,
+    ended: i64,
+    month: i64,
+    limit: i64,
+) -> Result<Vec<String>> {
+    Ok(on_db!(db, p => {
+        sqlx::query_scalar(
+            "SELECT c.id FROM customers c \
+             WHERE c.statement_emails AND c.timezone = $1 AND c.statement_emails_since < $2 \
+             AND NOT EXISTS (SELECT 1 FROM emails e WHERE e.template = 'statement' \
+                             AND e.subject_id = c.id AND e.attempt >= $3) \
+             ORDER BY c.id LIMIT $4",
+        )
+        .bind(timezone)
+        .bind(ended)
+        .bind(month)
+        .bind(limit)
+        .fetch_all(p)
+        .await?
+    }))
 }

@@ -1,5 +1,5 @@
 //! The email outbox's rows: written by the outbox in the caller's transaction, finished by the
-//! send job, listed and retried by the operator.
+//! send job, listed and retried by the operator. The only writer of `emails`.
 
 use chrono::{DateTime, Utc};
 use settled_jobs::ids::{new_id, prefix};
@@ -7,7 +7,7 @@ use settled_jobs::job::Job;
 use sqlx::FromRow;
 
 use super::bulk::{self, Arg};
-use super::{Db, Tx, ms, on_db, on_tx, queue};
+use super::{Db, Result, Tx, ms, on_db, on_tx, queue};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct EmailRow {
@@ -42,7 +42,7 @@ pub const SEND_JOB_ATTEMPTS: u32 = 5;
 
 /// What one message is about; (template, subject_id, attempt) is its natural key.
 pub struct NewEmail<'a> {
-    pub template: &'a str,
+    pub template: settled_jobs::template::Template,
     pub subject_id: &'a str,
     pub attempt: i64,
     pub customer_id: &'a str,
@@ -62,11 +62,7 @@ pub fn message_id(template: &str, subject_id: &str, attempt: i64) -> String {
 
 /// Writes the row and enqueues its send job in `tx`, unless the row exists already (a retried
 /// job or a replayed webhook): then nothing is written and None is returned.
-pub async fn insert(
-    tx: &mut Tx,
-    new: &NewEmail<'_>,
-    now: DateTime<Utc>,
-) -> Result<Option<String>, sqlx::Error> {
+pub async fn insert(tx: &mut Tx, new: &NewEmail<'_>, now: DateTime<Utc>) -> Result<Option<String>> {
     Ok(insert_many(tx, std::slice::from_ref(new), now).await?.pop())
 }
 
@@ -94,14 +90,14 @@ pub async fn insert_many(
     tx: &mut Tx,
     news: &[NewEmail<'_>],
     now: DateTime<Utc>,
-) -> Result<Vec<String>, sqlx::Error> {
+) -> Result<Vec<String>> {
     let rows: Vec<Vec<Arg>> = news
         .iter()
         .map(|new| {
             let recipients = serde_json::to_string(new.recipients).unwrap_or_else(|_| "[]".into());
             vec![
                 Arg::from(new_id(prefix::EMAIL)),
-                Arg::from(new.template),
+                Arg::from(new.template.name()),
                 Arg::from(new.subject_id),
                 Arg::from(new.attempt),
                 Arg::from(new.customer_id),
@@ -110,7 +106,7 @@ pub async fn insert_many(
                 Arg::from(recipients),
                 Arg::from(new.subject),
                 Arg::from(new.context),
-                Arg::from(message_id(new.template, new.subject_id, new.attempt)),
+                Arg::from(message_id(new.template.name(), new.subject_id, new.attempt)),
                 Arg::from("pending"),
                 Arg::from(0),
                 Arg::from(ms(now)),
@@ -136,9 +132,11 @@ pub async fn insert_many(
     Ok(ids)
 }
 
-pub async fn get(db: &Db, id: &str) -> Result<Option<EmailRow>, sqlx::Error> {
+pub async fn get(db: &Db, id: &str) -> Result<Option<EmailRow>> {
     let sql = format!("SELECT {EMAIL_COLUMNS} FROM emails WHERE id = $1");
-    on_db!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(p).await)
+    Ok(
+        on_db!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(p).await?),
+    )
 }
 
 #[derive(Debug, Default)]
@@ -155,7 +153,7 @@ pub async fn list(
     filter: &EmailFilter<'_>,
     limit: i64,
     starting_after: Option<&str>,
-) -> Result<Vec<EmailRow>, sqlx::Error> {
+) -> Result<Vec<EmailRow>> {
     let mut sql = format!("SELECT {EMAIL_COLUMNS} FROM emails WHERE 1 = 1");
     let mut binds: Vec<String> = Vec::new();
     for (col, v) in [
@@ -185,7 +183,7 @@ pub async fn list(
         for b in &binds {
             q = q.bind(b.clone());
         }
-        q.bind(limit).fetch_all(p).await
+        Ok(q.bind(limit).fetch_all(p).await?)
     })
 }
 
@@ -214,7 +212,7 @@ pub async fn finish(
     attempts: i64,
     subject: &str,
     outcome: Outcome<'_>,
-) -> Result<bool, sqlx::Error> {
+) -> Result<bool> {
     let mut tx = db.begin().await?;
     let (status, sent_at, error) = match &outcome {
         Outcome::Sent { at, note } => ("sent", Some(ms(*at)), note.map(str::to_string)),
@@ -258,7 +256,7 @@ pub enum RetryOutcome {
 }
 
 /// An operator's retry: a failed row goes back to pending and a new try is enqueued with it.
-pub async fn retry(db: &Db, id: &str, now: DateTime<Utc>) -> Result<RetryOutcome, sqlx::Error> {
+pub async fn retry(db: &Db, id: &str, now: DateTime<Utc>) -> Result<RetryOutcome> {
     let mut tx = db.begin().await?;
     let lock = tx.lock_rows();
     let sql = format!("SELECT status, attempts FROM emails WHERE id = $1{lock}");
@@ -293,19 +291,19 @@ pub async fn retry(db: &Db, id: &str, now: DateTime<Utc>) -> Result<RetryOutcome
 /// sweep's safety net; the job is enqueued with the row, so this finds only a job lost since, such
 /// as one an operator deleted). Rows whose job is waiting are left alone, so a backlog of mail
 /// does not make every sweep re-offer thousands of jobs.
-pub async fn unsent_without_job(db: &Db, now: DateTime<Utc>) -> Result<Vec<String>, sqlx::Error> {
+pub async fn unsent_without_job(db: &Db, now: DateTime<Utc>) -> Result<Vec<String>> {
     let sql = format!(
         "SELECT e.id FROM (SELECT id, send_after FROM emails WHERE status = 'pending' \
          AND attempts = 0 AND send_after <= $1 ORDER BY send_after LIMIT 5000) e \
          WHERE NOT EXISTS (SELECT 1 FROM {} j WHERE j.job_type = $2 \
          AND j.idempotency_key = 'send_email:' || e.id) ORDER BY e.send_after",
-        queue::table(db)
+        db.queue_table()
     );
-    on_db!(db, p => {
+    Ok(on_db!(db, p => {
         sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(ms(now))
             .bind(queue::QUEUE)
             .fetch_all(p)
-            .await
-    })
+            .await?
+    }))
 }

@@ -1,16 +1,35 @@
-//! Storage: one set of queries over SQLite or PostgreSQL. SQL is written once with `$N` placeholders
-//! (both backends accept them) and instants as BIGINT milliseconds; the `on_db!`/`on_tx!` macros
-//! expand a body once per backend so the same code is type-checked against each driver.
+//! Storage: rows and queries, nothing else. Every statement the daemon runs lives under this
+//! folder, one module per table (the only module that writes it), over SQLite or PostgreSQL. SQL
+//! is written once with `$N` placeholders (both backends accept them) and instants as BIGINT
+//! milliseconds; the `on_db!`/`on_tx!` macros expand a body once per backend so the same code is
+//! type-checked against each driver, and `dialect` holds the few places where the two differ.
+//!
+//! Locks are taken in one order everywhere: the customer, then its invoices by id, then the rows
+//! hanging off them (attempts, payments, balances). On PostgreSQL they are `FOR UPDATE` row
+//! locks; SQLite's write transactions are exclusive from their first statement (BEGIN
+//! IMMEDIATE), so the same code needs none there.
 
+pub mod audit;
+pub mod balances;
 pub mod bulk;
+pub mod charge_attempts;
 pub mod customers;
+pub mod dialect;
 pub mod emails;
+pub mod error;
 pub mod invoices;
+pub mod ledger;
+pub mod payment_methods;
+pub mod payments;
 pub mod queue;
+pub mod refunds;
 pub mod settings;
 pub mod subscriptions;
 #[cfg(test)]
 pub mod testing;
+pub mod webhook_events;
+
+pub use error::{Error, Result};
 
 use std::path::Path;
 use std::str::FromStr;
@@ -81,20 +100,22 @@ macro_rules! on_tx {
 pub use crate::{on_db, on_tx};
 
 impl Tx {
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
+    pub async fn commit(self) -> Result<()> {
         match self {
-            Tx::Sqlite(t) => t.commit().await,
-            Tx::Postgres(t) => t.commit().await,
+            Tx::Sqlite(t) => t.commit().await?,
+            Tx::Postgres(t) => t.commit().await?,
         }
+        Ok(())
     }
 
-    /// `FOR UPDATE` where the backend has row locks; SQLite's write transactions are already
-    /// exclusive (BEGIN IMMEDIATE), so it needs none.
-    pub fn lock_rows(&self) -> &'static str {
+    /// Rolls back explicitly, so the write lock (SQLite) is released before the next
+    /// transaction rather than when the connection is next used.
+    pub async fn rollback(self) -> Result<()> {
         match self {
-            Tx::Sqlite(_) => "",
-            Tx::Postgres(_) => " FOR UPDATE",
+            Tx::Sqlite(t) => t.rollback().await?,
+            Tx::Postgres(t) => t.rollback().await?,
         }
+        Ok(())
     }
 }
 
@@ -148,7 +169,7 @@ impl Db {
 
     /// A write transaction. On SQLite it takes the write lock up front (BEGIN IMMEDIATE) so two
     /// writers wait on the busy timeout instead of failing on a lock upgrade.
-    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+    pub async fn begin(&self) -> Result<Tx> {
         match self {
             Db::Sqlite(p) => Ok(Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?)),
             Db::Postgres(p) => Ok(Tx::Postgres(p.begin().await?)),
@@ -305,12 +326,4 @@ pub fn from_ms(v: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(v)
         .single()
         .unwrap_or(DateTime::<Utc>::MIN_UTC)
-}
-
-/// True when the error is a unique-constraint violation (a natural key already taken).
-pub fn is_unique_violation(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Database(db) => db.is_unique_violation(),
-        _ => false,
-    }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use settled_jobs::job::Job;
 use sqlx::Row;
 
-use super::{Db, Tx, from_ms, on_db, on_tx};
+use super::{Db, Result, Tx, from_ms, on_db, on_tx};
 
 /// The queue name (apalis `job_type`) every job of the daemon is pushed to.
 pub const QUEUE: &str = "settled";
@@ -29,36 +29,14 @@ fn payload(job: &Job) -> Vec<u8> {
     serde_json::to_vec(&job.clone().envelope()).unwrap_or_default()
 }
 
-/// How many times a job is tried before it is left failed for the operator (`jobs.max_attempts`),
-/// set once at start so code deep in a transaction can enqueue without carrying the config.
-static DEFAULT_MAX_ATTEMPTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(5);
-
-pub fn set_default_max_attempts(n: u32) {
-    DEFAULT_MAX_ATTEMPTS.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
-}
-
-pub fn default_max_attempts() -> u32 {
-    DEFAULT_MAX_ATTEMPTS.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Enqueues `job` inside `tx` with the configured number of tries; false when already queued.
-pub async fn push(tx: &mut Tx, job: &Job) -> Result<bool, sqlx::Error> {
-    let max = DEFAULT_MAX_ATTEMPTS.load(std::sync::atomic::Ordering::Relaxed);
-    enqueue(tx, job, max).await
-}
-
 /// Enqueues `job` inside `tx`; returns false when a job with the same dedup key already exists.
-pub async fn enqueue(tx: &mut Tx, job: &Job, max_attempts: u32) -> Result<bool, sqlx::Error> {
+pub async fn enqueue(tx: &mut Tx, job: &Job, max_attempts: u32) -> Result<bool> {
     Ok(enqueue_many(tx, std::slice::from_ref(job), max_attempts).await? == 1)
 }
 
 /// Enqueues many jobs in a few multi-row statements (a sweep may find thousands due at once);
 /// returns how many were new.
-pub async fn enqueue_many(
-    tx: &mut Tx,
-    jobs: &[Job],
-    max_attempts: u32,
-) -> Result<usize, sqlx::Error> {
+pub async fn enqueue_many(tx: &mut Tx, jobs: &[Job], max_attempts: u32) -> Result<usize> {
     insert_jobs(tx, jobs, 0, due_now_secs(), max_attempts).await
 }
 
@@ -69,19 +47,14 @@ pub async fn enqueue_after(
     job: &Job,
     delay: std::time::Duration,
     max_attempts: u32,
-) -> Result<bool, sqlx::Error> {
+) -> Result<bool> {
     let run_at = due_now_secs() + 1 + delay.as_secs() as i64;
     Ok(insert_jobs(tx, std::slice::from_ref(job), 0, run_at, max_attempts).await? == 1)
 }
 
 /// Enqueues `job` under dedup round `round` (`Job::dedup_key(round)`): a deliberate re-run, such
 /// as an operator's replay, that must not be swallowed by the finished job of an earlier round.
-pub async fn enqueue_round(
-    tx: &mut Tx,
-    job: &Job,
-    round: u32,
-    max_attempts: u32,
-) -> Result<bool, sqlx::Error> {
+pub async fn enqueue_round(tx: &mut Tx, job: &Job, round: u32, max_attempts: u32) -> Result<bool> {
     Ok(insert_jobs(
         tx,
         std::slice::from_ref(job),
@@ -99,7 +72,7 @@ async fn insert_jobs(
     round: u32,
     run_at: i64,
     max_attempts: u32,
-) -> Result<usize, sqlx::Error> {
+) -> Result<usize> {
     if let Tx::Postgres(t) = tx {
         // One statement text whatever the number of jobs, so it is prepared once per connection.
         let payloads: Vec<Vec<u8>> = jobs.iter().map(payload).collect();
@@ -171,7 +144,7 @@ async fn insert_jobs(
 
 /// How many jobs of `job`'s dedup key exist, counting deliberate re-runs (`:r{n}`): the round a
 /// new re-run takes.
-pub async fn rounds(tx: &mut Tx, job: &Job) -> Result<u32, sqlx::Error> {
+pub async fn rounds(tx: &mut Tx, job: &Job) -> Result<u32> {
     let base = job.dedup_key(0);
     let sql = format!(
         "SELECT COUNT(*) FROM {} WHERE job_type = $1 AND (idempotency_key = $2 \
@@ -192,16 +165,8 @@ pub async fn rounds(tx: &mut Tx, job: &Job) -> Result<u32, sqlx::Error> {
     Ok(n as u32)
 }
 
-/// The queue's table on this backend, for queries that look a job up by its dedup key.
-pub fn table(db: &Db) -> &'static str {
-    match db {
-        Db::Sqlite(_) => "Jobs",
-        Db::Postgres(_) => "apalis.jobs",
-    }
-}
-
 /// Enqueues in a transaction of its own.
-pub async fn enqueue_now(db: &Db, job: &Job, max_attempts: u32) -> Result<bool, sqlx::Error> {
+pub async fn enqueue_now(db: &Db, job: &Job, max_attempts: u32) -> Result<bool> {
     let mut tx = db.begin().await?;
     let added = enqueue(&mut tx, job, max_attempts).await?;
     tx.commit().await?;
@@ -265,7 +230,7 @@ fn select_sql(db: &Db) -> &'static str {
     }
 }
 
-fn to_view<R: Row>(row: &R) -> Result<JobView, sqlx::Error>
+fn to_view<R: Row>(row: &R) -> Result<JobView>
 where
     for<'a> &'a str: sqlx::ColumnIndex<R>,
     for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
@@ -303,7 +268,7 @@ pub async fn list(
     status: Option<&str>,
     limit: i64,
     starting_after: Option<&str>,
-) -> Result<Vec<JobView>, sqlx::Error> {
+) -> Result<Vec<JobView>> {
     let mut sql = select_sql(db).to_string();
     if let Some(cond) = status.and_then(status_condition) {
         sql.push_str(" AND ");
@@ -322,7 +287,7 @@ pub async fn list(
     })
 }
 
-pub async fn get(db: &Db, id: &str) -> Result<Option<JobView>, sqlx::Error> {
+pub async fn get(db: &Db, id: &str) -> Result<Option<JobView>> {
     let sql = format!("{} AND id = $2", select_sql(db));
     on_db!(db, p => {
         match sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(QUEUE).bind(id).fetch_optional(p).await? {
@@ -333,7 +298,7 @@ pub async fn get(db: &Db, id: &str) -> Result<Option<JobView>, sqlx::Error> {
 }
 
 /// Puts a failed job back in the queue with fresh attempts. Only failed jobs can be retried.
-pub async fn retry(db: &Db, id: &str) -> Result<RetryOutcome, sqlx::Error> {
+pub async fn retry(db: &Db, id: &str) -> Result<RetryOutcome> {
     let Some(job) = get(db, id).await? else {
         return Ok(RetryOutcome::NotFound);
     };
@@ -363,7 +328,7 @@ pub enum RetryOutcome {
 }
 
 /// Returns the jobs a worker had claimed but not finished to the queue.
-pub async fn release_worker(db: &Db, worker: &str) -> Result<u64, sqlx::Error> {
+pub async fn release_worker(db: &Db, worker: &str) -> Result<u64> {
     let sql = match db {
         Db::Sqlite(_) => {
             "UPDATE Jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL \
@@ -378,7 +343,7 @@ pub async fn release_worker(db: &Db, worker: &str) -> Result<u64, sqlx::Error> {
 }
 
 /// Jobs not yet finished (waiting, queued, running or waiting for another try).
-pub async fn unfinished(db: &Db) -> Result<i64, sqlx::Error> {
+pub async fn unfinished(db: &Db) -> Result<i64> {
     let sql = match db {
         Db::Sqlite(_) => {
             "SELECT COUNT(*) FROM Jobs WHERE job_type = $1 AND (status IN ('Pending', 'Queued', 'Running') \
@@ -389,11 +354,11 @@ pub async fn unfinished(db: &Db) -> Result<i64, sqlx::Error> {
              OR (status = 'Failed' AND attempts < max_attempts))"
         }
     };
-    on_db!(db, p => sqlx::query_scalar(sql).bind(QUEUE).fetch_one(p).await)
+    Ok(on_db!(db, p => sqlx::query_scalar(sql).bind(QUEUE).fetch_one(p).await?))
 }
 
 /// How many of the jobs with these dedup keys have finished (done or failed for good).
-pub async fn count_finished(db: &Db, keys: &[String]) -> Result<usize, sqlx::Error> {
+pub async fn count_finished(db: &Db, keys: &[String]) -> Result<usize> {
     let table = match db {
         Db::Sqlite(_) => "Jobs",
         Db::Postgres(_) => "apalis.jobs",
@@ -419,7 +384,7 @@ pub async fn count_finished(db: &Db, keys: &[String]) -> Result<usize, sqlx::Err
 }
 
 /// Deletes finished jobs done before `before_secs` (Unix seconds), keeping failed ones for the operator.
-pub async fn vacuum(db: &Db, before_secs: i64) -> Result<u64, sqlx::Error> {
+pub async fn vacuum(db: &Db, before_secs: i64) -> Result<u64> {
     let sql = match db {
         Db::Sqlite(_) => {
             "DELETE FROM Jobs WHERE job_type = $1 AND status = 'Done' AND done_at < $2"
@@ -445,7 +410,7 @@ pub struct KindStats {
 
 /// Queue depth, the oldest due job and failed jobs per kind (the `type` in the job's payload).
 /// Finished jobs are left out by the status condition, so the scan stays small.
-pub async fn stats(db: &Db) -> Result<Vec<KindStats>, sqlx::Error> {
+pub async fn stats(db: &Db) -> Result<Vec<KindStats>> {
     let now = due_now_secs() + 1;
     let sql = match db {
         Db::Sqlite(_) => {
@@ -488,7 +453,7 @@ pub async fn stats(db: &Db) -> Result<Vec<KindStats>, sqlx::Error> {
 }
 
 /// Jobs finished (done, or failed for good) at or after `since_secs` (Unix seconds).
-pub async fn finished_since(db: &Db, since_secs: i64) -> Result<i64, sqlx::Error> {
+pub async fn finished_since(db: &Db, since_secs: i64) -> Result<i64> {
     let sql = match db {
         Db::Sqlite(_) => {
             "SELECT COUNT(*) FROM Jobs WHERE job_type = $1 AND done_at >= $2 \
@@ -499,5 +464,5 @@ pub async fn finished_since(db: &Db, since_secs: i64) -> Result<i64, sqlx::Error
              AND (status IN ('Done', 'Killed') OR (status = 'Failed' AND attempts >= max_attempts))"
         }
     };
-    on_db!(db, p => sqlx::query_scalar(sql).bind(QUEUE).bind(since_secs).fetch_one(p).await)
+    Ok(on_db!(db, p => sqlx::query_scalar(sql).bind(QUEUE).bind(since_secs).fetch_one(p).await?))
 }

@@ -1,17 +1,20 @@
-//! Small durable settings (the manual clock's position) in the `settings` table.
+//! Small durable settings (the manual clock's position) in the `settings` table, its only writer.
 
-use super::{Db, on_db};
+use super::{Db, Result, on_db};
 
-pub async fn get(db: &Db, key: &str) -> Result<Option<String>, sqlx::Error> {
-    on_db!(db, p => {
+/// The settings key that keeps the manual clock's position across restarts.
+pub const CLOCK: &str = "manual_clock_now";
+
+pub async fn get(db: &Db, key: &str) -> Result<Option<String>> {
+    Ok(on_db!(db, p => {
         sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
             .bind(key)
             .fetch_optional(p)
-            .await
-    })
+            .await?
+    }))
 }
 
-pub async fn set(db: &Db, key: &str, value: &str) -> Result<(), sqlx::Error> {
+pub async fn set(db: &Db, key: &str, value: &str) -> Result<()> {
     on_db!(db, p => {
         sqlx::query(
             "INSERT INTO settings (key, value) VALUES ($1, $2) \
@@ -20,7 +23,7 @@ pub async fn set(db: &Db, key: &str, value: &str) -> Result<(), sqlx::Error> {
         .bind(key)
         .bind(value)
         .execute(p)
-        .await
-        .map(|_| ())
-    })
+        .await?;
+    });
+    Ok(())
 }

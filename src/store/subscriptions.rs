@@ -1,13 +1,15 @@
-//! Subscriptions: the recurring invoice profiles the sweep bills.
+//! Subscriptions: the recurring invoice profiles the sweep bills. The only writer of
+//! `subscriptions`.
 
 use chrono::{DateTime, Utc};
 use settled_jobs::invoice::{CatchUp, ItemSpec, ScheduleSpec};
-use settled_jobs::store::{StoreError, Subscription, SubscriptionStatus};
+use settled_jobs::records::{StoreError, Subscription, SubscriptionStatus};
 use sqlx::FromRow;
 
 use settled_jobs::job::Job;
 
-use super::{Db, Tx, from_ms, ms, on_db, on_tx, queue};
+use super::bulk::{self, Arg};
+use super::{Db, Result, Tx, from_ms, ms, on_db, on_tx, queue};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct SubscriptionRow {
@@ -59,7 +61,7 @@ pub fn subscription_from_row(row: SubscriptionRow) -> Result<Subscription, Store
     })
 }
 
-pub async fn insert(db: &Db, s: &SubscriptionRow) -> Result<(), sqlx::Error> {
+pub async fn insert(db: &Db, s: &SubscriptionRow) -> Result<()> {
     on_db!(db, p => {
         sqlx::query(
             "INSERT INTO subscriptions (id, customer_id, currency, items, schedule, timezone, start_at, \
@@ -81,14 +83,27 @@ pub async fn insert(db: &Db, s: &SubscriptionRow) -> Result<(), sqlx::Error> {
         .bind(s.created_at)
         .bind(s.updated_at)
         .execute(p)
-        .await
-        .map(|_| ())
-    })
+        .await?;
+    });
+    Ok(())
 }
 
-pub async fn get(db: &Db, id: &str) -> Result<Option<SubscriptionRow>, sqlx::Error> {
+pub async fn get(db: &Db, id: &str) -> Result<Option<SubscriptionRow>> {
     let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1");
-    on_db!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(p).await)
+    Ok(
+        on_db!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(p).await?),
+    )
+}
+
+/// The subscription, read inside `tx`.
+pub async fn get_in(tx: &mut Tx, id: &str) -> Result<Option<SubscriptionRow>> {
+    let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1");
+    Ok(on_tx!(tx, c => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(id)
+            .fetch_optional(&mut *c)
+            .await?
+    }))
 }
 
 pub async fn list(
@@ -97,7 +112,7 @@ pub async fn list(
     status: Option<&str>,
     limit: i64,
     starting_after: Option<&str>,
-) -> Result<Vec<SubscriptionRow>, sqlx::Error> {
+) -> Result<Vec<SubscriptionRow>> {
     let mut sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE 1 = 1");
     let mut binds: Vec<String> = Vec::new();
     for (col, v) in [("customer_id", customer_id), ("status", status)] {
@@ -116,7 +131,7 @@ pub async fn list(
         for b in &binds {
             q = q.bind(b.clone());
         }
-        q.bind(limit).fetch_all(p).await
+        Ok(q.bind(limit).fetch_all(p).await?)
     })
 }
 
@@ -146,7 +161,8 @@ pub async fn transition(
     from: &str,
     action: Action,
     now: DateTime<Utc>,
-) -> Result<bool, sqlx::Error> {
+    max_attempts: u32,
+) -> Result<bool> {
     let sql = match action {
         Action::Pause => {
             "UPDATE subscriptions SET status = 'paused', paused_at = $3, updated_at = $3 WHERE id = $1 AND status = $2"
@@ -164,7 +180,7 @@ pub async fn transition(
         sqlx::query(sql).bind(id).bind(from).bind(ms(now)).execute(&mut *c).await?.rows_affected() == 1
     });
     if changed && matches!(action, Action::Resume) {
-        requeue_due_period(&mut tx, id, now).await?;
+        requeue_due_period(&mut tx, id, now, max_attempts).await?;
     }
     tx.commit().await?;
     Ok(changed)
@@ -175,7 +191,12 @@ pub async fn transition(
 /// nothing to do; its dedup key would otherwise keep the sweep from ever queueing it again. A
 /// job still waiting makes this one a harmless duplicate (whichever runs second finds the period
 /// billed).
-async fn requeue_due_period(tx: &mut Tx, id: &str, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+async fn requeue_due_period(
+    tx: &mut Tx,
+    id: &str,
+    now: DateTime<Utc>,
+    max_attempts: u32,
+) -> Result<()> {
     let next: Option<i64> = on_tx!(tx, c => {
         sqlx::query_scalar("SELECT next_period_start FROM subscriptions WHERE id = $1")
             .bind(id)
@@ -190,6 +211,100 @@ async fn requeue_due_period(tx: &mut Tx, id: &str, now: DateTime<Utc>) -> Result
         period_start,
     };
     let rounds = queue::rounds(tx, &job).await?;
-    queue::enqueue_round(tx, &job, rounds, queue::default_max_attempts()).await?;
+    queue::enqueue_round(tx, &job, rounds, max_attempts).await?;
     Ok(())
+}
+
+/// Where a walk through the due subscriptions has got to: the (next_period_start, id) of the
+/// last one taken.
+pub type DueCursor = (i64, String);
+
+/// Active subscriptions whose next period has started by `now`, in (next_period_start, id)
+/// order after `after`, at most `limit`: (id, next_period_start).
+pub async fn due_page(
+    db: &Db,
+    now: DateTime<Utc>,
+    after: Option<&DueCursor>,
+    limit: i64,
+) -> Result<Vec<(String, i64)>> {
+    let (after_start, after_id) = after.cloned().unwrap_or((i64::MIN, String::new()));
+    Ok(on_db!(db, p => {
+        sqlx::query_as(
+            "SELECT id, next_period_start FROM subscriptions WHERE status = 'active' \
+             AND next_period_start IS NOT NULL AND next_period_start <= $1 \
+             AND (next_period_start, id) > ($2, $3) \
+             ORDER BY next_period_start, id LIMIT $4",
+        )
+        .bind(ms(now))
+        .bind(after_start)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(p)
+        .await?
+    }))
+}
+
+/// Reads and locks the subscriptions (in id order, so two writers never deadlock).
+pub async fn lock_many(tx: &mut Tx, ids: &[&str]) -> Result<Vec<SubscriptionRow>> {
+    let lock = tx.lock_rows();
+    bulk::select_by_ids(tx, ids, |ids| {
+        format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id {ids} ORDER BY id{lock}")
+    })
+    .await
+}
+
+/// Moves each subscription to its next period start, in one statement.
+pub async fn move_many(
+    tx: &mut Tx,
+    moves: &[(String, Option<DateTime<Utc>>)],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let rows: Vec<Vec<Arg>> = moves
+        .iter()
+        .map(|(id, next)| {
+            vec![
+                Arg::from(id.as_str()),
+                Arg::from(next.map(ms)),
+                Arg::from(ms(now)),
+            ]
+        })
+        .collect();
+    bulk::update(
+        tx,
+        "subscriptions",
+        "id",
+        &["next_period_start", "updated_at"],
+        &rows,
+        "next_period_start = v.next_period_start, updated_at = v.updated_at",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Subscriptions that will be charged automatically in `(now, until]` and have no reminder of
+/// that period yet: (id, next_period_start).
+pub async fn owed_reminder(
+    db: &Db,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<(String, i64)>> {
+    Ok(on_db!(db, p => {
+        sqlx::query_as(
+            "SELECT s.id, s.next_period_start FROM subscriptions s \
+             JOIN customers c ON c.id = s.customer_id \
+             WHERE s.status = 'active' AND s.auto_charge AND c.auto_charge \
+             AND s.next_period_start > $1 AND s.next_period_start <= $2 \
+             AND EXISTS (SELECT 1 FROM payment_methods pm WHERE pm.customer_id = c.id \
+                         AND pm.is_default AND pm.removed_at IS NULL) \
+             AND NOT EXISTS (SELECT 1 FROM emails e WHERE e.template = 'upcoming_charge' \
+                             AND e.subject_id = s.id AND e.attempt = s.next_period_start) \
+             ORDER BY s.next_period_start LIMIT $3",
+        )
+        .bind(ms(now))
+        .bind(ms(until))
+        .bind(limit)
+        .fetch_all(p)
+        .await?
+    }))
 }

@@ -58,3 +58,23 @@ pub async fn open(postgres: bool) -> TestDb {
     db.migrate().await.unwrap();
     TestDb { db, _dir: dir, pg }
 }
+
+/// Runs one statement of a test's own (fixtures, or a fault to provoke), panicking on error.
+pub async fn exec(db: &Db, sql: &str) {
+    super::on_db!(db, p => {
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(p).await.unwrap();
+    });
+}
+
+/// Reads rows with a test's own query.
+pub async fn rows<T>(db: &Db, sql: &str) -> Vec<T>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+        + Send
+        + Unpin,
+{
+    super::on_db!(db, p => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(p).await.unwrap()
+    })
+}

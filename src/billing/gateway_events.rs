@@ -1,0 +1,318 @@
+//! What a stored gateway event does to the books, and the process_event job that applies one
+//! inside one transaction. Every effect is keyed so that applying an event twice, or hearing the
+//! same fact from our own charge reply and from its webhook, changes nothing the second time:
+//! payments are unique on the gateway payment, refunds on the gateway's refund id, attempts close
+//! only once.
+
+use chrono::{DateTime, Utc};
+use settled_jobs::event::{
+    AttemptRef, Dispute, DisputePhase, GatewayEvent, InvoiceRef, Parsed, PaymentFailed,
+    PaymentReceived, PaymentSucceeded,
+};
+use settled_jobs::gateway::{ChargeResult, ChargeStatus};
+use settled_jobs::money::{Currency, Money};
+use settled_jobs::status::{AttemptStatus, EventStatus};
+
+use super::dunning::{self, ChargeFailure};
+use super::payments::{self, NewPayment, Recorded};
+use super::{Billing, Error, Result, charges, refunds};
+use crate::store::charge_attempts::{self as attempts, AttemptRow};
+use crate::store::{Tx, customers, invoices, ms, payments as payment_rows, webhook_events};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventOutcome {
+    Processed,
+    /// Stored but nothing to do (unknown type, unknown invoice ...): the reason is shown to
+    /// operators.
+    Ignored(String),
+}
+
+/// The process_event job: applies one stored event in one transaction, exactly once. The row is
+/// locked and re-read, so two jobs for the same event (a sweep's and an operator's replay) run
+/// one after the other and the second finds the event already done.
+#[tracing::instrument(skip_all, fields(event = %id))]
+pub async fn process_event(b: &Billing, id: &str) -> Result<()> {
+    let mut tx = b.db.begin().await?;
+    let Some(row) = webhook_events::get_locked(&mut tx, id).await? else {
+        tx.rollback().await?;
+        tracing::warn!("no such webhook event; nothing to process");
+        return Ok(());
+    };
+    // Done already (a second job for the same event, or one that outlived a replay's run).
+    // A failed event runs again: that is what retrying its job asks for.
+    if row.status == EventStatus::Processed || row.status == EventStatus::Ignored {
+        tx.rollback().await?;
+        return Ok(());
+    }
+    let outcome = match serde_json::from_str::<serde_json::Value>(&row.body) {
+        Ok(body) => match crate::gateway::parse_event(&row.source, &body, &row.event_id) {
+            Parsed::Event(event) => apply(b, &mut tx, &row.source, &event).await,
+            Parsed::Ignored(reason) => Ok(EventOutcome::Ignored(reason)),
+        },
+        Err(e) => Err(Error::permanent(format!(
+            "the stored body is not JSON: {e}"
+        ))),
+    };
+    let now = ms(b.now());
+    match outcome {
+        Ok(EventOutcome::Processed) => {
+            webhook_events::set_outcome(&mut tx, id, EventStatus::Processed.as_str(), None, now)
+                .await?;
+            tx.commit().await?;
+            crate::metrics::event_processed(&row.kind, "processed");
+            tracing::info!(source = %row.source, kind = %row.kind, "webhook event processed");
+            Ok(())
+        }
+        Ok(EventOutcome::Ignored(reason)) => {
+            webhook_events::set_outcome(
+                &mut tx,
+                id,
+                EventStatus::Ignored.as_str(),
+                Some(&reason),
+                now,
+            )
+            .await?;
+            tx.commit().await?;
+            crate::metrics::event_processed(&row.kind, "ignored");
+            tracing::info!(source = %row.source, kind = %row.kind, reason = %reason, "webhook event ignored");
+            Ok(())
+        }
+        Err(e) if retried(&e) => {
+            tx.rollback().await?;
+            Err(e)
+        }
+        Err(e) => {
+            // Nothing of the failed attempt stays; the failure itself is recorded on its own.
+            tx.rollback().await?;
+            let message = e.to_string();
+            webhook_events::mark_failed(&b.db, id, &message, now).await?;
+            crate::metrics::event_processed(&row.kind, "failed");
+            tracing::error!(source = %row.source, kind = %row.kind, error = %message, "webhook event failed");
+            Err(e)
+        }
+    }
+}
+
+/// Errors that leave the event waiting for another try rather than failed.
+fn retried(e: &Error) -> bool {
+    matches!(e, Error::Store(_) | Error::Later(_))
+}
+
+/// Applies one event from `source` in the caller's transaction.
+pub async fn apply(
+    b: &Billing,
+    tx: &mut Tx,
+    source: &str,
+    event: &GatewayEvent,
+) -> Result<EventOutcome> {
+    let now = b.now();
+    match event {
+        GatewayEvent::PaymentSucceeded(p) => succeeded(b, tx, source, p, now).await,
+        GatewayEvent::PaymentFailed(f) => failed(b, tx, source, f, now).await,
+        GatewayEvent::Refunded(r) => {
+            refunds::refunded(b, tx, source, r, now).await?;
+            Ok(EventOutcome::Processed)
+        }
+        GatewayEvent::Dispute(d) => dispute(tx, source, d).await,
+        GatewayEvent::PaymentReceived(p) => received(b, tx, source, p, now).await,
+    }
+}
+
+/// Our attempt a gateway payment belongs to, locked.
+async fn attempt_of(tx: &mut Tx, r: &Option<AttemptRef>) -> Result<Option<AttemptRow>> {
+    Ok(match r {
+        Some(AttemptRef::Invoice {
+            invoice_id,
+            attempt,
+        }) => attempts::lock(tx, Some(invoice_id), *attempt, "").await?,
+        Some(AttemptRef::Balance { charge_id }) => attempts::lock(tx, None, 0, charge_id).await?,
+        None => None,
+    })
+}
+
+async fn succeeded(
+    b: &Billing,
+    tx: &mut Tx,
+    source: &str,
+    p: &PaymentSucceeded,
+    now: DateTime<Utc>,
+) -> Result<EventOutcome> {
+    let pi_id = p.gateway_payment_id.as_str();
+    if let Some(attempt) = attempt_of(tx, &p.attempt).await? {
+        // Ours: the same recording as the charge reply, so whichever comes second finds it done.
+        if attempt.status() != AttemptStatus::Succeeded {
+            let result = ChargeResult {
+                payment_intent_id: pi_id.to_string(),
+                status: ChargeStatus::Succeeded,
+                amount_received: p.amount,
+                currency: p.currency.clone(),
+                decline_code: None,
+                failure_message: None,
+            };
+            charges::record_success(b, tx, source, &attempt, &result, now).await?;
+        }
+        return Ok(EventOutcome::Processed);
+    }
+    // Not one of our attempts: a portal's "Pay Now", or a payment made at the gateway directly.
+    let (customer_id, invoice_id) = match &p.invoice_id {
+        Some(inv) => match invoices::get_in(tx, inv).await? {
+            Some(row) => (row.customer_id, Some(inv.as_str())),
+            None => {
+                return Ok(EventOutcome::Ignored(format!(
+                    "PaymentIntent {pi_id} names invoice {inv}, which is unknown"
+                )));
+            }
+        },
+        None => {
+            let customer = match (&p.customer_id, &p.gateway_customer_id) {
+                (Some(c), _) => Some(c.clone()),
+                (None, Some(g)) => customers::by_gateway_customer(tx, g).await?,
+                (None, None) => None,
+            };
+            match customer {
+                Some(c) => (c, None),
+                None => {
+                    return Ok(EventOutcome::Ignored(format!(
+                        "PaymentIntent {pi_id} names no invoice and no known customer"
+                    )));
+                }
+            }
+        }
+    };
+    let recorded = payments::record(
+        b,
+        tx,
+        &NewPayment {
+            customer_id: &customer_id,
+            invoice_id,
+            amount: p.amount,
+            currency: &p.currency,
+            gateway: source,
+            gateway_payment_id: Some(pi_id),
+            method: "card",
+            reference: p.description.as_deref(),
+            brand: None,
+            last4: None,
+            at: now,
+            unapplied: invoice_id.is_none(),
+        },
+        now,
+    )
+    .await?;
+    if let Recorded::Existing(id) = recorded {
+        tracing::debug!(payment_id = %id, "payment already recorded");
+    }
+    Ok(EventOutcome::Processed)
+}
+
+async fn failed(
+    b: &Billing,
+    tx: &mut Tx,
+    source: &str,
+    f: &PaymentFailed,
+    now: DateTime<Utc>,
+) -> Result<EventOutcome> {
+    let pi_id = f.gateway_payment_id.as_str();
+    let Some(attempt) = attempt_of(tx, &f.attempt).await? else {
+        return Ok(EventOutcome::Ignored(format!(
+            "PaymentIntent {pi_id} is not a charge attempt of this daemon"
+        )));
+    };
+    // A failure never undoes a success: the gateway does not fail a succeeded payment, so a
+    // failure arriving after the success is old news.
+    let paid = payment_rows::id_by_gateway_id(tx, source, pi_id).await?;
+    if paid.is_some() || attempt.is_closed() {
+        return Ok(EventOutcome::Processed);
+    }
+    let failure = ChargeFailure {
+        code: f.code.clone(),
+        message: f.message.clone(),
+        payment_intent_id: Some(pi_id.to_string()),
+    };
+    dunning::mark_failed(b, tx, &attempt, &failure, now).await?;
+    Ok(EventOutcome::Processed)
+}
+
+async fn dispute(tx: &mut Tx, source: &str, d: &Dispute) -> Result<EventOutcome> {
+    let Some(pi_id) = d.gateway_payment_id.as_deref() else {
+        return Ok(EventOutcome::Ignored(format!(
+            "dispute on charge {} names no PaymentIntent",
+            d.charge_id.as_deref().unwrap_or("?")
+        )));
+    };
+    // Lost: the money went back to the cardholder; the payment stays marked disputed.
+    let disputed = !matches!(d.phase, DisputePhase::Won);
+    if !payment_rows::set_disputed(tx, source, pi_id, disputed).await? {
+        return Err(Error::later(format!(
+            "the payment of PaymentIntent {pi_id} is not recorded yet"
+        )));
+    }
+    if d.phase == DisputePhase::Opened {
+        tracing::warn!(
+            payment_intent = pi_id,
+            amount = d.amount,
+            reason = d.reason.as_deref().unwrap_or(""),
+            "payment disputed; respond at the gateway"
+        );
+    } else {
+        tracing::warn!(payment_intent = pi_id, status = %d.status, "dispute closed");
+    }
+    Ok(EventOutcome::Processed)
+}
+
+/// `payment.received` from a Standard Webhooks source: a payment toward an invoice, unique on
+/// the event's id within the source.
+async fn received(
+    b: &Billing,
+    tx: &mut Tx,
+    source: &str,
+    p: &PaymentReceived,
+    now: DateTime<Utc>,
+) -> Result<EventOutcome> {
+    let invoice = match &p.invoice {
+        InvoiceRef::Id(id) => invoices::get_in(tx, id).await?,
+        InvoiceRef::Number(number) => invoices::by_number_in(tx, number).await?,
+    };
+    let Some(invoice) = invoice else {
+        return Ok(EventOutcome::Ignored(
+            "payment.received names an unknown invoice".into(),
+        ));
+    };
+    let Ok(cur) = Currency::parse(&p.currency) else {
+        return Ok(EventOutcome::Ignored(format!(
+            "payment.received has no valid currency ({:?})",
+            p.currency
+        )));
+    };
+    let amount = p
+        .amount
+        .as_deref()
+        .and_then(|s| Money::parse(s, cur).ok())
+        .map(|m| m.minor);
+    let Some(amount) = amount.filter(|a| *a > 0) else {
+        return Ok(EventOutcome::Ignored(
+            "payment.received needs a positive amount as a decimal string".into(),
+        ));
+    };
+    payments::record(
+        b,
+        tx,
+        &NewPayment {
+            customer_id: &invoice.customer_id,
+            invoice_id: Some(&invoice.id),
+            amount,
+            currency: cur.code(),
+            gateway: source,
+            gateway_payment_id: p.payment_key.as_deref(),
+            method: "bank_transfer",
+            reference: p.reference.as_deref(),
+            brand: None,
+            last4: None,
+            at: now,
+            unapplied: false,
+        },
+        now,
+    )
+    .await?;
+    Ok(EventOutcome::Processed)
+}

@@ -1,0 +1,706 @@
+//! The operator's commands, run through the admin API's own handlers in-process against the
+//! configured database, so the CLI and the HTTP API validate, store and answer exactly alike, and
+//! no running daemon is needed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::body::Body;
+use axum::http::{Method, Request, header};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::commands::*;
+use crate::http::AppState;
+use crate::progress::Progress;
+
+/// What a command produced: an API answer to print.
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+/// Runs one admin API request in-process.
+pub async fn call(
+    state: &Arc<AppState>,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Answer> {
+    let (status, bytes) = send(state, method, path, body, "application/json").await?;
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Ok(Answer { status, body })
+}
+
+/// A CSV answer, printed as is.
+async fn call_csv(state: &Arc<AppState>, path: &str) -> anyhow::Result<Answer> {
+    let (status, bytes) = send(state, Method::GET, path, None, "text/csv").await?;
+    let body = if status == 200 {
+        json!({"csv": String::from_utf8_lossy(&bytes)})
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    };
+    Ok(Answer { status, body })
+}
+
+/// One request through the admin router with the configured token; the status and raw body.
+async fn send(
+    state: &Arc<AppState>,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    accept: &str,
+) -> anyhow::Result<(u16, axum::body::Bytes)> {
+    let token = state
+        .tokens
+        .first()
+        .context("no admin token is configured")?
+        .expose()
+        .to_string();
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, accept)
+        .body(match body {
+            Some(b) => Body::from(b.to_string()),
+            None => Body::empty(),
+        })?;
+    let response = crate::http::router(state.clone())
+        .oneshot(request)
+        .await
+        .context("the request failed")?;
+    let status = response.status().as_u16();
+    let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024 * 1024).await?;
+    Ok((status, bytes))
+}
+
+fn query(pairs: &[(&str, &Option<String>)]) -> String {
+    let parts: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| {
+            v.as_ref().map(|v| {
+                format!(
+                    "{k}={}",
+                    url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
+                )
+            })
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+pub async fn customers(state: &Arc<AppState>, cmd: CustomersCommand) -> anyhow::Result<Answer> {
+    match cmd {
+        CustomersCommand::List { billing_email } => {
+            call(
+                state,
+                Method::GET,
+                &format!(
+                    "/v1/customers{}",
+                    query(&[("billing_email", &billing_email)])
+                ),
+                None,
+            )
+            .await
+        }
+        CustomersCommand::Show { id } => {
+            call(state, Method::GET, &format!("/v1/customers/{id}"), None).await
+        }
+        CustomersCommand::Statement { id, from, to, csv } => {
+            let q = query(&[("from", &from), ("to", &to)]);
+            let path = format!("/v1/customers/{id}/statement{q}");
+            if csv {
+                return call_csv(state, &path).await;
+            }
+            let mut answer = call(state, Method::GET, &path, None).await?;
+            // As a table: one row per entry, with the opening and closing balances around them.
+            if answer.status == 200 {
+                let b = &answer.body;
+                let mut rows = vec![
+                    json!({"object": "statement_entry", "kind": "opening", "balance": b["opening_balance"]}),
+                ];
+                rows.extend(
+                    b["entries"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|mut e| {
+                            e["object"] = json!("statement_entry");
+                            e
+                        }),
+                );
+                rows.push(json!({"object": "statement_entry", "kind": "closing", "balance": b["closing_balance"]}));
+                answer.body = json!({"data": rows, "statement": b});
+            }
+            Ok(answer)
+        }
+        CustomersCommand::ChargeBalance { id } => {
+            call(
+                state,
+                Method::POST,
+                &format!("/v1/customers/{id}/charge_balance"),
+                Some(json!({})),
+            )
+            .await
+        }
+        CustomersCommand::Create {
+            email,
+            name,
+            currency,
+            timezone,
+            billing_emails,
+            no_auto_charge,
+        } => {
+            let mut body = json!({"email": email, "name": name, "currency": currency, "auto_charge": !no_auto_charge});
+            if let Some(tz) = timezone {
+                body["timezone"] = json!(tz);
+            }
+            if !billing_emails.is_empty() {
+                body["billing_emails"] = json!(billing_emails);
+            }
+            call(state, Method::POST, "/v1/customers", Some(body)).await
+        }
+    }
+}
+
+fn parse_item(s: &str) -> anyhow::Result<Value> {
+    let parts: Vec<&str> = s.split('|').collect();
+    if !(3..=4).contains(&parts.len()) {
+        anyhow::bail!("--item {s:?} must be \"description|quantity|unit_amount[|tax_rate]\"");
+    }
+    let mut item = json!({"description": parts[0], "quantity": parts[1], "unit_amount": parts[2]});
+    if let Some(rate) = parts.get(3) {
+        item["tax_rate"] = json!(rate);
+    }
+    Ok(item)
+}
+
+pub async fn subscriptions(
+    state: &Arc<AppState>,
+    cmd: SubscriptionsCommand,
+) -> anyhow::Result<Answer> {
+    match cmd {
+        SubscriptionsCommand::Add(a) => {
+            let items = a
+                .items
+                .iter()
+                .map(|i| parse_item(i))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let mut schedule = json!({});
+            if let Some(e) = a.every {
+                schedule["every"] = json!(e);
+            }
+            if let Some(i) = a.interval {
+                schedule["interval"] = json!(i);
+            }
+            if let Some(x) = a.anchor {
+                schedule["anchor"] = json!(x);
+            }
+            if let Some(c) = a.cron {
+                schedule["cron"] = json!(c);
+            }
+            if let Some(tz) = a.timezone {
+                schedule["timezone"] = json!(tz);
+            }
+            let mut body = json!({"customer_id": a.customer, "items": items, "schedule": schedule, "auto_charge": !a.no_auto_charge});
+            if let Some(s) = a.start_at {
+                body["start_at"] = json!(s);
+            }
+            if let Some(c) = a.catch_up {
+                body["catch_up"] = json!(c);
+            }
+            if let Some(n) = a.net_days {
+                body["net_days"] = json!(n);
+            }
+            call(state, Method::POST, "/v1/subscriptions", Some(body)).await
+        }
+        SubscriptionsCommand::List { customer, status } => {
+            call(
+                state,
+                Method::GET,
+                &format!(
+                    "/v1/subscriptions{}",
+                    query(&[("customer_id", &customer), ("status", &status)])
+                ),
+                None,
+            )
+            .await
+        }
+        SubscriptionsCommand::Show { id } => {
+            call(state, Method::GET, &format!("/v1/subscriptions/{id}"), None).await
+        }
+        SubscriptionsCommand::Pause { id } => {
+            call(
+                state,
+                Method::POST,
+                &format!("/v1/subscriptions/{id}/pause"),
+                Some(json!({})),
+            )
+            .await
+        }
+        SubscriptionsCommand::Resume { id } => {
+            call(
+                state,
+                Method::POST,
+                &format!("/v1/subscriptions/{id}/resume"),
+                Some(json!({})),
+            )
+            .await
+        }
+        SubscriptionsCommand::Cancel { id } => {
+            call(
+                state,
+                Method::POST,
+                &format!("/v1/subscriptions/{id}/cancel"),
+                Some(json!({})),
+            )
+            .await
+        }
+        SubscriptionsCommand::Preview { id, periods } => {
+            call(
+                state,
+                Method::GET,
+                &format!("/v1/subscriptions/{id}/preview?periods={periods}"),
+                None,
+            )
+            .await
+        }
+    }
+}
+
+pub async fn invoices(state: &Arc<AppState>, cmd: InvoicesCommand) -> anyhow::Result<Answer> {
+    match cmd {
+        InvoicesCommand::List {
+            customer,
+            subscription,
+            status,
+        } => {
+            let q = query(&[
+                ("customer_id", &customer),
+                ("subscription_id", &subscription),
+                ("status", &status),
+            ]);
+            call(state, Method::GET, &format!("/v1/invoices{q}"), None).await
+        }
+        InvoicesCommand::Show { id } => {
+            call(state, Method::GET, &format!("/v1/invoices/{id}"), None).await
+        }
+        InvoicesCommand::Charge {
+            id,
+            amount,
+            payment_method,
+        } => {
+            let mut body = json!({});
+            if let Some(a) = amount {
+                body["amount"] = json!(a);
+            }
+            if let Some(pm) = payment_method {
+                body["payment_method"] = json!(pm);
+            }
+            call(
+                state,
+                Method::POST,
+                &format!("/v1/invoices/{id}/charge"),
+                Some(body),
+            )
+            .await
+        }
+    }
+}
+
+pub async fn credit_notes(
+    state: &Arc<AppState>,
+    cmd: CreditNotesCommand,
+) -> anyhow::Result<Answer> {
+    match cmd {
+        CreditNotesCommand::Create {
+            customer,
+            amount,
+            currency,
+            reason,
+        } => {
+            call(
+                state,
+                Method::POST,
+                "/v1/credit_notes",
+                Some(json!({"customer_id": customer, "amount": amount, "currency": currency, "reason": reason})),
+            )
+            .await
+        }
+        CreditNotesCommand::List { customer } => {
+            call(
+                state,
+                Method::GET,
+                &format!("/v1/customers/{customer}/credit_notes"),
+                None,
+            )
+            .await
+        }
+    }
+}
+
+pub async fn payments(state: &Arc<AppState>, cmd: PaymentsCommand) -> anyhow::Result<Answer> {
+    match cmd {
+        PaymentsCommand::List { customer, invoice } => {
+            let q = query(&[("customer_id", &customer), ("invoice_id", &invoice)]);
+            call(state, Method::GET, &format!("/v1/payments{q}"), None).await
+        }
+        PaymentsCommand::Record {
+            invoice,
+            customer,
+            amount,
+            method,
+            reference,
+        } => {
+            let mut body = json!({"amount": amount, "method": method});
+            if let Some(r) = reference {
+                body["reference"] = json!(r);
+            }
+            let path = match (invoice, customer) {
+                (Some(i), _) => format!("/v1/invoices/{i}/payments"),
+                (None, Some(c)) => format!("/v1/customers/{c}/payments"),
+                (None, None) => anyhow::bail!("--invoice or --customer is required"),
+            };
+            call(state, Method::POST, &path, Some(body)).await
+        }
+        PaymentsCommand::Show { id } => {
+            call(state, Method::GET, &format!("/v1/payments/{id}"), None).await
+        }
+    }
+}
+
+pub async fn jobs(state: &Arc<AppState>, cmd: JobsCommand) -> anyhow::Result<Answer> {
+    match cmd {
+        JobsCommand::List { status } => {
+            call(
+                state,
+                Method::GET,
+                &format!("/v1/jobs{}", query(&[("status", &status)])),
+                None,
+            )
+            .await
+        }
+        JobsCommand::Show { id } => call(state, Method::GET, &format!("/v1/jobs/{id}"), None).await,
+        JobsCommand::Retry { id } => {
+            call(
+                state,
+                Method::POST,
+                &format!("/v1/jobs/{id}/retry"),
+                Some(json!({})),
+            )
+            .await
+        }
+    }
+}
+
+pub async fn emails(state: &Arc<AppState>, cmd: EmailsCommand) -> anyhow::Result<Answer> {
+    match cmd {
+        EmailsCommand::List {
+            customer,
+            invoice,
+            status,
+            template,
+        } => {
+            let q = query(&[
+                ("customer_id", &customer),
+                ("invoice_id", &invoice),
+                ("status", &status),
+                ("template", &template),
+            ]);
+            call(state, Method::GET, &format!("/v1/emails{q}"), None).await
+        }
+        EmailsCommand::Show { id } => {
+            call(state, Method::GET, &format!("/v1/emails/{id}"), None).await
+        }
+        EmailsCommand::Retry { id } => {
+            call(
+                state,
+                Method::POST,
+                &format!("/v1/emails/{id}/retry"),
+                Some(json!({})),
+            )
+            .await
+        }
+    }
+}
+
+pub async fn webhooks(state: &Arc<AppState>, cmd: WebhooksCommand) -> anyhow::Result<Answer> {
+    match cmd {
+        WebhooksCommand::List { status, source } => {
+            let q = query(&[("status", &status), ("source", &source)]);
+            call(state, Method::GET, &format!("/v1/webhook_events{q}"), None).await
+        }
+        WebhooksCommand::Show { id } => {
+            call(
+                state,
+                Method::GET,
+                &format!("/v1/webhook_events/{id}"),
+                None,
+            )
+            .await
+        }
+        WebhooksCommand::Replay {
+            id,
+            status,
+            source,
+            wait,
+            timeout,
+        } => match (id, status) {
+            (Some(id), _) => {
+                call(
+                    state,
+                    Method::POST,
+                    &format!("/v1/webhook_events/{id}/replay"),
+                    Some(json!({})),
+                )
+                .await
+            }
+            (None, Some(status)) => {
+                replay_all(state, status, source, wait, Duration::from_secs(timeout)).await
+            }
+            (None, None) => anyhow::bail!("give an event id or --status"),
+        },
+    }
+}
+
+pub async fn clock(state: &Arc<AppState>, cmd: ClockCommand) -> anyhow::Result<Answer> {
+    match cmd {
+        ClockCommand::Show => call(state, Method::GET, "/v1/clock", None).await,
+        ClockCommand::Advance { to, wait, timeout } => {
+            let answer = call(
+                state,
+                Method::POST,
+                "/v1/clock/advance",
+                Some(json!({"to": to})),
+            )
+            .await?;
+            if !wait || answer.status != 202 {
+                return Ok(answer);
+            }
+            wait_until_ready(state, Duration::from_secs(timeout)).await
+        }
+    }
+}
+
+/// The exit status a wait that ran out of time answers with (mapped to exit code 75).
+pub const TIMED_OUT: u16 = 504;
+
+fn unix_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Waits until the clock says ready: every job finished and nothing more due. Progress counts
+/// jobs finished since the wait began against those plus the ones still waiting, so a catch-up
+/// of many periods shows a bar that grows as generation makes charges and emails due.
+async fn wait_until_ready(state: &Arc<AppState>, within: Duration) -> anyhow::Result<Answer> {
+    use crate::store::queue;
+    let began = unix_secs() - 1;
+    let deadline = Instant::now() + within;
+    let mut progress = Progress::new("catching up", Some(0), Duration::from_secs(5));
+    loop {
+        let answer = call(state, Method::GET, "/v1/clock", None).await?;
+        let finished = queue::finished_since(&state.billing.db, began)
+            .await
+            .unwrap_or(0) as u64;
+        let waiting = queue::unfinished(&state.billing.db).await.unwrap_or(0) as u64;
+        progress.set_total(finished + waiting);
+        if answer.status == 200 && answer.body["status"] == "ready" {
+            progress.set(finished, "ready");
+            progress.finish(&format!("ready: {finished} jobs finished"));
+            return Ok(answer);
+        }
+        if answer.status != 200 && answer.status != 503 {
+            return Ok(answer);
+        }
+        progress.set(finished, &format!("{waiting} jobs waiting or running"));
+        if Instant::now() >= deadline {
+            progress.finish("gave up waiting");
+            return Ok(Answer {
+                status: TIMED_OUT,
+                body: json!({"error": {"code": "timeout", "message": format!(
+                    "work due by the clock is not done after {} s ({waiting} jobs waiting); is a daemon with workers running on this database?",
+                    within.as_secs()
+                )}}),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+pub async fn payment_methods(
+    state: &Arc<AppState>,
+    cmd: PaymentMethodsCommand,
+) -> anyhow::Result<Answer> {
+    match cmd {
+        PaymentMethodsCommand::List { customer } => {
+            call(
+                state,
+                Method::GET,
+                &format!("/v1/customers/{customer}/payment_methods"),
+                None,
+            )
+            .await
+        }
+        PaymentMethodsCommand::Add {
+            customer,
+            token,
+            gateway,
+            no_default,
+        } => {
+            call(
+                state,
+                Method::POST,
+                &format!("/v1/customers/{customer}/payment_methods"),
+                Some(json!({"gateway": gateway, "token": token, "default": !no_default})),
+            )
+            .await
+        }
+        PaymentMethodsCommand::Default { customer, id } => {
+            call(
+                state,
+                Method::POST,
+                &format!("/v1/customers/{customer}/payment_methods/{id}/default"),
+                Some(json!({})),
+            )
+            .await
+        }
+        PaymentMethodsCommand::Remove { customer, id } => {
+            call(
+                state,
+                Method::DELETE,
+                &format!("/v1/customers/{customer}/payment_methods/{id}"),
+                None,
+            )
+            .await
+        }
+    }
+}
+
+/// Every stored event with `status` (and `source`), following pages.
+async fn event_ids(
+    state: &Arc<AppState>,
+    status: &str,
+    source: &Option<String>,
+) -> anyhow::Result<Result<Vec<String>, Answer>> {
+    let mut ids = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let q = query(&[
+            ("status", &Some(status.to_string())),
+            ("source", source),
+            ("starting_after", &after),
+        ]);
+        let sep = if q.is_empty() { "?" } else { "&" };
+        let answer = call(
+            state,
+            Method::GET,
+            &format!("/v1/webhook_events{q}{sep}limit=1000"),
+            None,
+        )
+        .await?;
+        if answer.status != 200 {
+            return Ok(Err(answer));
+        }
+        let page = answer.body["data"].as_array().cloned().unwrap_or_default();
+        ids.extend(
+            page.iter()
+                .filter_map(|e| e["id"].as_str().map(String::from)),
+        );
+        after = ids.last().cloned();
+        if answer.body["has_more"] != true || page.is_empty() {
+            return Ok(Ok(ids));
+        }
+    }
+}
+
+/// Replays every event with `status`, oldest first, with progress; with `wait`, then waits
+/// until none of them is still waiting to be processed.
+async fn replay_all(
+    state: &Arc<AppState>,
+    status: String,
+    source: Option<String>,
+    wait: bool,
+    within: Duration,
+) -> anyhow::Result<Answer> {
+    let mut ids = match event_ids(state, &status, &source).await? {
+        Ok(ids) => ids,
+        Err(refused) => return Ok(refused),
+    };
+    ids.reverse();
+    let total = ids.len();
+    let mut progress = Progress::new("replaying", Some(total as u64), Duration::from_secs(2));
+    let mut refused = Vec::new();
+    for id in &ids {
+        let answer = call(
+            state,
+            Method::POST,
+            &format!("/v1/webhook_events/{id}/replay"),
+            Some(json!({})),
+        )
+        .await?;
+        if answer.status != 200 {
+            refused.push(json!({"id": id, "status": answer.status, "error": answer.body["error"]}));
+        }
+        progress.inc(id);
+    }
+    progress.finish(&format!(
+        "{} of {total} events replayed",
+        total - refused.len()
+    ));
+    let mut summary = json!({
+        "object": "replay_summary",
+        "status": status,
+        "selected": total,
+        "replayed": total - refused.len(),
+        "refused": refused,
+    });
+    if wait && total > 0 {
+        let deadline = Instant::now() + within;
+        let mut progress = Progress::new("processing", Some(total as u64), Duration::from_secs(5));
+        loop {
+            let mut pending = 0u64;
+            let mut outcomes: std::collections::BTreeMap<String, u64> = Default::default();
+            for id in &ids {
+                let event = crate::store::webhook_events::get(&state.billing.db, id).await?;
+                let s = event.map(|e| e.status).unwrap_or_else(|| "gone".into());
+                if s == "received" {
+                    pending += 1;
+                } else {
+                    *outcomes.entry(s).or_default() += 1;
+                }
+            }
+            progress.set(total as u64 - pending, &format!("{pending} waiting"));
+            if pending == 0 {
+                progress.finish("every replayed event was processed");
+                summary["outcomes"] = json!(outcomes);
+                break;
+            }
+            if Instant::now() >= deadline {
+                progress.finish("gave up waiting");
+                return Ok(Answer {
+                    status: TIMED_OUT,
+                    body: json!({"error": {"code": "timeout", "message": format!(
+                        "{pending} replayed events are still waiting after {} s; is a daemon with workers running on this database?",
+                        within.as_secs()
+                    )}}),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    Ok(Answer {
+        status: 200,
+        body: summary,
+    })
+}

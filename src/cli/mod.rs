@@ -1,0 +1,291 @@
+//! The command line: `serve` runs the daemon; the other commands are the operator's tools against
+//! the database the config names.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Application;
+use crate::config::{self, Config};
+
+pub mod admin;
+pub mod commands;
+pub mod table;
+
+/// Exit codes that mean something to scripts and systemd.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// The daemon or a command failed at run time.
+    pub const FAILURE: u8 = 1;
+    /// The request was refused as invalid or conflicting (the message says why).
+    pub const REFUSED: u8 = 3;
+    /// The object named does not exist.
+    pub const NOT_FOUND: u8 = 4;
+    /// A `--wait` ran out of time before the work it waited for was done (EX_TEMPFAIL).
+    pub const TIMEOUT: u8 = 75;
+    /// The configuration is invalid.
+    pub const CONFIG: u8 = 78;
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "settled",
+    version,
+    about = "Runs a business's receivables: recurring invoices, auto-charge, webhooks, credits, email.",
+    after_help = "Examples:\n  settled serve                       # embedded defaults: SQLite in ./data, mail into ./data/mail\n  settled --config /etc/settled/settled.toml check-config\n  SETTLED__DATABASE__URL=postgres://postgres@127.0.0.1/settled settled migrate\n  settled customers list --json\n\nExit codes: 0 ok, 1 failure, 2 bad command line, 3 refused (invalid or conflicting), 4 not found,\n75 a --wait ran out of time, 78 invalid configuration."
+)]
+pub struct Cli {
+    /// Config file (TOML). Default: $SETTLED_CONFIG, or /etc/settled/settled.toml under systemd,
+    /// or none (embedded defaults).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Print JSON (as the admin API answers) instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon: HTTP (webhooks, admin API, health, metrics) and the job workers.
+    #[command(after_help = "Example:\n  settled serve --config /etc/settled/settled.toml")]
+    Serve {
+        /// Do not apply migrations at start (run `settled migrate` separately).
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Apply the database migrations and exit (a progress bar on a terminal, a log line per
+    /// migration otherwise).
+    #[command(
+        after_help = "Examples:\n  settled migrate\n  settled --config /etc/settled/settled.toml migrate"
+    )]
+    Migrate,
+    /// Customers and their balances.
+    #[command(subcommand)]
+    Customers(commands::CustomersCommand),
+    /// Saved payment methods (gateway tokens; brand, last 4 and expiry only).
+    #[command(subcommand)]
+    PaymentMethods(commands::PaymentMethodsCommand),
+    /// Subscriptions (recurring invoice profiles).
+    #[command(subcommand)]
+    Subscriptions(commands::SubscriptionsCommand),
+    /// Invoices.
+    #[command(subcommand)]
+    Invoices(commands::InvoicesCommand),
+    /// Credit notes: credit a customer holds, applied to its next invoices.
+    #[command(subcommand)]
+    CreditNotes(commands::CreditNotesCommand),
+    /// Payments received (card, webhook, offline).
+    #[command(subcommand)]
+    Payments(commands::PaymentsCommand),
+    /// The job queue: what ran, what failed, retry by id.
+    #[command(subcommand)]
+    Jobs(commands::JobsCommand),
+    /// The email outbox: what was sent to whom, what failed, retry by id.
+    #[command(subcommand)]
+    Emails(commands::EmailsCommand),
+    /// Stored gateway webhook events: list, show, replay.
+    #[command(subcommand)]
+    Webhooks(commands::WebhooksCommand),
+    /// The manual clock (clock.mode = "manual").
+    #[command(subcommand)]
+    Clock(commands::ClockCommand),
+    /// Validate the configuration and exit non-zero (78) on any problem.
+    #[command(
+        after_help = "Examples:\n  settled --config /etc/settled/settled.toml check-config\n  settled check-config --print-defaults > settled.toml"
+    )]
+    CheckConfig {
+        /// Print the embedded, commented defaults instead.
+        #[arg(long)]
+        print_defaults: bool,
+    },
+}
+
+fn config_path(cli: &Cli) -> Option<PathBuf> {
+    if let Some(p) = &cli.config {
+        return Some(p.clone());
+    }
+    if let Some(p) = std::env::var_os("SETTLED_CONFIG").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    // Under systemd (INVOCATION_ID is set for every unit) the system config is the default.
+    let system = PathBuf::from(config::SYSTEM_CONFIG);
+    if std::env::var_os("INVOCATION_ID").is_some() && system.exists() {
+        return Some(system);
+    }
+    None
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::CheckConfig {
+        print_defaults: true,
+    } = cli.command
+    {
+        print!("{}", config::DEFAULTS);
+        return ExitCode::from(exit::OK);
+    }
+    let path = config_path(&cli);
+    let mut config = match Config::load(path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("settled: {e:#}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    // Operator commands print their answer; only warnings and errors go to the log there.
+    // Progress of long commands is logged at info when there is no terminal for a bar.
+    if !matches!(cli.command, Command::Serve { .. }) && std::env::var_os("RUST_LOG").is_none() {
+        config.log.level = "warn,settled::progress=info".into();
+    }
+    crate::telemetry::init(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("settled: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let json = cli.json;
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::CheckConfig { .. } => {
+                // Secrets given as files must be readable too.
+                config.admin_tokens()?;
+                config.stripe_api_key()?;
+                config.stripe_webhook_secrets()?;
+                config.smtp_password()?;
+                crate::mail::LettreMailer::from_config(&config)?;
+                crate::gateway::Gateways::from_config(&config)?;
+                println!(
+                    "configuration is valid{}",
+                    path.map(|p| format!(" ({})", p.display()))
+                        .unwrap_or_default()
+                );
+                Ok(exit::OK)
+            }
+            Command::Migrate => {
+                let db = crate::store::Db::open(&config)?;
+                let pending = db.pending_migrations().await.len();
+                let mut progress = crate::progress::Progress::new(
+                    "migrating",
+                    Some(pending as u64),
+                    std::time::Duration::ZERO,
+                );
+                db.migrate_reporting(|m| {
+                    progress.inc(&format!(
+                        "{} {} {} applied in {} ms",
+                        m.history,
+                        m.version,
+                        m.description,
+                        m.took.as_millis()
+                    ))
+                })
+                .await?;
+                progress.finish(&format!("{pending} migrations applied"));
+                println!("migrations applied ({}, {pending} new)", db.backend());
+                db.close().await;
+                Ok(exit::OK)
+            }
+            Command::Serve { no_migrate } => {
+                if no_migrate {
+                    config.database.migrate_on_start = false;
+                }
+                serve(config).await.map(|()| exit::OK)
+            }
+            admin => {
+                let state = crate::app::Context::build(config).await?.http;
+                state.billing.db.migrate().await?;
+                let answer = match admin {
+                    Command::Customers(c) => admin::customers(&state, c).await?,
+                    Command::PaymentMethods(c) => admin::payment_methods(&state, c).await?,
+                    Command::Subscriptions(c) => admin::subscriptions(&state, c).await?,
+                    Command::Invoices(c) => admin::invoices(&state, c).await?,
+                    Command::Payments(c) => admin::payments(&state, c).await?,
+                    Command::CreditNotes(c) => admin::credit_notes(&state, c).await?,
+                    Command::Jobs(c) => admin::jobs(&state, c).await?,
+                    Command::Emails(c) => admin::emails(&state, c).await?,
+                    Command::Webhooks(c) => admin::webhooks(&state, c).await?,
+                    Command::Clock(c) => admin::clock(&state, c).await?,
+                    _ => unreachable!("handled above"),
+                };
+                state.billing.db.close().await;
+                Ok(print_answer(&answer, json))
+            }
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "settled failed");
+            eprintln!("settled: {e:#}");
+            ExitCode::from(exit::FAILURE)
+        }
+    }
+}
+
+/// Prints an admin answer (a table, or JSON with --json) and picks the exit code.
+fn print_answer(answer: &admin::Answer, json: bool) -> u8 {
+    let ok = (200..300).contains(&answer.status);
+    if ok {
+        if let Some(csv) = answer.body.get("csv").and_then(|v| v.as_str()) {
+            print!("{csv}");
+        } else if json {
+            let body = answer.body.get("statement").unwrap_or(&answer.body);
+            println!("{}", serde_json::to_string_pretty(body).unwrap_or_default());
+        } else {
+            print!("{}", table::render_table(&answer.body));
+        }
+        return exit::OK;
+    }
+    let message = answer.body["error"]["message"]
+        .as_str()
+        .unwrap_or("the request failed");
+    if json {
+        eprintln!("{}", answer.body);
+    } else {
+        eprintln!("settled: {message}");
+    }
+    match answer.status {
+        admin::TIMED_OUT => exit::TIMEOUT,
+        404 => exit::NOT_FOUND,
+        400..=499 => exit::REFUSED,
+        _ => exit::FAILURE,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stop signal received");
+        token.cancel();
+    });
+    app.run_until_stopped(shutdown).await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

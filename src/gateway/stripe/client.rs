@@ -1,0 +1,243 @@
+//! Stripe through async-stripe. Only tokens and card summaries cross this boundary; an answer that
+//! cannot be read after the call went out is an unknown outcome, never a decline.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use settled_jobs::gateway::{
+    CardSummary, ChargeRequest, ChargeResult, ChargeStatus, Gateway, GatewayError,
+    NewGatewayCustomer,
+};
+use stripe::{
+    ApiErrorsType, Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError,
+    StripeRequest,
+};
+use stripe_core::customer::CreateCustomer;
+use stripe_core::payment_intent::{
+    CreatePaymentIntent, CreatePaymentIntentOffSession, SearchPaymentIntent,
+};
+use stripe_core::refund::CreateRefund;
+use stripe_core::{PaymentIntent, PaymentIntentAllowedPaymentMethodTypes, PaymentIntentStatus};
+use stripe_payment::payment_method::{AttachPaymentMethod, DetachPaymentMethod};
+
+use crate::config::Secret;
+
+pub struct StripeGateway {
+    client: Client,
+}
+
+impl StripeGateway {
+    pub fn new(key: Secret, base: &str, timeout: Duration) -> anyhow::Result<Self> {
+        let client = ClientBuilder::new(key.expose())
+            .url(base)
+            .timeout(timeout)
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot build the Stripe client: {e}"))?;
+        Ok(StripeGateway { client })
+    }
+}
+
+/// Maps async-stripe's errors onto what the billing core decides on.
+pub fn classify(err: StripeError) -> GatewayError {
+    match err {
+        StripeError::Stripe(api, status) => {
+            let message = api
+                .message
+                .clone()
+                .unwrap_or_else(|| format!("HTTP {status}"));
+            match api.type_ {
+                ApiErrorsType::CardError => GatewayError::Declined {
+                    code: api
+                        .code
+                        .as_ref()
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "card_declined".into()),
+                    decline_code: api.decline_code.clone(),
+                    message,
+                    payment_intent_id: api.payment_intent.as_ref().map(|pi| pi.id.to_string()),
+                },
+                // The key was used with other parameters: whatever happened under it is not
+                // known from this answer.
+                ApiErrorsType::IdempotencyError => {
+                    GatewayError::Unknown(format!("HTTP {status}: {message}"))
+                }
+                // A concurrent request with the same key is still running at the gateway.
+                _ if status == 409 => GatewayError::Unknown(format!("HTTP {status}: {message}")),
+                ApiErrorsType::InvalidRequestError if (400..500).contains(&status) => {
+                    GatewayError::Invalid {
+                        message,
+                        param: api.param.clone(),
+                    }
+                }
+                _ => GatewayError::Unknown(format!("HTTP {status}: {message}")),
+            }
+        }
+        other => GatewayError::Unknown(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl Gateway for StripeGateway {
+    fn name(&self) -> &'static str {
+        super::NAME
+    }
+
+    async fn create_customer(&self, c: &NewGatewayCustomer) -> Result<String, GatewayError> {
+        let customer = CreateCustomer::new()
+            .email(c.email.as_str())
+            .name(c.name.as_str())
+            .metadata(HashMap::from([(
+                "settled_customer_id".to_string(),
+                c.customer_id.clone(),
+            )]))
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        Ok(customer.id.to_string())
+    }
+
+    async fn attach_payment_method(
+        &self,
+        gateway_customer_id: &str,
+        token: &str,
+    ) -> Result<CardSummary, GatewayError> {
+        let pm = AttachPaymentMethod::new(token)
+            .customer(gateway_customer_id)
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        let card = pm.card.ok_or_else(|| GatewayError::Invalid {
+            message: "the payment method is not a card".into(),
+            param: Some("token".into()),
+        })?;
+        Ok(CardSummary {
+            token: pm.id.to_string(),
+            brand: card.brand,
+            last4: card.last4,
+            exp_month: card.exp_month,
+            exp_year: card.exp_year,
+        })
+    }
+
+    async fn detach_payment_method(&self, token: &str) -> Result<(), GatewayError> {
+        DetachPaymentMethod::new(token)
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn charge(&self, r: &ChargeRequest) -> Result<ChargeResult, GatewayError> {
+        let key = IdempotencyKey::new(&r.idempotency_key)
+            .map_err(|e| GatewayError::Unknown(format!("unusable idempotency key: {e}")))?;
+        let currency = r
+            .currency
+            .to_lowercase()
+            .parse::<stripe_types::Currency>()
+            .map_err(|never| match never {})?;
+        let pi = CreatePaymentIntent::new(r.amount, currency)
+            .confirm(true)
+            .off_session(CreatePaymentIntentOffSession::Bool(true))
+            .customer(r.gateway_customer_id.as_str())
+            .payment_method(r.payment_method.as_str())
+            .allowed_payment_method_types(vec![PaymentIntentAllowedPaymentMethodTypes::Card])
+            .description(r.description.as_str())
+            .metadata(r.metadata.iter().cloned().collect::<HashMap<_, _>>())
+            .customize()
+            .request_strategy(RequestStrategy::Idempotent(key))
+            .send(&self.client)
+            .await;
+        match pi {
+            Ok(pi) => Ok(charge_result(pi)),
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    async fn refund(
+        &self,
+        payment_intent_id: &str,
+        amount: i64,
+        idempotency_key: &str,
+    ) -> Result<String, GatewayError> {
+        let key = IdempotencyKey::new(idempotency_key)
+            .map_err(|e| GatewayError::Unknown(format!("unusable idempotency key: {e}")))?;
+        let refund = CreateRefund::new()
+            .payment_intent(payment_intent_id)
+            .amount(amount)
+            .customize()
+            .request_strategy(RequestStrategy::Idempotent(key))
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        Ok(refund.id.to_string())
+    }
+
+    async fn find_charge(
+        &self,
+        metadata: &[(String, String)],
+    ) -> Result<Option<ChargeResult>, GatewayError> {
+        let query = metadata
+            .iter()
+            .map(|(k, v)| metadata_clause(k, v))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let found = SearchPaymentIntent::new(query)
+            .limit(10)
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        // Several matches cannot come from one key; prefer the one that moved money.
+        let mut results: Vec<ChargeResult> = found.data.into_iter().map(charge_result).collect();
+        results.sort_by_key(|r| match r.status {
+            ChargeStatus::Succeeded => 0,
+            ChargeStatus::Pending => 1,
+            ChargeStatus::Failed => 2,
+        });
+        Ok(results.into_iter().next())
+    }
+}
+
+/// Reads a PaymentIntent into what the billing core decides on.
+fn charge_result(pi: PaymentIntent) -> ChargeResult {
+    let status = match pi.status {
+        PaymentIntentStatus::Succeeded => ChargeStatus::Succeeded,
+        PaymentIntentStatus::Processing | PaymentIntentStatus::RequiresCapture => {
+            ChargeStatus::Pending
+        }
+        PaymentIntentStatus::RequiresConfirmation => ChargeStatus::Pending,
+        _ => ChargeStatus::Failed,
+    };
+    let (decline_code, failure_message) = match (&status, &pi.last_payment_error) {
+        (ChargeStatus::Failed, Some(err)) => (
+            err.decline_code
+                .clone()
+                .or_else(|| err.code.as_ref().map(|c| c.to_string())),
+            err.message.clone(),
+        ),
+        (ChargeStatus::Failed, None) => (
+            Some(match pi.status {
+                PaymentIntentStatus::RequiresAction => "authentication_required".to_string(),
+                PaymentIntentStatus::Canceled => "canceled".to_string(),
+                _ => "card_declined".to_string(),
+            }),
+            None,
+        ),
+        _ => (None, None),
+    };
+    ChargeResult {
+        payment_intent_id: pi.id.to_string(),
+        status,
+        amount_received: pi.amount_received,
+        currency: pi.currency.to_string().to_uppercase(),
+        decline_code,
+        failure_message,
+    }
+}
+
+/// A search query term for one metadata pair (values are our own ids and numbers, but quote
+/// escaping keeps the query well-formed whatever they hold).
+fn metadata_clause(key: &str, value: &str) -> String {
+    let escaped = value.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("metadata['{key}']:\"{escaped}\"")
+}

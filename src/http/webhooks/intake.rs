@@ -1,0 +1,199 @@
+//! Durable intake with group commits. A verified delivery is handed to a small pool of writer
+//! tasks; each takes every delivery waiting at that moment and stores them, with their
+//! process_event jobs, in one transaction. Each request is answered only after the transaction
+//! holding its event committed (a 2xx means the event is durable), but concurrent deliveries share one commit (one fsync)
+//! instead of paying for one each.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::signature::standard_key;
+use crate::billing::Billing;
+use crate::store::webhook_events::{self as store, NewEvent};
+
+/// Deliveries stored in one transaction at most.
+const MAX_BATCH: usize = 256;
+/// Writer tasks: while one commits, the next gathers the deliveries that arrived meanwhile.
+const WRITERS: usize = 2;
+/// Deliveries waiting for a writer before new ones wait for room (back-pressure, bounded memory).
+const QUEUE_DEPTH: usize = 4096;
+
+/// What became of a verified delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored now, with its process_event job.
+    New,
+    /// This (source, event id) was stored before; nothing new was written.
+    Duplicate,
+}
+
+struct Pending {
+    event: NewEvent,
+    reply: oneshot::Sender<Result<Stored, String>>,
+}
+
+/// The intake's configuration (secrets decoded once) and its writers.
+pub struct Intake {
+    pub billing: Arc<Billing>,
+    stripe_secrets: Result<Vec<String>, String>,
+    standard_keys: HashMap<String, Result<Vec<Vec<u8>>, String>>,
+    sender: OnceLock<mpsc::Sender<Pending>>,
+}
+
+impl Intake {
+    pub fn new(billing: Arc<Billing>) -> Intake {
+        let config = &billing.config;
+        let stripe_secrets = config
+            .stripe_webhook_secrets()
+            .map(|s| s.iter().map(|s| s.expose().to_string()).collect())
+            .map_err(|e| format!("{e:#}"));
+        let standard_keys = config
+            .standard_webhooks
+            .sources
+            .keys()
+            .map(|name| {
+                let keys = config
+                    .standard_webhook_secrets(name)
+                    .map(|secrets| {
+                        secrets
+                            .iter()
+                            .filter_map(|s| standard_key(s.expose()))
+                            .collect()
+                    })
+                    .map_err(|e| format!("{e:#}"));
+                (name.clone(), keys)
+            })
+            .collect();
+        Intake {
+            billing,
+            stripe_secrets,
+            standard_keys,
+            sender: OnceLock::new(),
+        }
+    }
+
+    /// The Stripe signing secrets, or why there are none to check against.
+    pub fn stripe_secrets(&self) -> Result<&[String], String> {
+        match &self.stripe_secrets {
+            Ok(s) if s.is_empty() => Err(
+                "no Stripe webhook signing secret is configured (stripe.webhook_secrets or \
+                 stripe.webhook_secrets_file); deliveries are refused until one is"
+                    .into(),
+            ),
+            Ok(s) => Ok(s),
+            Err(e) => Err(format!("the Stripe webhook secrets cannot be read: {e}")),
+        }
+    }
+
+    /// A configured Standard Webhooks source's keys: None for an unknown source, Err when the
+    /// source has no usable secret.
+    pub fn standard_keys(&self, source: &str) -> Option<Result<&[Vec<u8>], String>> {
+        let keys = self.standard_keys.get(source)?;
+        Some(match keys {
+            Ok(k) if k.is_empty() => Err(format!(
+                "no signing secret is configured for the webhook source {source} \
+                 (standard_webhooks.sources.{source}.secrets); deliveries are refused until one is"
+            )),
+            Ok(k) => Ok(k),
+            Err(e) => Err(format!(
+                "the secrets of the webhook source {source} cannot be read: {e}"
+            )),
+        })
+    }
+
+    /// Stores the event durably (or finds it stored before); returns once committed.
+    pub async fn store(&self, event: NewEvent) -> Result<Stored, String> {
+        let sender = self
+            .sender
+            .get_or_init(|| spawn_writers(self.billing.clone()));
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(Pending { event, reply })
+            .await
+            .map_err(|_| "the intake writer has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the intake writer stopped before answering".to_string())?
+    }
+}
+
+fn spawn_writers(billing: Arc<Billing>) -> mpsc::Sender<Pending> {
+    let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
+    let receiver = Arc::new(Mutex::new(receiver));
+    for _ in 0..WRITERS {
+        let billing = billing.clone();
+        let receiver = receiver.clone();
+        tokio::spawn(async move {
+            while let Some(batch) = next_batch(&receiver).await {
+                write_batch(&billing, batch).await;
+            }
+        });
+    }
+    sender
+}
+
+/// Waits for one delivery, then takes every other one already waiting (up to `MAX_BATCH`).
+/// None once every sender is gone (the HTTP server stopped).
+async fn next_batch(receiver: &Mutex<mpsc::Receiver<Pending>>) -> Option<Vec<Pending>> {
+    let mut rx = receiver.lock().await;
+    let first = rx.recv().await?;
+    let mut batch = Vec::with_capacity(16);
+    batch.push(first);
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(p) => batch.push(p),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+async fn write_batch(billing: &Billing, mut batch: Vec<Pending>) {
+    // One order for every batch, so two concurrent batches holding the same events take their
+    // unique-index locks in the same order and cannot deadlock.
+    batch.sort_by(|a, b| {
+        (&a.event.source, &a.event.event_id).cmp(&(&b.event.source, &b.event.event_id))
+    });
+    let max_attempts = billing.max_attempts();
+    let events: Vec<&NewEvent> = batch.iter().map(|p| &p.event).collect();
+    match store::insert_events(&billing.db, &events, max_attempts).await {
+        Ok(new_ids) => {
+            for p in batch {
+                let stored = if new_ids.contains(&p.event.id) {
+                    Stored::New
+                } else {
+                    Stored::Duplicate
+                };
+                let _ = p.reply.send(Ok(stored));
+            }
+        }
+        Err(e) if batch.len() > 1 => {
+            // One delivery must not fail the others: store each alone.
+            tracing::warn!(error = %e, deliveries = batch.len(), "storing a batch of webhook events failed; storing them one by one");
+            for p in batch {
+                let result = store::insert_events(&billing.db, &[&p.event], max_attempts)
+                    .await
+                    .map(|new| {
+                        if new.contains(&p.event.id) {
+                            Stored::New
+                        } else {
+                            Stored::Duplicate
+                        }
+                    })
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, source = %p.event.source, "storing a webhook event failed");
+                        e.to_string()
+                    });
+                let _ = p.reply.send(result);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, source = %batch[0].event.source, "storing a webhook event failed");
+            for p in batch {
+                let _ = p.reply.send(Err(e.to_string()));
+            }
+        }
+    }
+}

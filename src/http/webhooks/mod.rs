@@ -1,0 +1,443 @@
+//! Webhook intake (public, signed) and the operator's view of stored events (/v1).
+//!
+//! Intake checks, in this order, and refuses with nothing stored: the body's size (413), the
+//! source (404) and its secrets (503: not configured, so the gateway keeps retrying), the
+//! signature and the signed timestamp against the real wall clock (400), then the body (400:
+//! JSON with a string `id` and `type`). It then stores the raw body with its process_event job
+//! and answers 200 once that is committed; a duplicate delivery is 200 too and stores nothing.
+//! Storage trouble is 503 so the gateway retries. Processing never delays the answer.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Path, State as AxState};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use settled_jobs::ids::{new_id, prefix};
+
+use settled_jobs::status::EventStatus;
+
+use super::extract::ApiQuery;
+use super::format::rfc3339_ms;
+use super::{ApiError, AppState, ListResponse, Paging};
+use crate::billing::Billing;
+use crate::gateway::stripe::NAME as STRIPE;
+use crate::metrics::{self, reason};
+use crate::store::webhook_events::{self as store, EventRow, NewEvent};
+use intake::{Intake, Stored};
+use signature::Refusal;
+
+pub mod intake;
+pub mod signature;
+
+/// Longest event id accepted (Stripe's are about 30 characters).
+const MAX_EVENT_ID: usize = 255;
+
+/// `POST /webhooks/stripe`, `POST /webhooks/standard/{source}`.
+pub fn public_router(billing: Arc<Billing>) -> Router<Arc<AppState>> {
+    let intake = Arc::new(Intake::new(billing));
+    Router::new()
+        .route("/webhooks/stripe", post(stripe))
+        .route("/webhooks/standard/{source}", post(standard))
+        .with_state(intake)
+}
+
+/// `/v1/webhook_events...`.
+pub fn admin_router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/webhook_events", get(list))
+        .route("/webhook_events/{id}", get(show))
+        .route("/webhook_events/{id}/replay", post(replay))
+}
+
+fn wall_clock_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A refusal: counted, logged without the body, answered in the API's error format.
+fn refuse(
+    source: &str,
+    why: &'static str,
+    status: StatusCode,
+    code: &str,
+    message: &str,
+) -> Response {
+    metrics::webhook_refused(source, why);
+    tracing::info!(
+        source,
+        reason = why,
+        status = status.as_u16(),
+        message,
+        "webhook refused"
+    );
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The raw body, at most `limit` bytes: a declared or actual length above it is 413 before
+/// anything else is looked at.
+async fn read_body(
+    source: &str,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Vec<u8>, Response> {
+    let too_large = || {
+        refuse(
+            source,
+            reason::TOO_LARGE,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            &format!("the webhook body is larger than {limit} bytes"),
+        )
+    };
+    if let Some(declared) = header_str(headers, header::CONTENT_LENGTH.as_str())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        && declared > limit as u64
+    {
+        return Err(too_large());
+    }
+    let mut out = Vec::new();
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| {
+            refuse(
+                source,
+                reason::BODY,
+                StatusCode::BAD_REQUEST,
+                "body_unreadable",
+                "the webhook body could not be read",
+            )
+        })?;
+        if out.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+fn signature_refusal(source: &str, refusal: Refusal) -> Response {
+    let code = match refusal {
+        Refusal::Signature(_) => "invalid_signature",
+        Refusal::Timestamp(_) => "timestamp_out_of_tolerance",
+    };
+    refuse(
+        source,
+        refusal.reason(),
+        StatusCode::BAD_REQUEST,
+        code,
+        refusal.message(),
+    )
+}
+
+fn body_refusal(source: &str, message: &str) -> Response {
+    refuse(
+        source,
+        reason::BODY,
+        StatusCode::BAD_REQUEST,
+        "invalid_body",
+        message,
+    )
+}
+
+fn no_secret(source: &str, message: &str) -> Response {
+    tracing::warn!(source, "{message}");
+    refuse(
+        source,
+        reason::NO_SECRET,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "webhook_secret_not_configured",
+        message,
+    )
+}
+
+/// The fields intake needs; everything else in the body is skipped without being built.
+#[derive(Deserialize)]
+struct Head {
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+    #[serde(rename = "type", default)]
+    kind: Option<serde_json::Value>,
+}
+
+fn short_string(v: Option<serde_json::Value>) -> Option<String> {
+    match v {
+        Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= MAX_EVENT_ID => Some(s),
+        _ => None,
+    }
+}
+
+/// The body as text, its `id` and its `type`; `id_required` for Stripe (Standard Webhooks carry
+/// the event id in `webhook-id`).
+fn parse_body(raw: Vec<u8>, id_required: bool) -> Result<(String, Option<String>, String), String> {
+    let text = String::from_utf8(raw).map_err(|_| "the webhook body is not UTF-8".to_string())?;
+    let head: Head = serde_json::from_str(&text).map_err(|e| {
+        if e.is_data() {
+            format!("the webhook body must be a JSON object: {e}")
+        } else {
+            format!("the webhook body is not valid JSON: {e}")
+        }
+    })?;
+    let kind = short_string(head.kind)
+        .ok_or_else(|| "the webhook body has no string \"type\"".to_string())?;
+    let id = short_string(head.id);
+    if id.is_none() && id_required {
+        return Err("the webhook body has no string \"id\"".into());
+    }
+    Ok((text, id, kind))
+}
+
+/// Stores the verified event and answers.
+async fn accept(
+    intake: &Intake,
+    source: &str,
+    event_id: String,
+    kind: String,
+    body: String,
+) -> Response {
+    let billing = &intake.billing;
+    let event = NewEvent {
+        id: new_id(prefix::WEBHOOK_EVENT),
+        source: source.to_string(),
+        event_id,
+        kind,
+        body,
+        received_at: crate::store::ms(billing.now()),
+    };
+    let id = event.id.clone();
+    let event_id = event.event_id.clone();
+    match intake.store(event).await {
+        Ok(Stored::New) => {
+            metrics::webhook_received(source);
+            tracing::debug!(source, event_id = %event_id, id = %id, "webhook stored");
+            (
+                StatusCode::OK,
+                Json(json!({"received": true, "id": id, "duplicate": false})),
+            )
+                .into_response()
+        }
+        Ok(Stored::Duplicate) => {
+            metrics::webhook_duplicate(source);
+            tracing::info!(source, event_id = %event_id, "duplicate webhook delivery; already stored");
+            let existing = store::id_of(&billing.db, source, &event_id)
+                .await
+                .ok()
+                .flatten();
+            (
+                StatusCode::OK,
+                Json(json!({"received": true, "id": existing, "duplicate": true})),
+            )
+                .into_response()
+        }
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": {
+                "code": "unavailable",
+                "message": "the event could not be stored; deliver it again later"
+            }})),
+        )
+            .into_response(),
+    }
+}
+
+async fn stripe(AxState(intake): AxState<Arc<Intake>>, headers: HeaderMap, body: Body) -> Response {
+    let config = &intake.billing.config;
+    let raw = match read_body(STRIPE, &headers, body, config.stripe.webhook_max_body_bytes).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let secrets: Vec<&str> = match intake.stripe_secrets() {
+        Ok(s) => s.iter().map(String::as_str).collect(),
+        Err(message) => return no_secret(STRIPE, &message),
+    };
+    if let Err(refusal) = signature::verify_stripe(
+        header_str(&headers, "stripe-signature"),
+        &raw,
+        &secrets,
+        wall_clock_secs(),
+        config.stripe.webhook_tolerance_seconds,
+    ) {
+        return signature_refusal(STRIPE, refusal);
+    }
+    match parse_body(raw, true) {
+        Ok((text, Some(id), kind)) => accept(&intake, STRIPE, id, kind, text).await,
+        Ok((_, None, _)) => body_refusal(STRIPE, "the webhook body has no string \"id\""),
+        Err(message) => body_refusal(STRIPE, &message),
+    }
+}
+
+async fn standard(
+    AxState(intake): AxState<Arc<Intake>>,
+    Path(source): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(keys) = intake.standard_keys(&source) else {
+        // The label is fixed: a sender must not be able to invent label values.
+        return refuse(
+            "unknown",
+            reason::UNKNOWN_SOURCE,
+            StatusCode::NOT_FOUND,
+            "unknown_source",
+            &format!("no webhook source named {source:?} is configured"),
+        );
+    };
+    let config = &intake.billing.config;
+    let raw = match read_body(
+        &source,
+        &headers,
+        body,
+        config.standard_webhooks.max_body_bytes,
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let keys = match keys {
+        Ok(k) => k,
+        Err(message) => return no_secret(&source, &message),
+    };
+    let webhook_id = header_str(&headers, "webhook-id");
+    if let Err(refusal) = signature::verify_standard(
+        webhook_id,
+        header_str(&headers, "webhook-timestamp"),
+        header_str(&headers, "webhook-signature"),
+        &raw,
+        keys,
+        wall_clock_secs(),
+        config.standard_webhooks.tolerance_seconds,
+    ) {
+        return signature_refusal(&source, refusal);
+    }
+    let event_id = webhook_id.unwrap_or_default().to_string();
+    if event_id.len() > MAX_EVENT_ID {
+        return body_refusal(&source, "the webhook-id header is too long");
+    }
+    match parse_body(raw, false) {
+        Ok((text, _, kind)) => accept(&intake, &source, event_id, kind, text).await,
+        Err(message) => body_refusal(&source, &message),
+    }
+}
+
+/// A stored event as the operator sees it.
+#[derive(Debug, Serialize)]
+pub struct EventView {
+    pub object: &'static str,
+    pub id: String,
+    pub source: String,
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+    pub received_at: String,
+    pub processed_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub replays: i64,
+    /// The stored body, on the single-event view only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
+}
+
+impl EventView {
+    fn from_row(row: EventRow, with_payload: bool) -> EventView {
+        let payload = with_payload
+            .then(|| serde_json::from_str(&row.body).ok())
+            .flatten();
+        EventView {
+            object: "webhook_event",
+            id: row.id,
+            source: row.source,
+            event_id: row.event_id,
+            kind: row.kind,
+            status: row.status,
+            received_at: rfc3339_ms(row.received_at),
+            processed_at: row.processed_at.map(rfc3339_ms),
+            error: row.error,
+            replays: row.replays,
+            payload,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct EventQuery {
+    status: Option<String>,
+    source: Option<String>,
+    #[serde(flatten)]
+    paging: Paging,
+}
+
+async fn list(
+    AxState(state): AxState<Arc<AppState>>,
+    ApiQuery(q): ApiQuery<EventQuery>,
+) -> Result<Json<ListResponse<EventView>>, ApiError> {
+    let limit = q.paging.limit()?;
+    if let Some(s) = &q.status
+        && EventStatus::parse(s).is_none()
+    {
+        return Err(ApiError::invalid(
+            "status",
+            format!("must be one of {}", EventStatus::names().join(", ")),
+        ));
+    }
+    let after = match q.paging.starting_after.as_deref() {
+        Some(id) => Some(store::get(&state.billing.db, id).await?.ok_or_else(|| {
+            ApiError::invalid("starting_after", format!("no webhook event with id {id}"))
+        })?),
+        None => None,
+    };
+    let rows = store::list(
+        &state.billing.db,
+        q.status.as_deref(),
+        q.source.as_deref(),
+        limit + 1,
+        after.as_ref(),
+    )
+    .await?;
+    let views = rows
+        .into_iter()
+        .map(|r| EventView::from_row(r, false))
+        .collect();
+    Ok(Json(ListResponse::page(views, limit)))
+}
+
+async fn show(
+    AxState(state): AxState<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<EventView>, ApiError> {
+    store::get(&state.billing.db, &id)
+        .await?
+        .map(|r| Json(EventView::from_row(r, true)))
+        .ok_or_else(|| ApiError::not_found("webhook event", &id))
+}
+
+/// Processes the event again (its effects are idempotent under their natural keys).
+async fn replay(
+    AxState(state): AxState<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<EventView>, ApiError> {
+    if !store::replay(&state.billing.db, &id, state.billing.max_attempts()).await? {
+        return Err(ApiError::not_found("webhook event", &id));
+    }
+    tracing::info!(event = %id, "webhook event replay requested");
+    show(AxState(state), Path(id)).await
+}

@@ -1,0 +1,431 @@
+//! Charge attempts: one row per gateway charge, committed before its call with the
+//! Idempotency-Key it is sent under. The only writer of `charge_attempts`.
+
+use chrono::{DateTime, Utc};
+use settled_jobs::dunning::idempotency_key;
+use settled_jobs::ids::{new_id, prefix};
+use settled_jobs::status::AttemptStatus;
+use sqlx::FromRow;
+
+use super::bulk::{self, Arg};
+use super::{Db, Result, Tx, ms, on_db, on_tx};
+
+#[derive(Debug, Clone, FromRow)]
+pub struct AttemptRow {
+    pub id: String,
+    pub invoice_id: Option<String>,
+    pub customer_id: String,
+    pub attempt: i64,
+    pub idempotency_key: String,
+    pub amount: i64,
+    pub currency: String,
+    pub payment_method_id: Option<String>,
+    pub automatic: bool,
+    pub status: String,
+    pub decline_code: Option<String>,
+    pub failure_message: Option<String>,
+    pub gateway_payment_id: Option<String>,
+    pub next_attempt_at: Option<i64>,
+    pub scheduled_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub sent_wall_ms: Option<i64>,
+}
+
+impl AttemptRow {
+    pub fn status(&self) -> AttemptStatus {
+        AttemptStatus::parse(&self.status).unwrap_or(AttemptStatus::Unknown)
+    }
+
+    /// Succeeded or failed: nothing more will happen to it.
+    pub fn is_closed(&self) -> bool {
+        matches!(
+            self.status(),
+            AttemptStatus::Succeeded | AttemptStatus::Failed
+        )
+    }
+}
+
+const ATTEMPT_COLUMNS: &str = "id, invoice_id, customer_id, attempt, idempotency_key, amount, currency, \
+     payment_method_id, automatic, status, decline_code, failure_message, gateway_payment_id, \
+     next_attempt_at, scheduled_at, started_at, finished_at, sent_wall_ms";
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub struct NewAttempt<'a> {
+    pub invoice_id: Option<&'a str>,
+    pub customer_id: &'a str,
+    pub amount: i64,
+    pub currency: &'a str,
+    pub payment_method_id: Option<&'a str>,
+    pub automatic: bool,
+    pub scheduled_at: DateTime<Utc>,
+    /// Set for on-demand charges, which are sent at once by the caller.
+    pub started: bool,
+}
+
+/// Inserts the next attempt (numbered after every earlier one of the invoice) and returns it.
+pub async fn insert(tx: &mut Tx, a: &NewAttempt<'_>, now: DateTime<Utc>) -> Result<AttemptRow> {
+    let id = new_id(prefix::CHARGE_ATTEMPT);
+    let number: i64 = match a.invoice_id {
+        Some(invoice_id) => on_tx!(tx, c => {
+            sqlx::query_scalar("SELECT COALESCE(MAX(attempt), 0) + 1 FROM charge_attempts WHERE invoice_id = $1")
+                .bind(invoice_id)
+                .fetch_one(&mut *c)
+                .await?
+        }),
+        None => 1,
+    };
+    let key = idempotency_key(a.invoice_id.unwrap_or(&id), number);
+    let (started_at, sent) = if a.started {
+        (Some(ms(now)), Some(wall_ms()))
+    } else {
+        (None, None)
+    };
+    let sql = format!(
+        "INSERT INTO charge_attempts (id, invoice_id, customer_id, attempt, idempotency_key, amount, currency, \
+         payment_method_id, automatic, status, scheduled_at, started_at, sent_wall_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11, $12) RETURNING {ATTEMPT_COLUMNS}"
+    );
+    Ok(on_tx!(tx, c => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(&id)
+            .bind(a.invoice_id)
+            .bind(a.customer_id)
+            .bind(number)
+            .bind(&key)
+            .bind(a.amount)
+            .bind(a.currency)
+            .bind(a.payment_method_id)
+            .bind(a.automatic)
+            .bind(ms(a.scheduled_at))
+            .bind(started_at)
+            .bind(sent)
+            .fetch_one(&mut *c)
+            .await?
+    }))
+}
+
+/// A first automatic attempt of a newly finalised invoice, scheduled for `now`.
+pub struct FirstAttempt<'a> {
+    pub invoice_id: &'a str,
+    pub customer_id: &'a str,
+    pub amount: i64,
+    pub currency: &'a str,
+}
+
+/// Inserts first automatic attempts (attempt 1 of each invoice) in a few statements.
+pub async fn insert_first_many(
+    tx: &mut Tx,
+    attempts: &[FirstAttempt<'_>],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    const COLUMNS: [&str; 10] = [
+        "id",
+        "invoice_id",
+        "customer_id",
+        "attempt",
+        "idempotency_key",
+        "amount",
+        "currency",
+        "automatic",
+        "status",
+        "scheduled_at",
+    ];
+    let rows: Vec<Vec<Arg>> = attempts
+        .iter()
+        .map(|a| {
+            vec![
+                Arg::from(new_id(prefix::CHARGE_ATTEMPT)),
+                Arg::from(a.invoice_id),
+                Arg::from(a.customer_id),
+                Arg::from(1i64),
+                Arg::from(idempotency_key(a.invoice_id, 1)),
+                Arg::from(a.amount),
+                Arg::from(a.currency),
+                Arg::from(true),
+                Arg::from(AttemptStatus::Pending.as_str()),
+                Arg::from(ms(now)),
+            ]
+        })
+        .collect();
+    bulk::insert(tx, "charge_attempts", &COLUMNS, &rows, "").await?;
+    Ok(())
+}
+
+/// An attempt by (invoice, number) or, for balance charges, by its id; locked for update.
+pub async fn lock(
+    tx: &mut Tx,
+    invoice_id: Option<&str>,
+    attempt: i64,
+    id: &str,
+) -> Result<Option<AttemptRow>> {
+    let lock = tx.lock_rows();
+    let sql = match invoice_id {
+        Some(_) => format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM charge_attempts WHERE invoice_id = $1 AND attempt = $2{lock}"
+        ),
+        None => format!("SELECT {ATTEMPT_COLUMNS} FROM charge_attempts WHERE id = $1{lock}"),
+    };
+    Ok(on_tx!(tx, c => {
+        let q = sqlx::query_as::<_, AttemptRow>(sqlx::AssertSqlSafe(sql.as_str()));
+        match invoice_id {
+            Some(inv) => q.bind(inv).bind(attempt).fetch_optional(&mut *c).await?,
+            None => q.bind(id).fetch_optional(&mut *c).await?,
+        }
+    }))
+}
+
+pub async fn get(db: &Db, id: &str) -> Result<Option<AttemptRow>> {
+    let sql = format!("SELECT {ATTEMPT_COLUMNS} FROM charge_attempts WHERE id = $1");
+    Ok(
+        on_db!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(p).await?),
+    )
+}
+
+/// Attempts of an invoice in order, for the invoice view.
+pub async fn of_invoice(db: &Db, invoice_id: &str) -> Result<Vec<AttemptRow>> {
+    let sql = format!(
+        "SELECT {ATTEMPT_COLUMNS} FROM charge_attempts WHERE invoice_id = $1 ORDER BY attempt"
+    );
+    Ok(
+        on_db!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(invoice_id).fetch_all(p).await?),
+    )
+}
+
+/// What sending an attempt needs besides its row: the gateway customer, the card's token and
+/// gateway, and the invoice's number.
+#[derive(Debug, FromRow)]
+pub struct SendContext {
+    pub gateway_customer_id: Option<String>,
+    pub token: Option<String>,
+    pub gateway: Option<String>,
+    pub number: Option<String>,
+}
+
+pub async fn send_context(db: &Db, id: &str) -> Result<SendContext> {
+    Ok(on_db!(db, p => {
+        sqlx::query_as(
+            "SELECT c.gateway_customer_id, pm.token, pm.gateway, i.number FROM charge_attempts a \
+             JOIN customers c ON c.id = a.customer_id \
+             LEFT JOIN payment_methods pm ON pm.id = a.payment_method_id \
+             LEFT JOIN invoices i ON i.id = a.invoice_id WHERE a.id = $1",
+        )
+        .bind(id)
+        .fetch_one(p)
+        .await?
+    }))
+}
+
+/// Claims a scheduled attempt just before its call: its amount and method are fixed, and it is
+/// marked sent (by the daemon's clock and the real wall clock).
+pub async fn claim(
+    tx: &mut Tx,
+    id: &str,
+    amount: i64,
+    payment_method_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    on_tx!(tx, c => {
+        sqlx::query(
+            "UPDATE charge_attempts SET amount = $2, payment_method_id = $3, started_at = $4, sent_wall_ms = $5 \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(amount)
+        .bind(payment_method_id)
+        .bind(ms(now))
+        .bind(wall_ms())
+        .execute(&mut *c)
+        .await?;
+    });
+    Ok(())
+}
+
+/// Deletes one attempt that was never sent (its key was never used).
+pub async fn delete_unsent(tx: &mut Tx, id: &str) -> Result<()> {
+    on_tx!(tx, c => {
+        sqlx::query("DELETE FROM charge_attempts WHERE id = $1 AND started_at IS NULL")
+            .bind(id)
+            .execute(&mut *c)
+            .await?;
+    });
+    Ok(())
+}
+
+/// Drops an invoice's scheduled attempts that were never sent (it was paid or voided).
+pub async fn drop_unsent_of(tx: &mut Tx, invoice_id: &str) -> Result<()> {
+    on_tx!(tx, c => {
+        sqlx::query(
+            "DELETE FROM charge_attempts WHERE invoice_id = $1 AND status = 'pending' AND started_at IS NULL",
+        )
+        .bind(invoice_id)
+        .execute(&mut *c)
+        .await?;
+    });
+    Ok(())
+}
+
+pub async fn set_unknown(tx: &mut Tx, id: &str, message: &str) -> Result<()> {
+    on_tx!(tx, c => {
+        sqlx::query("UPDATE charge_attempts SET status = 'unknown', failure_message = $2 WHERE id = $1")
+            .bind(id)
+            .bind(message)
+            .execute(&mut *c)
+            .await?;
+    });
+    Ok(())
+}
+
+pub async fn set_succeeded(
+    tx: &mut Tx,
+    id: &str,
+    gateway_payment_id: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    on_tx!(tx, c => {
+        sqlx::query(
+            "UPDATE charge_attempts SET status = 'succeeded', gateway_payment_id = $2, finished_at = $3, \
+             decline_code = NULL, failure_message = NULL WHERE id = $1",
+        )
+        .bind(id)
+        .bind(gateway_payment_id)
+        .bind(ms(now))
+        .execute(&mut *c)
+        .await?;
+    });
+    Ok(())
+}
+
+pub async fn set_failed(
+    tx: &mut Tx,
+    id: &str,
+    code: &str,
+    message: &str,
+    gateway_payment_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    on_tx!(tx, c => {
+        sqlx::query(
+            "UPDATE charge_attempts SET status = 'failed', decline_code = $2, failure_message = $3, \
+             gateway_payment_id = COALESCE($4, gateway_payment_id), finished_at = $5, \
+             started_at = COALESCE(started_at, $5) WHERE id = $1",
+        )
+        .bind(id)
+        .bind(code)
+        .bind(message)
+        .bind(gateway_payment_id)
+        .bind(ms(now))
+        .execute(&mut *c)
+        .await?;
+    });
+    Ok(())
+}
+
+pub async fn set_next_attempt_at(tx: &mut Tx, id: &str, at: DateTime<Utc>) -> Result<()> {
+    on_tx!(tx, c => {
+        sqlx::query("UPDATE charge_attempts SET next_attempt_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(ms(at))
+            .execute(&mut *c)
+            .await?;
+    });
+    Ok(())
+}
+
+/// How many automatic attempts of the invoice have failed.
+pub async fn automatic_failures(tx: &mut Tx, invoice_id: &str) -> Result<i64> {
+    Ok(on_tx!(tx, c => {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM charge_attempts WHERE invoice_id = $1 AND automatic AND status = 'failed'",
+        )
+        .bind(invoice_id)
+        .fetch_one(&mut *c)
+        .await?
+    }))
+}
+
+/// Whose attempts to look at for one in flight.
+#[derive(Debug, Clone, Copy)]
+pub enum Of<'a> {
+    Invoice(&'a str),
+    Customer(&'a str),
+}
+
+/// True when an attempt was sent and its outcome is not recorded yet: a second charge now could
+/// take the money twice.
+pub async fn in_flight(tx: &mut Tx, of: Of<'_>) -> Result<bool> {
+    let (column, id) = match of {
+        Of::Invoice(id) => ("invoice_id", id),
+        Of::Customer(id) => ("customer_id", id),
+    };
+    let sql = format!(
+        "SELECT COUNT(*) FROM charge_attempts WHERE {column} = $1 \
+         AND (status = 'unknown' OR (status = 'pending' AND started_at IS NOT NULL))"
+    );
+    let n: i64 = on_tx!(tx, c => {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(id)
+            .fetch_one(&mut *c)
+            .await?
+    });
+    Ok(n > 0)
+}
+
+/// The failed attempt's decline (message, else code) and the brand and last 4 of its card.
+pub async fn decline_of(
+    tx: &mut Tx,
+    invoice_id: &str,
+    attempt: i64,
+) -> Result<
+    Option<(
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    )>,
+> {
+    Ok(on_tx!(tx, c => {
+        sqlx::query_as(
+            "SELECT a.decline_code, a.failure_message, pm.brand, pm.last4 FROM charge_attempts a \
+             LEFT JOIN payment_methods pm ON pm.id = a.payment_method_id \
+             WHERE a.invoice_id = $1 AND a.attempt = $2",
+        )
+        .bind(invoice_id)
+        .bind(attempt)
+        .fetch_optional(&mut *c)
+        .await?
+    }))
+}
+
+/// A due attempt as the sweep finds it: (invoice, attempt number, id, status, started_at).
+pub type Due = (Option<String>, i64, String, String, Option<i64>);
+
+/// Scheduled attempts whose time has come, unknown outcomes, and attempts sent before
+/// `sent_before_wall_ms` that were never recorded (their sender died).
+pub async fn due(
+    db: &Db,
+    now: DateTime<Utc>,
+    sent_before_wall_ms: i64,
+    limit: i64,
+) -> Result<Vec<Due>> {
+    Ok(on_db!(db, p => {
+        sqlx::query_as(
+            "SELECT invoice_id, attempt, id, status, started_at FROM charge_attempts \
+             WHERE (status = 'pending' AND started_at IS NULL AND scheduled_at <= $1) \
+             OR status = 'unknown' \
+             OR (status = 'pending' AND started_at IS NOT NULL AND COALESCE(sent_wall_ms, 0) < $2) \
+             ORDER BY scheduled_at LIMIT $3",
+        )
+        .bind(ms(now))
+        .bind(sent_before_wall_ms)
+        .bind(limit)
+        .fetch_all(p)
+        .await?
+    }))
+}
