@@ -12,6 +12,7 @@ use crate::config::{self, Config};
 
 pub mod admin;
 pub mod commands;
+pub mod request;
 pub mod table;
 
 /// Exit codes that mean something to scripts and systemd.
@@ -233,7 +234,7 @@ pub fn main() -> ExitCode {
 }
 
 /// Prints an admin answer (a table, or JSON with --json) and picks the exit code.
-fn print_answer(answer: &admin::Answer, json: bool) -> u8 {
+fn print_answer(answer: &request::Answer, json: bool) -> u8 {
     let ok = (200..300).contains(&answer.status);
     if ok {
         if let Some(csv) = answer.body.get("csv").and_then(|v| v.as_str()) {

@@ -243,7 +243,8 @@ impl Config {
         }
         // Env values are read as TOML literals so lists and numbers work
         // (SETTLED__BILLING__RETRY_DAYS=[1,2]); anything else is a string.
-        let vars: Vec<(String, String)> = env
+        // One value per key, the last given winning, as in a process environment.
+        let vars: BTreeMap<String, String> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with("SETTLED__"))
             .collect();

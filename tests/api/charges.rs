@@ -11,8 +11,17 @@ use crate::support::stripe_gateway::{FailMode, StripeGateway};
 
 /// A daemon on a fresh database, pointed at a fresh test gateway.
 async fn billed(backend: Backend, extra: &[(&str, &str)]) -> (StripeGateway, World) {
+    billed_with(backend, extra, DaemonOptions::default()).await
+}
+
+/// [`billed`] starting from `options` (a test that kills the daemon asks for a process).
+async fn billed_with(
+    backend: Backend,
+    extra: &[(&str, &str)],
+    options: DaemonOptions,
+) -> (StripeGateway, World) {
     let gateway = StripeGateway::start().await;
-    let mut options = DaemonOptions::default()
+    let mut options = options
         .env("SETTLED__STRIPE__API_KEY", "sk_test_settled")
         .env("SETTLED__STRIPE__API_BASE", gateway.base_url())
         .env("SETTLED__STRIPE__REQUEST_TIMEOUT_SECONDS", "2");
@@ -197,7 +206,8 @@ both!(
     a_daemon_killed_between_the_charge_and_its_commit_charges_once,
     |backend| async move {
         let extra = [("SETTLED__JOBS__HEARTBEAT_SECONDS", "1")];
-        let (gateway, mut w) = billed(backend, &extra).await;
+        let (gateway, mut w) =
+            billed_with(backend, &extra, DaemonOptions::default().process()).await;
         let cus = card_customer(&w.daemon, "pm_card_visa", true).await;
         // The gateway charges and then holds its answer; the daemon dies waiting for it.
         gateway.fail_next_after_charge(FailMode::Timeout(Duration::from_secs(20)));
@@ -217,7 +227,7 @@ both!(
             ..DaemonOptions::default()
         };
         options.env = env;
-        w.daemon = Daemon::start(w.dir.path(), &w.db.url, options).await;
+        w.daemon = Daemon::start(w.dir.path(), &w.db.url, options.process()).await;
         let d = &w.daemon;
         let inv = wait_for(d, &id, |i| i["status"] == "paid").await;
         assert_eq!(pis_for(&gateway, &id).len(), 1, "one PaymentIntent");

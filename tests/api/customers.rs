@@ -145,7 +145,9 @@ both!(
     payment_methods_are_saved_by_token_with_details_from_the_gateway,
     |backend| async move {
         let gateway = StripeGateway::start().await;
+        // A process, so its log can be searched for the card number it must never hold.
         let options = DaemonOptions::default()
+            .process()
             .env("SETTLED__STRIPE__API_KEY", "sk_test_settled")
             .env("SETTLED__STRIPE__API_BASE", gateway.base_url());
         let w = World::start_with(backend, options).await;

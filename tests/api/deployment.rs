@@ -61,6 +61,7 @@ async fn an_intake_daemon_and_a_worker_daemon_share_one_postgres_database() {
     let db = TestDb::new(Backend::Postgres, dir.path()).await;
     let options = |role: &str| {
         DaemonOptions::default()
+            .process()
             .env("SETTLED__DAEMON__ROLE", role)
             .env(
                 "SETTLED__STRIPE__WEBHOOK_SECRETS",

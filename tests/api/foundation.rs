@@ -13,6 +13,7 @@ async fn embedded_default_starts_without_config_and_generates_a_private_admin_to
     let options = DaemonOptions {
         with_token: false,
         manual_clock: None,
+        process: true,
         ..Default::default()
     };
     // An empty database url means the embedded default: SQLite in the state directory.

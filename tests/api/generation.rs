@@ -129,9 +129,10 @@ both!(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_on_one_postgres_database_make_one_invoice_per_period_without_gaps() {
-    let w = World::start(Backend::Postgres).await;
+    // Processes, so each one's log tells what it did.
+    let w = World::start_with(Backend::Postgres, DaemonOptions::default().process()).await;
     let a = &w.daemon;
-    let b = Daemon::start(w.dir.path(), &w.db.url, DaemonOptions::default()).await;
+    let b = Daemon::start(w.dir.path(), &w.db.url, DaemonOptions::default().process()).await;
     let customer = a.customer("USD").await;
     let subs = 150;
     for i in 0..subs {
@@ -173,7 +174,7 @@ async fn two_daemons_on_one_postgres_database_make_one_invoice_per_period_withou
 both!(
     a_daemon_killed_while_generating_a_thousand_invoices_loses_and_repeats_none,
     |backend| async move {
-        let w = World::start(backend).await;
+        let w = World::start_with(backend, DaemonOptions::default().process()).await;
         let customer = w.daemon.customer("USD").await;
         let subs = 1000;
         let d = &w.daemon;

@@ -1,5 +1,8 @@
-//! Starts the real `settled` binary on port 0 with a fresh database (SQLite file or a new
-//! PostgreSQL database) and drives it over HTTP, as an operator or a portal would.
+//! Starts the real daemon on port 0 with a fresh database (SQLite file or a new PostgreSQL
+//! database) and drives it over HTTP, as an operator or a portal would: in this process (the
+//! very `Application` `settled serve` runs) unless a test needs a process boundary (a kill, a
+//! signal, systemd's notify socket, the log), or `SETTLED_TEST_PROCESS=1` asks for processes
+//! everywhere (each daemon then logs into its test folder).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -105,6 +108,8 @@ pub struct DaemonOptions {
     pub notify_socket: Option<PathBuf>,
     pub database_url: Option<String>,
     pub with_token: bool,
+    /// Run the `settled` binary as a child process instead of in this process.
+    pub process: bool,
 }
 
 impl Default for DaemonOptions {
@@ -115,11 +120,18 @@ impl Default for DaemonOptions {
             notify_socket: None,
             database_url: None,
             with_token: true,
+            process: false,
         }
     }
 }
 
 impl DaemonOptions {
+    /// The daemon as a separate process: for kills, signals, the notify socket and its log.
+    pub fn process(mut self) -> Self {
+        self.process = true;
+        self
+    }
+
     pub fn system_clock(mut self) -> Self {
         self.manual_clock = None;
         self
@@ -131,10 +143,17 @@ impl DaemonOptions {
     }
 }
 
-/// One running daemon process.
-pub struct Daemon {
-    pub child: Child,
+/// How a daemon runs: a child process, or the application on this test's runtime.
+enum Run {
+    Process(Child),
+    InProcess {
+        stop: tokio_util::sync::CancellationToken,
+    },
+}
 
+/// One running daemon.
+pub struct Daemon {
+    run: Run,
     pub base: String,
     pub http: reqwest::Client,
     pub log: PathBuf,
@@ -174,6 +193,12 @@ impl Daemon {
             env.push(("SETTLED__CLOCK__START".into(), start.clone()));
         }
         env.extend(options.env.iter().cloned());
+        let in_process = !options.process
+            && options.notify_socket.is_none()
+            && std::env::var("SETTLED_TEST_PROCESS").as_deref() != Ok("1");
+        if in_process {
+            return Self::start_in_process(state_dir, log, database_url, env).await;
+        }
         let mut cmd = Command::new(binary());
         cmd.arg("serve")
             .env_clear()
@@ -190,8 +215,39 @@ impl Daemon {
         let port = wait_for_port(&log, Duration::from_secs(30));
         let base = format!("http://127.0.0.1:{port}");
         let daemon = Daemon {
-            child,
+            run: Run::Process(child),
+            base,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+            log,
+            state_dir,
+            database_url: database_url.to_string(),
+            options_env: env,
+        };
+        daemon.wait_ready(Duration::from_secs(30)).await;
+        daemon
+    }
 
+    /// The application itself, built from the same settings the binary would read from its
+    /// environment, serving on this test's runtime.
+    async fn start_in_process(
+        state_dir: PathBuf,
+        log: PathBuf,
+        database_url: &str,
+        env: Vec<(String, String)>,
+    ) -> Daemon {
+        let config = settled::config::Config::load_from(None, env.iter().cloned())
+            .unwrap_or_else(|e| panic!("the daemon's configuration is invalid: {e:#}"));
+        let app = settled::app::Application::build(config)
+            .await
+            .unwrap_or_else(|e| panic!("the daemon did not start: {e:#}"));
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(app.run_until_stopped(stop.clone()));
+        let daemon = Daemon {
+            run: Run::InProcess { stop },
             base,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -230,8 +286,25 @@ impl Daemon {
         }
     }
 
+    /// The daemon's log (a process daemon's stderr); an in-process daemon keeps none.
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        match &self.run {
+            Run::Process(_) => std::fs::read_to_string(&self.log).unwrap_or_default(),
+            Run::InProcess { .. } => {
+                "(the daemon ran in the test process and kept no log; SETTLED_TEST_PROCESS=1 \
+                 runs it as a process that logs)"
+                    .into()
+            }
+        }
+    }
+
+    fn child(&mut self) -> &mut Child {
+        match &mut self.run {
+            Run::Process(child) => child,
+            Run::InProcess { .. } => {
+                panic!("this test needs the daemon as a process: start it with .process()")
+            }
+        }
     }
 
     /// One admin request with the test token; answers the status and the JSON body.
@@ -325,9 +398,10 @@ impl Daemon {
         }
     }
 
-    pub fn signal(&self, sig: i32) {
+    pub fn signal(&mut self, sig: i32) {
+        let pid = self.child().id() as i32;
         unsafe {
-            libc::kill(self.child.id() as i32, sig);
+            libc::kill(pid, sig);
         }
     }
 
@@ -335,7 +409,7 @@ impl Daemon {
     pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + within;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Ok(Some(status)) = self.child().try_wait() {
                 return Some(status);
             }
             if Instant::now() > deadline {
@@ -352,7 +426,7 @@ impl Daemon {
         match status {
             Some(s) => s,
             None => {
-                let _ = self.child.kill();
+                let _ = self.child().kill();
                 panic!(
                     "daemon did not stop within {within:?}; log:\n{}",
                     self.log_text()
@@ -364,9 +438,14 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        match &mut self.run {
+            Run::Process(child) => {
+                if let Ok(None) = child.try_wait() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+            Run::InProcess { stop } => stop.cancel(),
         }
     }
 }

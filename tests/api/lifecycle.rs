@@ -38,7 +38,7 @@ both!(
             notify_socket: Some(sock_path.clone()),
             ..Default::default()
         };
-        let daemon = Daemon::start(dir.path(), &db.url, options).await;
+        let mut daemon = Daemon::start(dir.path(), &db.url, options).await;
         receive_until(&sock, "READY=1", Duration::from_secs(10));
         let status = tokio::task::spawn_blocking(move || {
             daemon.signal(libc::SIGTERM);
@@ -59,7 +59,7 @@ both!(
 both!(
     sigterm_with_jobs_in_flight_exits_zero_and_loses_nothing,
     |backend| async move {
-        let w = World::start(backend).await;
+        let w = World::start_with(backend, DaemonOptions::default().process()).await;
         let d = &w.daemon;
         let customer = d.customer("USD").await;
         let subs = 60;

@@ -125,6 +125,7 @@ async fn post_webhook(d: &Daemon, body: &str, signature: &str) -> u16 {
 async fn scripted_run(backend: Backend, extra: &[(&str, &str)]) -> (StripeGateway, World) {
     let gateway = StripeGateway::start().await;
     let mut options = DaemonOptions::default()
+        .process()
         .env("SETTLED__STRIPE__API_KEY", API_KEY)
         .env("SETTLED__STRIPE__API_BASE", gateway.base_url())
         .env(

@@ -275,7 +275,7 @@ both!(
 both!(
     a_clock_advance_waits_for_the_catch_up_and_gives_up_with_exit_75,
     |backend| async move {
-        let w = World::start(backend).await;
+        let w = World::start_with(backend, DaemonOptions::default().process()).await;
         let d = &w.daemon;
         let customer = d.customer("EUR").await;
         let (status, sub) = d

@@ -209,8 +209,11 @@ both!(
             "openssl {openssl} vs ours {ours}"
         );
 
-        let w =
-            World::start_with(backend, stripe_secrets(DaemonOptions::default(), &[SECRET])).await;
+        let w = World::start_with(
+            backend,
+            stripe_secrets(DaemonOptions::default().process(), &[SECRET]),
+        )
+        .await;
         let d = &w.daemon;
         let body = event_body("evt_first", "customer.created");
         let (status, answer) = post_signed(d, SECRET, &body).await;
@@ -264,7 +267,7 @@ both!(
 both!(
     stripes_published_signature_vector_is_accepted,
     |backend| async move {
-        let options = stripe_secrets(DaemonOptions::default(), &[STRIPE_VECTOR_SECRET])
+        let options = stripe_secrets(DaemonOptions::default().process(), &[STRIPE_VECTOR_SECRET])
             .env("SETTLED__STRIPE__WEBHOOK_TOLERANCE_SECONDS", CENTURY);
         let w = World::start_with(backend, options).await;
         let d = &w.daemon;
@@ -291,7 +294,7 @@ both!(
 both!(
     rotated_secrets_both_verify_and_a_removed_one_is_refused,
     |backend| async move {
-        let options = stripe_secrets(DaemonOptions::default(), &[OLD_SECRET, SECRET]);
+        let options = stripe_secrets(DaemonOptions::default().process(), &[OLD_SECRET, SECRET]);
         let w = World::start_with(backend, options).await;
         let d = &w.daemon;
         let (status, a) =
@@ -315,7 +318,7 @@ both!(
         tokio::task::spawn_blocking(move || daemon.stop(Duration::from_secs(20)))
             .await
             .unwrap();
-        let options = stripe_secrets(DaemonOptions::default(), &[SECRET]);
+        let options = stripe_secrets(DaemonOptions::default().process(), &[SECRET]);
         let d = Daemon::start(dir.path(), &db.url, options).await;
         let (status, answer) = post_signed(
             &d,
@@ -344,7 +347,7 @@ both!(
 both!(
     bad_stripe_deliveries_are_refused_counted_and_store_nothing,
     |backend| async move {
-        let options = stripe_secrets(DaemonOptions::default(), &[SECRET])
+        let options = stripe_secrets(DaemonOptions::default().process(), &[SECRET])
             .env("SETTLED__STRIPE__WEBHOOK_MAX_BODY_BYTES", "4096");
         let w = World::start_with(backend, options).await;
         let d = &w.daemon;
@@ -472,7 +475,7 @@ both!(
 both!(
     without_a_configured_secret_stripe_deliveries_are_refused,
     |backend| async move {
-        let w = World::start(backend).await;
+        let w = World::start_with(backend, DaemonOptions::default().process()).await;
         let d = &w.daemon;
         let body = event_body("evt_unconfigured", "customer.created");
         let (status, answer) = post_signed(d, SECRET, &body).await;
@@ -493,8 +496,11 @@ both!(
 both!(
     the_same_event_delivered_five_times_at_once_is_stored_and_processed_once,
     |backend| async move {
-        let w =
-            World::start_with(backend, stripe_secrets(DaemonOptions::default(), &[SECRET])).await;
+        let w = World::start_with(
+            backend,
+            stripe_secrets(DaemonOptions::default().process(), &[SECRET]),
+        )
+        .await;
         let d = &w.daemon;
         let body = event_body("evt_five_times", "customer.created");
         let header = stripe_header(SECRET, now_secs(), &body);
@@ -547,8 +553,9 @@ both!(
     }
 );
 
+/// A daemon with the `bank` source. A process: these tests count refusals in its own metrics.
 fn standard_options(secret: &str) -> DaemonOptions {
-    DaemonOptions::default().env(
+    DaemonOptions::default().process().env(
         "SETTLED__STANDARD_WEBHOOKS__SOURCES__BANK__SECRETS",
         format!("[\"{secret}\"]"),
     )
@@ -777,7 +784,7 @@ both!(
     an_event_answered_before_a_sigkill_is_processed_after_restart,
     |backend| async move {
         // HTTP only: the answer is given, nothing processes the event.
-        let options = stripe_secrets(DaemonOptions::default(), &[SECRET])
+        let options = stripe_secrets(DaemonOptions::default().process(), &[SECRET])
             .env("SETTLED__DAEMON__ROLE", "http");
         let w = World::start_with(backend, options).await;
         let d = &w.daemon;
@@ -848,8 +855,11 @@ both!(
 both!(
     replays_through_the_api_and_the_cli_rerun_processing_idempotently,
     |backend| async move {
-        let w =
-            World::start_with(backend, stripe_secrets(DaemonOptions::default(), &[SECRET])).await;
+        let w = World::start_with(
+            backend,
+            stripe_secrets(DaemonOptions::default().process(), &[SECRET]),
+        )
+        .await;
         let d = &w.daemon;
         let (status, answer) =
             post_signed(d, SECRET, &event_body("evt_replayed", "customer.created")).await;
