@@ -130,6 +130,26 @@ fn describe() {
         "settled_job_duration_seconds",
         "Time one job run took, by kind and outcome (done, retry, failed)."
     );
+    describe_counter!(
+        "settled_work_items_total",
+        "Items of due work taken by drain batches, by kind."
+    );
+    describe_histogram!(
+        "settled_work_batch_duration_seconds",
+        "One drain batch, from its claim to its last record, by kind."
+    );
+    describe_gauge!(
+        "settled_work_pending",
+        "Items due and not done (waiting, in flight or set aside), by kind."
+    );
+    describe_gauge!(
+        "settled_work_set_aside",
+        "Items set aside after a failure, waiting for their next try, by kind."
+    );
+    describe_gauge!(
+        "settled_work_set_aside_oldest_seconds",
+        "How long the longest-failing set-aside item has been failing, by kind."
+    );
     describe_histogram!(
         "settled_http_request_duration_seconds",
         "HTTP requests answered, by method, route template and status."
@@ -150,9 +170,17 @@ fn describe() {
 
 /// Everything `GET /metrics` shows: the counters, plus the gauges read at scrape time (pools,
 /// the job queue, whether the database answers). None when another recorder owns the process.
-pub async fn scrape(db: &Db, pools: &[(&'static str, Db)]) -> Option<String> {
+pub async fn scrape(
+    db: &Db,
+    pools: &[(&'static str, Db)],
+    pending: &[(settled_jobs::job::WorkKind, i64)],
+) -> Option<String> {
     let handle = install()?;
     pool_gauges(pools);
+    match crate::store::work_failures::summary(db).await {
+        Ok(set_aside) => work_gauges(pending, &set_aside),
+        Err(e) => tracing::debug!(error = %e, "cannot read the work set aside for /metrics"),
+    }
     let up = queue_gauges(db).await;
     metrics::gauge!("settled_database_up").set(if up { 1.0 } else { 0.0 });
     handle.run_upkeep();
@@ -224,19 +252,7 @@ async fn queue_gauges(db: &Db) -> bool {
 }
 
 /// The job kinds reported (as 0) even while the queue holds none of them.
-pub const JOB_KINDS: &[&str] = &[
-    "generate_invoice",
-    "finalize_invoice",
-    "charge_invoice",
-    "resolve_charge",
-    "process_event",
-    "send_email",
-    "resolve_balance_charge",
-    "apply_late_fee",
-    "send_email_retry",
-    "remind_upcoming_charge",
-    "send_statement",
-];
+pub const JOB_KINDS: &[&str] = &["drain"];
 
 /// A kind read from a queue row. Rows are written only by this daemon's enqueue, from the `Job`
 /// enum's own names, so the set is bounded; anything unlike such a name counts as "other".
@@ -307,12 +323,47 @@ pub fn event_processed(kind: &str, outcome: &'static str) {
     .increment(1);
 }
 
-/// A recurring invoice was created (`Some`) or its period skipped by the catch-up policy (`None`).
-pub fn invoice_generated(created: bool) {
-    if created {
-        metrics::counter!("settled_invoices_generated_total").increment(1);
-    } else {
-        metrics::counter!("settled_periods_skipped_total").increment(1);
+/// A batch of periods wrote `invoices` invoices and skipped `skipped` periods (the catch-up
+/// policy billed nothing for them).
+pub fn invoices_generated(invoices: u64, skipped: u64) {
+    if invoices > 0 {
+        metrics::counter!("settled_invoices_generated_total").increment(invoices);
+    }
+    if skipped > 0 {
+        metrics::counter!("settled_periods_skipped_total").increment(skipped);
+    }
+}
+
+/// One batch of a kind of work took `items` in `took`.
+pub fn work_batch(kind: settled_jobs::job::WorkKind, items: usize, took: Duration) {
+    metrics::counter!("settled_work_items_total", "kind" => kind.name()).increment(items as u64);
+    metrics::histogram!("settled_work_batch_duration_seconds", "kind" => kind.name())
+        .record(took.as_secs_f64());
+}
+
+/// The work gauges at scrape time: per kind, what is due and not done, and what is set aside
+/// after a failure (with how long the longest-failing item has been failing).
+pub fn work_gauges(
+    pending: &[(settled_jobs::job::WorkKind, i64)],
+    set_aside: &[(String, i64, i64)],
+) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    for (kind, n) in pending {
+        metrics::gauge!("settled_work_pending", "kind" => kind.name()).set(*n as f64);
+    }
+    for kind in settled_jobs::job::WorkKind::ALL {
+        let (count, first) = set_aside
+            .iter()
+            .find(|(k, _, _)| k == kind.name())
+            .map(|(_, n, first)| (*n, Some(*first)))
+            .unwrap_or((0, None));
+        metrics::gauge!("settled_work_set_aside", "kind" => kind.name()).set(count as f64);
+        let age = first.map(|t| ((now - t) / 1000).max(0)).unwrap_or(0);
+        metrics::gauge!("settled_work_set_aside_oldest_seconds", "kind" => kind.name())
+            .set(age as f64);
     }
 }
 
@@ -516,35 +567,8 @@ mod tests {
 
     #[test]
     fn every_job_kind_is_reported_even_when_absent() {
-        let s = || "x".to_string();
-        let jobs = [
-            Job::GenerateInvoice {
-                subscription_id: s(),
-                period_start: 0,
-            },
-            Job::FinalizeInvoice { invoice_id: s() },
-            Job::ChargeInvoice {
-                invoice_id: s(),
-                attempt: 1,
-            },
-            Job::ResolveCharge {
-                invoice_id: s(),
-                attempt: 1,
-            },
-            Job::ProcessEvent { event_id: s() },
-            Job::SendEmail { email_id: s() },
-            Job::ResolveBalanceCharge { charge_id: s() },
-            Job::ApplyLateFee { invoice_id: s() },
-            Job::SendEmailRetry {
-                email_id: s(),
-                attempt: 1,
-            },
-            Job::RemindUpcomingCharge {
-                subscription_id: s(),
-                period_start: 0,
-            },
-        ];
-        for job in &jobs {
+        for kind in settled_jobs::job::WorkKind::ALL {
+            let job = Job::Drain { kind: *kind };
             assert!(JOB_KINDS.contains(&job.kind()), "{}", job.kind());
             assert_eq!(row_kind_label(job.kind()), job.kind());
         }

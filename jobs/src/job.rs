@@ -1,8 +1,71 @@
-//! The queue's vocabulary: every unit of work the daemon does, as one versioned enum. A job carries
-//! ids only and re-reads the database when it runs (the database is the truth, a job a nudge), so a
-//! stale or repeated job is harmless.
+//! The queue's vocabulary. Every kind of due work lives in its own table and is claimed from
+//! there in batches ([`WorkKind`]); the queue carries one job per kind ([`Job::Drain`]) that
+//! starts a drain of that kind, so the queue never holds a second copy of an item's state. Older
+//! daemons queued one job per item; those variants are still read, and run as a drain of their
+//! kind.
 
 use serde::{Deserialize, Serialize};
+
+/// A kind of due work, each found in its own table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkKind {
+    /// Subscription periods that have started: their invoices.
+    Periods,
+    /// Drafts whose review window has passed: their numbers.
+    Drafts,
+    /// Charge attempts due, unknown or abandoned: their gateway calls.
+    Charges,
+    /// Stored gateway events not processed yet.
+    Events,
+    /// Outbox rows not sent yet.
+    Emails,
+    /// Overdue invoices owed a late fee.
+    LateFees,
+    /// Upcoming automatic charges owed a reminder.
+    Reminders,
+    /// Customers owed last month's statement.
+    Statements,
+}
+
+impl WorkKind {
+    /// Most urgent first: money before mail.
+    pub const ALL: &'static [WorkKind] = &[
+        WorkKind::Charges,
+        WorkKind::Events,
+        WorkKind::Periods,
+        WorkKind::Drafts,
+        WorkKind::LateFees,
+        WorkKind::Emails,
+        WorkKind::Reminders,
+        WorkKind::Statements,
+    ];
+
+    /// The bounded name for logs, metric labels and `/v1/jobs` (the names one-job-per-item
+    /// daemons used for the same work).
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkKind::Periods => "generate_invoice",
+            WorkKind::Drafts => "finalize_invoice",
+            WorkKind::Charges => "charge_invoice",
+            WorkKind::Events => "process_event",
+            WorkKind::Emails => "send_email",
+            WorkKind::LateFees => "apply_late_fee",
+            WorkKind::Reminders => "remind_upcoming_charge",
+            WorkKind::Statements => "send_statement",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<WorkKind> {
+        Self::ALL.iter().copied().find(|k| k.name() == name)
+    }
+}
+
+impl std::fmt::Display for WorkKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// The payload stored in the queue. `v` lets a newer daemon read jobs an older one enqueued.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,6 +80,9 @@ pub const ENVELOPE_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Job {
+    /// Drain one kind of due work: claim its due items in batches from their table and do them,
+    /// until none is left.
+    Drain { kind: WorkKind },
     /// Create (and finalise) the invoice of one subscription period; unique per period.
     GenerateInvoice {
         subscription_id: String,
@@ -58,6 +124,7 @@ impl Job {
     /// A short, bounded name for logs and metric labels.
     pub fn kind(&self) -> &'static str {
         match self {
+            Job::Drain { .. } => "drain",
             Job::GenerateInvoice { .. } => "generate_invoice",
             Job::FinalizeInvoice { .. } => "finalize_invoice",
             Job::ChargeInvoice { .. } => "charge_invoice",
@@ -77,19 +144,16 @@ impl Job {
     /// charge or a gateway event is never stuck behind a mail backlog. Within a priority, jobs run
     /// in the order they fell due.
     pub fn priority(&self) -> i32 {
-        match self {
-            Job::SendEmail { .. }
-            | Job::SendEmailRetry { .. }
-            | Job::RemindUpcomingCharge { .. }
-            | Job::SendStatement { .. } => 0,
+        match self.work_kind() {
+            WorkKind::Emails | WorkKind::Reminders | WorkKind::Statements => 0,
             _ => 1,
         }
     }
 
-    /// The queue's dedup key: the same due work enqueued twice (by two sweeps, two daemons, a sweep
-    /// and a finaliser) is one job. `round` distinguishes deliberate re-runs (an operator's replay).
-    pub fn dedup_key(&self, round: u32) -> String {
-        let base = match self {
+    /// The queue's dedup key: the same job enqueued twice (by two sweeps, two daemons) is one row.
+    pub fn dedup_key(&self) -> String {
+        match self {
+            Job::Drain { kind } => format!("drain:{}", kind.name()),
             Job::GenerateInvoice {
                 subscription_id,
                 period_start,
@@ -119,11 +183,23 @@ impl Job {
             Job::SendStatement { customer_id, month } => {
                 format!("send_statement:{customer_id}:{month}")
             }
-        };
-        if round == 0 {
-            base
-        } else {
-            format!("{base}:r{round}")
+        }
+    }
+
+    /// The kind of work this job drains (an older daemon's per-item job drains its item's kind).
+    pub fn work_kind(&self) -> WorkKind {
+        match self {
+            Job::Drain { kind } => *kind,
+            Job::GenerateInvoice { .. } => WorkKind::Periods,
+            Job::FinalizeInvoice { .. } => WorkKind::Drafts,
+            Job::ChargeInvoice { .. }
+            | Job::ResolveCharge { .. }
+            | Job::ResolveBalanceCharge { .. } => WorkKind::Charges,
+            Job::ProcessEvent { .. } => WorkKind::Events,
+            Job::SendEmail { .. } | Job::SendEmailRetry { .. } => WorkKind::Emails,
+            Job::ApplyLateFee { .. } => WorkKind::LateFees,
+            Job::RemindUpcomingCharge { .. } => WorkKind::Reminders,
+            Job::SendStatement { .. } => WorkKind::Statements,
         }
     }
 
@@ -155,12 +231,26 @@ mod tests {
     }
 
     #[test]
+    fn a_drain_is_one_job_per_kind() {
+        let job = Job::Drain {
+            kind: WorkKind::Events,
+        };
+        assert_eq!(
+            serde_json::to_string(&job.clone().envelope()).unwrap(),
+            r#"{"v":1,"type":"drain","kind":"events"}"#
+        );
+        assert_eq!(job.dedup_key(), "drain:process_event");
+        for k in WorkKind::ALL {
+            assert_eq!(WorkKind::parse(k.name()), Some(*k));
+        }
+    }
+
+    #[test]
     fn dedup_keys_name_the_natural_key() {
         let job = Job::GenerateInvoice {
             subscription_id: "sub_1".into(),
             period_start: 5,
         };
-        assert_eq!(job.dedup_key(0), "generate_invoice:sub_1:5");
-        assert_eq!(job.dedup_key(2), "generate_invoice:sub_1:5:r2");
+        assert_eq!(job.dedup_key(), "generate_invoice:sub_1:5");
     }
 }

@@ -29,4 +29,10 @@ impl Billing {
     pub fn max_attempts(&self) -> u32 {
         self.config.jobs.max_attempts
     }
+
+    /// The most items one batch of a kind of work takes: `jobs.batch_size`, or fewer where the
+    /// kind sets its own bound `most`.
+    pub fn batch_size(&self, most: usize) -> usize {
+        self.config.jobs.batch_size.clamp(1, most)
+    }
 }

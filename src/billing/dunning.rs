@@ -4,14 +4,14 @@
 
 use chrono::{DateTime, Utc};
 use settled_jobs::dunning::{is_hard_decline, next_attempt_at};
-use settled_jobs::job::Job;
+use settled_jobs::job::WorkKind;
 use settled_jobs::money::Currency;
 use settled_jobs::status::Account;
 
 use super::ledger::{self, Entry};
 use super::{Billing, Error, Result};
 use crate::store::charge_attempts::{self as attempts, AttemptRow, NewAttempt};
-use crate::store::{Tx, from_ms, invoices, queue};
+use crate::store::{Tx, from_ms, invoices, wall_ms, work_failures};
 
 #[derive(Debug, Clone)]
 pub struct ChargeFailure {
@@ -38,6 +38,7 @@ pub async fn mark_failed(
         now,
     )
     .await?;
+    work_failures::clear(tx, WorkKind::Charges, &[&a.id]).await?;
     tracing::info!(
         invoice_id = a.invoice_id.as_deref().unwrap_or(""),
         customer_id = %a.customer_id,
@@ -84,17 +85,11 @@ pub async fn mark_failed(
             )
             .await?;
             attempts::set_next_attempt_at(tx, &a.id, at).await?;
-            if at <= now {
-                queue::enqueue(
-                    tx,
-                    &Job::ChargeInvoice {
-                        invoice_id: invoice_id.to_string(),
-                        attempt: next_attempt.attempt,
-                    },
-                    b.max_attempts(),
-                )
-                .await?;
-            }
+            tracing::debug!(
+                invoice_id,
+                attempt = next_attempt.attempt,
+                "next automatic charge scheduled"
+            );
             crate::outbox::payment_failed(tx, invoice_id, a.attempt, Some(at), now).await?;
         }
         None => {
@@ -113,27 +108,64 @@ pub async fn mark_failed(
     Ok(())
 }
 
-/// Invoices owed a late fee, for the sweep (only when late fees are configured).
-pub async fn late_fee_jobs(b: &Billing, now: DateTime<Utc>) -> Result<Vec<Job>> {
+/// The cutoff of late fees at `now`: invoices due before it owe one (None: late fees are off).
+pub fn late_fee_cutoff(b: &Billing, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let c = &b.config.billing;
     if c.late_fee_amount.is_empty() && c.late_fee_percent.is_empty() {
-        return Ok(Vec::new());
+        return None;
     }
-    let cutoff = now - chrono::Duration::days(i64::from(c.late_fee_days));
-    let ids = invoices::owing_late_fee(&b.db, cutoff, 5000).await?;
-    Ok(ids
-        .into_iter()
-        .map(|invoice_id| Job::ApplyLateFee { invoice_id })
-        .collect())
+    Some(now - chrono::Duration::days(i64::from(c.late_fee_days)))
 }
 
-/// The apply_late_fee job: once per invoice, a `late_fee` line for the configured fee, added to
-/// the total and the amount due, and recorded in the ledger.
-pub async fn apply_late_fee(b: &Billing, invoice_id: &str) -> Result<()> {
+/// One batch of overdue invoices owed a late fee: each gets its fee in a savepoint of its own, in
+/// one transaction. Returns how many it took.
+pub async fn drain_late_fees(b: &Billing) -> Result<usize> {
     let now = b.now();
+    let Some(cutoff) = late_fee_cutoff(b, now) else {
+        return Ok(0);
+    };
+    let wall = wall_ms();
     let mut tx = b.db.begin().await?;
+    let ids = invoices::claim_late_fees(&mut tx, cutoff, wall, 100).await?;
+    let mut done = Vec::new();
+    for id in &ids {
+        tx.savepoint().await?;
+        match apply_late_fee(b, &mut tx, id, now).await {
+            Ok(()) => {
+                tx.release_savepoint().await?;
+                done.push(id.as_str());
+            }
+            Err(Error::Store(e)) if !e.blames_the_data() => return Err(Error::Store(e)),
+            Err(e) => {
+                tx.rollback_to_savepoint().await?;
+                work_failures::set_aside(
+                    &mut tx,
+                    WorkKind::LateFees,
+                    id,
+                    &e.to_string(),
+                    wall,
+                    None,
+                )
+                .await?;
+                tracing::error!(invoice_id = %id, error = %e, "late fee set aside");
+            }
+        }
+    }
+    work_failures::clear(&mut tx, WorkKind::LateFees, &done).await?;
+    tx.commit().await?;
+    Ok(ids.len())
+}
+
+/// Once per invoice, a `late_fee` line for the configured fee, added to the total and the
+/// amount due, and recorded in the ledger, in the caller's transaction.
+async fn apply_late_fee(
+    b: &Billing,
+    tx: &mut Tx,
+    invoice_id: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
     let Some((customer_id, currency, due, Some(due_at), number)) =
-        invoices::lock_owing_late_fee(&mut tx, invoice_id).await?
+        invoices::lock_owing_late_fee(tx, invoice_id).await?
     else {
         return Ok(());
     };
@@ -152,9 +184,9 @@ pub async fn apply_late_fee(b: &Billing, invoice_id: &str) -> Result<()> {
     if fee <= 0 {
         return Ok(());
     }
-    invoices::add_late_fee(&mut tx, invoice_id, fee, now).await?;
+    invoices::add_late_fee(tx, invoice_id, fee, now).await?;
     ledger::record(
-        &mut tx,
+        tx,
         &[Entry {
             customer_id: &customer_id,
             currency: &currency,
@@ -169,7 +201,6 @@ pub async fn apply_late_fee(b: &Billing, invoice_id: &str) -> Result<()> {
         }],
     )
     .await?;
-    tx.commit().await?;
     tracing::info!(invoice_id, fee, "late fee added");
     Ok(())
 }

@@ -32,6 +32,10 @@ pub enum Error {
     /// this daemon's clock, an outcome still unknown).
     #[error("{0}")]
     Later(String),
+    /// An event about a payment that is not recorded yet (a refund overtaking its payment): it
+    /// waits, and runs again the moment that payment is recorded.
+    #[error("the payment of {0} is not recorded yet")]
+    WaitingFor(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -86,6 +90,9 @@ impl From<Error> for JobError {
         match e {
             Error::Store(e) => JobError::Transient(anyhow::Error::new(e).context("database error")),
             Error::Later(m) => JobError::Transient(anyhow::anyhow!(m)),
+            Error::WaitingFor(pi) => {
+                JobError::Transient(anyhow::anyhow!("the payment of {pi} is not recorded yet"))
+            }
             Error::Gateway(GatewayError::Unknown(m)) => JobError::Transient(anyhow::anyhow!(m)),
             other => JobError::Permanent(anyhow::anyhow!("{other}")),
         }

@@ -10,6 +10,7 @@ use settled_jobs::event::{
     PaymentReceived, PaymentSucceeded,
 };
 use settled_jobs::gateway::{ChargeResult, ChargeStatus};
+use settled_jobs::job::WorkKind;
 use settled_jobs::money::{Currency, Money};
 use settled_jobs::status::{AttemptStatus, EventStatus};
 
@@ -17,7 +18,9 @@ use super::dunning::{self, ChargeFailure};
 use super::payments::{self, NewPayment, Recorded};
 use super::{Billing, Error, Result, charges, refunds};
 use crate::store::charge_attempts::{self as attempts, AttemptRow};
-use crate::store::{Tx, customers, invoices, ms, payments as payment_rows, webhook_events};
+use crate::store::{
+    Tx, customers, invoices, ms, payments as payment_rows, wall_ms, webhook_events, work_failures,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventOutcome {
@@ -27,75 +30,101 @@ pub enum EventOutcome {
     Ignored(String),
 }
 
-/// The process_event job: applies one stored event in one transaction, exactly once. The row is
-/// locked and re-read, so two jobs for the same event (a sweep's and an operator's replay) run
-/// one after the other and the second finds the event already done.
-#[tracing::instrument(skip_all, fields(event = %id))]
-pub async fn process_event(b: &Billing, id: &str) -> Result<()> {
+/// Events one batch takes at most.
+const BATCH: i64 = 200;
+
+/// One batch of stored events: claims up to [`BATCH`] unprocessed ones (oldest first, leaving
+/// out those set aside and those another batch holds) and applies each in a savepoint of its own,
+/// all in one transaction, so a burst of deliveries costs a few commits. An event that cannot be
+/// applied yet (its payment is not recorded) waits and is set aside; one that never can be (its
+/// body is unreadable) is `failed` with the reason. Returns how many it took.
+pub async fn drain(b: &Billing) -> Result<usize> {
+    let wall = wall_ms();
     let mut tx = b.db.begin().await?;
-    let Some(row) = webhook_events::get_locked(&mut tx, id).await? else {
-        tx.rollback().await?;
-        tracing::warn!("no such webhook event; nothing to process");
-        return Ok(());
-    };
-    // Done already (a second job for the same event, or one that outlived a replay's run).
-    // A failed event runs again: that is what retrying its job asks for.
-    if row.status == EventStatus::Processed || row.status == EventStatus::Ignored {
-        tx.rollback().await?;
-        return Ok(());
+    let rows = webhook_events::claim(&mut tx, wall, b.batch_size(BATCH as usize) as i64).await?;
+    let now = ms(b.now());
+    let mut done: Vec<&str> = Vec::new();
+    let mut counted: Vec<(&str, &'static str)> = Vec::with_capacity(rows.len());
+    for row in &rows {
+        tx.savepoint().await?;
+        match apply_row(b, &mut tx, row).await {
+            Ok(outcome) => {
+                let (status, reason) = match outcome {
+                    EventOutcome::Processed => (EventStatus::Processed, None),
+                    EventOutcome::Ignored(reason) => (EventStatus::Ignored, Some(reason)),
+                };
+                webhook_events::set_outcome(
+                    &mut tx,
+                    &row.id,
+                    status.as_str(),
+                    reason.as_deref(),
+                    now,
+                )
+                .await?;
+                tx.release_savepoint().await?;
+                done.push(&row.id);
+                counted.push((&row.kind, status.as_str()));
+                tracing::info!(source = %row.source, kind = %row.kind, event = %row.id, outcome = status.as_str(), "webhook event applied");
+            }
+            // The database itself failed: the whole batch is tried again later.
+            Err(Error::Store(e)) if !e.blames_the_data() => return Err(Error::Store(e)),
+            Err(e @ (Error::WaitingFor(_) | Error::Later(_) | Error::Store(_))) => {
+                tx.rollback_to_savepoint().await?;
+                if let Error::WaitingFor(pi) = &e {
+                    webhook_events::wait_for(&mut tx, &row.id, pi).await?;
+                }
+                let tries = work_failures::set_aside(
+                    &mut tx,
+                    WorkKind::Events,
+                    &row.id,
+                    &e.to_string(),
+                    wall,
+                    None,
+                )
+                .await?;
+                tracing::info!(source = %row.source, kind = %row.kind, event = %row.id, tries, reason = %e, "webhook event waits");
+            }
+            Err(e) => {
+                // Nothing of the failed attempt stays; the failure itself is recorded.
+                tx.rollback_to_savepoint().await?;
+                let message = e.to_string();
+                webhook_events::set_outcome(
+                    &mut tx,
+                    &row.id,
+                    EventStatus::Failed.as_str(),
+                    Some(&message),
+                    now,
+                )
+                .await?;
+                done.push(&row.id);
+                counted.push((&row.kind, "failed"));
+                tracing::error!(source = %row.source, kind = %row.kind, event = %row.id, error = %message, "webhook event failed");
+            }
+        }
     }
-    let outcome = match serde_json::from_str::<serde_json::Value>(&row.body) {
+    work_failures::clear(&mut tx, WorkKind::Events, &done).await?;
+    tx.commit().await?;
+    for (kind, outcome) in counted {
+        crate::metrics::event_processed(kind, outcome);
+    }
+    Ok(rows.len())
+}
+
+/// Parses one stored event with its source's adapter and applies it.
+async fn apply_row(
+    b: &Billing,
+    tx: &mut Tx,
+    row: &webhook_events::EventRow,
+) -> Result<EventOutcome> {
+    match serde_json::from_str::<serde_json::Value>(&row.body) {
         Ok(body) => match crate::gateway::parse_event(&row.source, &body, &row.event_id) {
-            Parsed::Event(event) => apply(b, &mut tx, &row.source, &event).await,
+            Parsed::Event(event) => apply(b, tx, &row.source, &event).await,
             Parsed::Ignored(reason) => Ok(EventOutcome::Ignored(reason)),
         },
         Err(e) => Err(Error::permanent(format!(
             "the stored body is not JSON: {e}"
         ))),
-    };
-    let now = ms(b.now());
-    match outcome {
-        Ok(EventOutcome::Processed) => {
-            webhook_events::set_outcome(&mut tx, id, EventStatus::Processed.as_str(), None, now)
-                .await?;
-            tx.commit().await?;
-            crate::metrics::event_processed(&row.kind, "processed");
-            tracing::info!(source = %row.source, kind = %row.kind, "webhook event processed");
-            Ok(())
-        }
-        Ok(EventOutcome::Ignored(reason)) => {
-            webhook_events::set_outcome(
-                &mut tx,
-                id,
-                EventStatus::Ignored.as_str(),
-                Some(&reason),
-                now,
-            )
-            .await?;
-            tx.commit().await?;
-            crate::metrics::event_processed(&row.kind, "ignored");
-            tracing::info!(source = %row.source, kind = %row.kind, reason = %reason, "webhook event ignored");
-            Ok(())
-        }
-        Err(e) if retried(&e) => {
-            tx.rollback().await?;
-            Err(e)
-        }
-        Err(e) => {
-            // Nothing of the failed attempt stays; the failure itself is recorded on its own.
-            tx.rollback().await?;
-            let message = e.to_string();
-            webhook_events::mark_failed(&b.db, id, &message, now).await?;
-            crate::metrics::event_processed(&row.kind, "failed");
-            tracing::error!(source = %row.source, kind = %row.kind, error = %message, "webhook event failed");
-            Err(e)
-        }
     }
-}
-
-/// Errors that leave the event waiting for another try rather than failed.
-fn retried(e: &Error) -> bool {
-    matches!(e, Error::Store(_) | Error::Later(_))
 }
 
 /// Applies one event from `source` in the caller's transaction.
@@ -107,14 +136,14 @@ pub async fn apply(
 ) -> Result<EventOutcome> {
     let now = b.now();
     match event {
-        GatewayEvent::PaymentSucceeded(p) => succeeded(b, tx, source, p, now).await,
+        GatewayEvent::PaymentSucceeded(p) => succeeded(tx, source, p, now).await,
         GatewayEvent::PaymentFailed(f) => failed(b, tx, source, f, now).await,
         GatewayEvent::Refunded(r) => {
             refunds::refunded(b, tx, source, r, now).await?;
             Ok(EventOutcome::Processed)
         }
         GatewayEvent::Dispute(d) => dispute(tx, source, d).await,
-        GatewayEvent::PaymentReceived(p) => received(b, tx, source, p, now).await,
+        GatewayEvent::PaymentReceived(p) => received(tx, source, p, now).await,
     }
 }
 
@@ -131,7 +160,6 @@ async fn attempt_of(tx: &mut Tx, r: &Option<AttemptRef>) -> Result<Option<Attemp
 }
 
 async fn succeeded(
-    b: &Billing,
     tx: &mut Tx,
     source: &str,
     p: &PaymentSucceeded,
@@ -149,7 +177,7 @@ async fn succeeded(
                 decline_code: None,
                 failure_message: None,
             };
-            charges::record_success(b, tx, source, &attempt, &result, now).await?;
+            charges::record_success(tx, source, &attempt, &result, now).await?;
         }
         return Ok(EventOutcome::Processed);
     }
@@ -180,7 +208,6 @@ async fn succeeded(
         }
     };
     let recorded = payments::record(
-        b,
         tx,
         &NewPayment {
             customer_id: &customer_id,
@@ -243,9 +270,7 @@ async fn dispute(tx: &mut Tx, source: &str, d: &Dispute) -> Result<EventOutcome>
     // Lost: the money went back to the cardholder; the payment stays marked disputed.
     let disputed = !matches!(d.phase, DisputePhase::Won);
     if !payment_rows::set_disputed(tx, source, pi_id, disputed).await? {
-        return Err(Error::later(format!(
-            "the payment of PaymentIntent {pi_id} is not recorded yet"
-        )));
+        return Err(Error::WaitingFor(pi_id.to_string()));
     }
     if d.phase == DisputePhase::Opened {
         tracing::warn!(
@@ -263,7 +288,6 @@ async fn dispute(tx: &mut Tx, source: &str, d: &Dispute) -> Result<EventOutcome>
 /// `payment.received` from a Standard Webhooks source: a payment toward an invoice, unique on
 /// the event's id within the source.
 async fn received(
-    b: &Billing,
     tx: &mut Tx,
     source: &str,
     p: &PaymentReceived,
@@ -295,7 +319,6 @@ async fn received(
         ));
     };
     payments::record(
-        b,
         tx,
         &NewPayment {
             customer_id: &invoice.customer_id,

@@ -1,7 +1,7 @@
-//! Recurring invoices, written in batches. The runner's invoice writer hands every period
-//! waiting at that moment to [`write_isolating_failures`], which writes them in one transaction
-//! (a group commit), so a thousand subscriptions falling due at once cost a few dozen statements
-//! and one commit instead of a thousand transactions queueing for the gapless number.
+//! Recurring invoices, written in batches. A drain of due periods ([`drain`]) claims up to
+//! `jobs.batch_size` subscriptions whose next period has started and writes all their invoices in one
+//! transaction, so a thousand subscriptions falling due at once cost a few dozen statements and
+//! a couple of commits instead of a thousand transactions queueing for the gapless number.
 //!
 //! A batch keeps every promise of the single invoice: the subscriptions are locked (in id order,
 //! so two daemons never deadlock), each period is decided by [`settled_jobs::generate::decide`]
@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use settled_jobs::generate::{Decision, Generated, decide};
 use settled_jobs::invoice::format_number;
-use settled_jobs::job::Job;
+use settled_jobs::job::WorkKind;
 use settled_jobs::records::{NewInvoice, Subscription};
 use settled_jobs::status::{Account, InvoiceStatus};
 use settled_jobs::template::Template;
@@ -31,10 +31,7 @@ use crate::store::charge_attempts::{self, FirstAttempt};
 use crate::store::emails::{self, NewEmail};
 use crate::store::invoices::{self, Insert, opening_status};
 use crate::store::subscriptions::{self, subscription_from_row};
-use crate::store::{Tx, customers, ms, queue};
-
-/// The most periods one transaction writes.
-pub const MAX_BATCH: usize = 500;
+use crate::store::{Tx, customers, from_ms, ms, wall_ms, work_failures};
 
 /// One due period to generate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,32 +43,58 @@ pub struct Period {
 /// What became of one period.
 pub type Outcome = Result<Generated>;
 
-/// Writes `periods` in one transaction; if that fails, writes each alone so only the periods
-/// that fail by themselves report a failure.
-pub async fn write_isolating_failures(b: &Billing, periods: &[Period]) -> Vec<Outcome> {
-    match write_guarded(b, periods).await {
-        Ok(outcomes) => outcomes,
-        Err(Failure::Batch(e)) => periods
-            .iter()
-            .map(|_| Err(Error::later(format!("writing invoices: {e}"))))
-            .collect(),
-        Err(Failure::Period(e)) if periods.len() == 1 => vec![Err(e)],
+/// One batch of due periods: claims up to `jobs.batch_size` of them and writes their invoices in one
+/// transaction (a period that fails by itself is set aside in the same transaction, with its own
+/// next try). Returns how many periods it took; 0 when none was due.
+///
+/// When the batch as a whole fails because of something in its rows (a constraint refuses one,
+/// a panic), the periods are taken again one at a time, so only the ones to blame are set aside;
+/// when it fails because the database is busy or away, the error is returned and the batch is
+/// simply tried again later.
+pub async fn drain(b: &Billing) -> Result<usize> {
+    let most = b.batch_size(usize::MAX);
+    match batch(b, most as i64).await {
+        Ok(n) => Ok(n),
+        Err(Failure::Batch(e)) => Err(e),
         Err(Failure::Period(e)) => {
             tracing::warn!(
-                periods = periods.len(),
                 error = %e,
                 "writing a batch of invoices failed; writing its periods one at a time"
             );
-            let mut outcomes = Vec::with_capacity(periods.len());
-            for period in periods {
-                outcomes.push(match write_guarded(b, std::slice::from_ref(period)).await {
-                    Ok(mut one) => one.pop().unwrap_or(Ok(Generated::Stale)),
-                    Err(Failure::Batch(e) | Failure::Period(e)) => Err(e),
-                });
+            let mut done = 0;
+            for _ in 0..most {
+                match batch(b, 1).await {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(Failure::Batch(e)) => return Err(e),
+                    Err(Failure::Period(e)) => {
+                        set_aside_next_due(b, &e).await?;
+                        done += 1;
+                    }
+                }
             }
-            outcomes
+            Ok(done)
         }
     }
+}
+
+/// Sets aside, in a transaction of its own, the period a failed one-period batch took (it is
+/// the first claimable one).
+async fn set_aside_next_due(b: &Billing, e: &Error) -> Result<()> {
+    let wall = wall_ms();
+    let mut tx = b.db.begin().await?;
+    if let Some((id, _)) = subscriptions::claim_due(&mut tx, b.now(), wall, 1)
+        .await?
+        .into_iter()
+        .next()
+    {
+        let tries =
+            work_failures::set_aside(&mut tx, WorkKind::Periods, &id, &e.to_string(), wall, None)
+                .await?;
+        tracing::error!(subscription_id = %id, tries, error = %e, "period set aside");
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Why a batch's transaction failed.
@@ -85,18 +108,66 @@ enum Failure {
     Batch(Error),
 }
 
-/// One transaction. A database error is retried later; a panic is a permanent failure (as it
-/// is for any job).
-async fn write_guarded(b: &Billing, periods: &[Period]) -> Result<Vec<Outcome>, Failure> {
+/// Claims up to `limit` due periods and writes them, in one transaction.
+async fn batch(b: &Billing, limit: i64) -> Result<usize, Failure> {
     let run = async {
         let now = b.now();
+        let wall = wall_ms();
         let mut tx = b.db.begin().await?;
-        let outcomes = write(b, &mut tx, periods, now).await?;
+        let claimed = subscriptions::claim_due(&mut tx, now, wall, limit).await?;
+        if claimed.is_empty() {
+            tx.rollback().await?;
+            return Ok::<_, Error>(0);
+        }
+        let periods: Vec<Period> = claimed
+            .into_iter()
+            .map(|(subscription_id, start)| Period {
+                subscription_id,
+                period_start: from_ms(start),
+            })
+            .collect();
+        let outcomes = write(b, &mut tx, &periods, now).await?;
+        let mut done: Vec<&str> = Vec::new();
+        let (mut invoices, mut skipped) = (0, 0);
+        for (p, outcome) in periods.iter().zip(&outcomes) {
+            match outcome {
+                Ok(g) => {
+                    done.push(&p.subscription_id);
+                    match g {
+                        Generated::Invoice(_) => invoices += 1,
+                        Generated::Skipped => skipped += 1,
+                        Generated::Stale => {}
+                    }
+                }
+                Err(e) => {
+                    let tries = work_failures::set_aside(
+                        &mut tx,
+                        WorkKind::Periods,
+                        &p.subscription_id,
+                        &e.to_string(),
+                        wall,
+                        None,
+                    )
+                    .await?;
+                    tracing::error!(
+                        subscription_id = %p.subscription_id,
+                        tries,
+                        error = %e,
+                        "period set aside"
+                    );
+                }
+            }
+        }
+        work_failures::clear(&mut tx, WorkKind::Periods, &done).await?;
         tx.commit().await?;
-        Ok::<_, Error>(outcomes)
+        crate::metrics::invoices_generated(invoices, skipped);
+        if invoices + skipped > 0 {
+            tracing::info!(invoices, skipped_periods = skipped, "invoices generated");
+        }
+        Ok(periods.len())
     };
     match std::panic::AssertUnwindSafe(run).catch_unwind().await {
-        Ok(Ok(outcomes)) => Ok(outcomes),
+        Ok(Ok(n)) => Ok(n),
         Ok(Err(Error::Store(e))) if !e.blames_the_data() => Err(Failure::Batch(Error::Store(e))),
         Ok(Err(e)) => Err(Failure::Period(e)),
         Err(_) => Err(Failure::Period(Error::permanent(
@@ -258,7 +329,6 @@ async fn write(
     let mut entries = Vec::with_capacity(finals.len());
     let mut contexts = Vec::with_capacity(finals.len());
     let mut attempts = Vec::new();
-    let mut charges = Vec::new();
     let mut running = outstanding;
     for (p, number) in finals.iter().zip(&numbers) {
         let inv = &p.invoice;
@@ -303,10 +373,6 @@ async fn write(
                     amount: inv.total,
                     currency: &inv.currency,
                 });
-                charges.push(Job::ChargeInvoice {
-                    invoice_id: inv.id.clone(),
-                    attempt: 1,
-                });
             } else {
                 tracing::info!(
                     invoice_id = %inv.id,
@@ -335,24 +401,13 @@ async fn write(
         .collect();
     emails::insert_many(tx, &invoice_emails, now).await?;
     charge_attempts::insert_first_many(tx, &attempts, now).await?;
-    queue::enqueue_many(tx, &charges, b.max_attempts()).await?;
 
     for p in &one_by_one {
         super::invoices::insert(b, tx, &p.invoice, now).await?;
     }
 
     // A subscription catching up (policy `all` after downtime) has its next period due already:
-    // its job is queued now rather than at the next sweep.
-    let follow_ups: Vec<Job> = moves
-        .iter()
-        .filter_map(|(id, next)| {
-            next.filter(|n| *n <= now).map(|n| Job::GenerateInvoice {
-                subscription_id: id.clone(),
-                period_start: ms(n),
-            })
-        })
-        .collect();
-    queue::enqueue_many(tx, &follow_ups, b.max_attempts()).await?;
+    // the next batch of the same drain takes it.
     let moves: Vec<(String, Option<DateTime<Utc>>)> = moves.into_iter().collect();
     subscriptions::move_many(tx, &moves, now).await?;
 

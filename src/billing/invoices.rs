@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use settled_jobs::invoice::format_number;
+use settled_jobs::job::WorkKind;
 use settled_jobs::records::NewInvoice;
 use settled_jobs::status::{Account, InvoiceStatus};
 
@@ -11,7 +12,7 @@ use super::ledger::{self, Entry};
 use super::{Billing, Error, Result, charges, credits};
 use crate::store::balances::Pool;
 use crate::store::charge_attempts::{self as attempts, Of};
-use crate::store::{Tx, invoices, payments};
+use crate::store::{Tx, invoices, payments, wall_ms, work_failures};
 
 /// Writes a one-off invoice and finalises it at once (unless it has a review window).
 pub async fn create(b: &Billing, inv: &NewInvoice) -> Result<()> {
@@ -73,25 +74,39 @@ pub async fn finalize(
     .await?;
     credits::on_finalized(tx, invoice_id, &opened.customer_id, now).await?;
     crate::outbox::invoice_issued(tx, invoice_id, now).await?;
-    charges::schedule_first(b, tx, invoice_id, now).await?;
+    charges::schedule_first(tx, invoice_id, now).await?;
     Ok(())
 }
 
-/// The finalize_invoice job: a draft whose review window has passed gets its number.
-pub async fn finalize_due(b: &Billing, invoice_id: &str) -> Result<()> {
+/// One batch of drafts whose review window has passed: each gets its number in a savepoint of
+/// its own, in one transaction. Returns how many it took.
+pub async fn drain_drafts(b: &Billing) -> Result<usize> {
     let now = b.now();
+    let wall = wall_ms();
     let mut tx = b.db.begin().await?;
-    let Some(inv) = invoices::get_in(&mut tx, invoice_id).await? else {
-        return Err(Error::permanent(format!("no invoice {invoice_id}")));
-    };
-    match inv.finalize_at {
-        Some(at) if inv.status() == InvoiceStatus::Draft && at <= crate::store::ms(now) => {
-            finalize(b, &mut tx, invoice_id, now).await?;
-            tx.commit().await?;
-            Ok(())
+    let ids = invoices::claim_drafts(&mut tx, now, wall, 100).await?;
+    let mut done = Vec::new();
+    for id in &ids {
+        tx.savepoint().await?;
+        match finalize(b, &mut tx, id, now).await {
+            Ok(()) => {
+                tx.release_savepoint().await?;
+                done.push(id.as_str());
+            }
+            Err(Error::Store(e)) if !e.blames_the_data() && !e.is_not_found() => {
+                return Err(Error::Store(e));
+            }
+            Err(e) => {
+                tx.rollback_to_savepoint().await?;
+                work_failures::set_aside(&mut tx, WorkKind::Drafts, id, &e.to_string(), wall, None)
+                    .await?;
+                tracing::error!(invoice_id = %id, error = %e, "draft set aside");
+            }
         }
-        _ => Ok(()),
     }
+    work_failures::clear(&mut tx, WorkKind::Drafts, &done).await?;
+    tx.commit().await?;
+    Ok(ids.len())
 }
 
 /// Voids an invoice without payments: applied credit and retainer go back to the customer, the

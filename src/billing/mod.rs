@@ -9,7 +9,6 @@ pub mod charges;
 pub mod context;
 pub mod credits;
 pub mod customers;
-pub mod due;
 pub mod dunning;
 pub mod error;
 pub mod gateway_events;
@@ -21,6 +20,7 @@ pub mod refunds;
 pub mod reminders;
 pub mod retainers;
 pub mod statements;
+pub mod work;
 
 pub use context::Billing;
 pub use error::{Error, Result};

@@ -55,12 +55,7 @@ impl Recorded {
 }
 
 /// Records a payment and applies it. Idempotent on (gateway, gateway payment id).
-pub async fn record(
-    b: &Billing,
-    tx: &mut Tx,
-    p: &NewPayment<'_>,
-    now: DateTime<Utc>,
-) -> Result<Recorded> {
+pub async fn record(tx: &mut Tx, p: &NewPayment<'_>, now: DateTime<Utc>) -> Result<Recorded> {
     let id = new_id(prefix::PAYMENT);
     let row = NewRow {
         id: &id,
@@ -93,7 +88,7 @@ pub async fn record(
     crate::outbox::receipt(tx, &id, now).await?;
     // A refund or dispute of this payment that arrived first is waiting for it.
     if let Some(gid) = p.gateway_payment_id {
-        webhook_events::wake_waiting(tx, p.gateway, gid, b.max_attempts()).await?;
+        webhook_events::wake_waiting(tx, p.gateway, gid).await?;
     }
     tracing::info!(
         payment_id = %id,
@@ -222,7 +217,6 @@ pub async fn record_offline(
     let now = b.now();
     let mut tx = b.db.begin().await?;
     let recorded = record(
-        b,
         &mut tx,
         &NewPayment {
             customer_id,

@@ -28,9 +28,7 @@ pub async fn refunded(
     let pi_id = event.gateway_payment_id.as_str();
     let Some(payment) = payments::lock_by_gateway_id(tx, source, pi_id).await? else {
         // The refund overtook its payment: try again once the payment is recorded.
-        return Err(Error::later(format!(
-            "the payment of PaymentIntent {pi_id} is not recorded yet"
-        )));
+        return Err(Error::WaitingFor(pi_id.to_string()));
     };
     let already = payment.amount_refunded;
     let total_refunded = event.amount_refunded.min(payment.amount);

@@ -3,46 +3,94 @@
 
 use chrono::{DateTime, Utc};
 use settled_jobs::invoice::build_lines;
-use settled_jobs::job::Job;
+use settled_jobs::job::WorkKind;
 
 use super::{Billing, Error, Result};
 use crate::outbox::snapshot::{self, ChargeSnap, LineSnap};
 use crate::store::subscriptions::{self, subscription_from_row};
-use crate::store::{Db, customers, from_ms, ms, payment_methods};
+use crate::store::work_failures::SetAside;
+use crate::store::{Tx, customers, from_ms, ms, payment_methods, wall_ms, work_failures};
 
-/// Reminders whose time has come: periods to be charged within `reminder_days` that have no
-/// reminder yet (0 = none).
-pub async fn due_jobs(db: &Db, reminder_days: u32, now: DateTime<Utc>) -> Result<Vec<Job>> {
-    if reminder_days == 0 {
+/// Periods to be charged within `reminder_days` of `now` that have no reminder yet, not set
+/// aside (as `set_aside` says); none when reminders are off.
+async fn owed(
+    b: &Billing,
+    now: DateTime<Utc>,
+    limit: i64,
+    set_aside: SetAside,
+) -> Result<Vec<(String, i64)>> {
+    let days = b.config.email.reminder_days;
+    if days == 0 {
         return Ok(Vec::new());
     }
-    let lead = chrono::Duration::days(i64::from(reminder_days));
-    let due = subscriptions::owed_reminder(db, now, now + lead, 5000).await?;
-    Ok(due
-        .into_iter()
-        .map(
-            |(subscription_id, period_start)| Job::RemindUpcomingCharge {
-                subscription_id,
-                period_start,
-            },
-        )
-        .collect())
+    let lead = chrono::Duration::days(i64::from(days));
+    Ok(subscriptions::owed_reminder(&b.db, now, now + lead, set_aside, limit).await?)
 }
 
-/// The remind_upcoming_charge job: if the period will still be charged automatically, write its
-/// reminder (once: unique on subscription and period start).
-pub async fn remind_upcoming_charge(
+/// How many reminders are owed at `now` (leaving out those reported failed).
+pub async fn due_count(b: &Billing, now: DateTime<Utc>) -> Result<i64> {
+    Ok(owed(b, now, 1000, SetAside::Reported).await?.len() as i64)
+}
+
+/// Whether one can be taken now (owed and not waiting for its next try).
+pub async fn claimable(b: &Billing, now: DateTime<Utc>) -> Result<bool> {
+    Ok(!owed(b, now, 1, SetAside::WaitingAt(wall_ms()))
+        .await?
+        .is_empty())
+}
+
+/// One batch of reminders owed: each written in a savepoint of its own. Returns how many it took.
+pub async fn drain(b: &Billing) -> Result<usize> {
+    let now = b.now();
+    let owed = owed(b, now, 100, SetAside::WaitingAt(wall_ms())).await?;
+    if owed.is_empty() {
+        return Ok(0);
+    }
+    let wall = wall_ms();
+    let mut tx = b.db.begin().await?;
+    let mut done = Vec::new();
+    for (subscription_id, period_start) in &owed {
+        tx.savepoint().await?;
+        match remind(b, &mut tx, subscription_id, *period_start, now).await {
+            Ok(()) => {
+                tx.release_savepoint().await?;
+                done.push(subscription_id.as_str());
+            }
+            Err(Error::Store(e)) if !e.blames_the_data() => return Err(Error::Store(e)),
+            Err(e) => {
+                tx.rollback_to_savepoint().await?;
+                work_failures::set_aside(
+                    &mut tx,
+                    WorkKind::Reminders,
+                    subscription_id,
+                    &e.to_string(),
+                    wall,
+                    None,
+                )
+                .await?;
+                tracing::error!(subscription_id = %subscription_id, error = %e, "reminder set aside");
+            }
+        }
+    }
+    work_failures::clear(&mut tx, WorkKind::Reminders, &done).await?;
+    tx.commit().await?;
+    Ok(owed.len())
+}
+
+/// If the period will still be charged automatically, writes its reminder (once: unique on
+/// subscription and period start).
+async fn remind(
     b: &Billing,
+    tx: &mut Tx,
     subscription_id: &str,
     period_start: i64,
+    now: DateTime<Utc>,
 ) -> Result<()> {
     let days = b.config.email.reminder_days;
     if days == 0 {
         return Ok(());
     }
-    let now = b.now();
-    let mut tx = b.db.begin().await?;
-    let Some(row) = subscriptions::get_in(&mut tx, subscription_id).await? else {
+    let Some(row) = subscriptions::get_in(tx, subscription_id).await? else {
         return Err(Error::permanent(format!(
             "no subscription {subscription_id}"
         )));
@@ -57,13 +105,13 @@ pub async fn remind_upcoming_charge(
     {
         return Ok(());
     }
-    let customer_auto = customers::get_in(&mut tx, &row.customer_id)
+    let customer_auto = customers::get_in(tx, &row.customer_id)
         .await?
         .map(|c| c.auto_charge);
     if customer_auto != Some(true) {
         return Ok(());
     }
-    let Some(card) = payment_methods::default_card(&mut tx, &row.customer_id)
+    let Some(card) = payment_methods::default_card(tx, &row.customer_id)
         .await?
         .and_then(|(brand, last4)| snapshot::card(Some(brand), Some(last4)))
     else {
@@ -99,7 +147,6 @@ pub async fn remind_upcoming_charge(
             .collect(),
         card: Some(card),
     };
-    crate::outbox::upcoming_charge(&mut tx, &customer_id, &currency, charge, now).await?;
-    tx.commit().await?;
+    crate::outbox::upcoming_charge(tx, &customer_id, &currency, charge, now).await?;
     Ok(())
 }

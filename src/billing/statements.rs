@@ -5,12 +5,13 @@
 
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
-use settled_jobs::job::Job;
+use settled_jobs::job::WorkKind;
 use settled_jobs::statement::{Movement, Statement, build};
 
 use super::{Billing, Error, Result};
 use crate::outbox::snapshot::{StatementLineSnap, StatementSnap};
-use crate::store::{Db, customers, ledger, ms};
+use crate::store::work_failures::SetAside;
+use crate::store::{Db, Tx, customers, ledger, ms, wall_ms, work_failures};
 
 /// The customer's account in `currency` between `from` (inclusive) and `to` (exclusive).
 pub async fn statement(
@@ -123,35 +124,103 @@ fn statement_bounds(now: DateTime<Utc>) -> (i64, DateTime<Utc>) {
     (i64::from(py) * 100 + i64::from(pm), began)
 }
 
-/// Customers owed a statement: opted in before the last month ended in their time zone, and
-/// without a statement of that month yet.
-pub async fn due_jobs(db: &Db, now: DateTime<Utc>) -> Result<Vec<Job>> {
+/// Customers owed a statement at `now`: opted in before the last month ended in their time zone,
+/// without a statement of that month yet, and (as `set_aside` says) not set aside; at most
+/// `limit`.
+async fn owed(
+    b: &Billing,
+    now: DateTime<Utc>,
+    limit: i64,
+    set_aside: SetAside,
+) -> Result<Vec<(String, i64)>> {
     // One query finds the time zones with a customer who may be owed one; most of the month
     // it finds none.
     let (latest, began) = statement_bounds(now);
-    let zones = customers::statement_zones(db, ms(began), latest).await?;
-    let mut jobs = Vec::new();
+    let zones = customers::statement_zones(&b.db, ms(began), latest).await?;
+    let mut owed = Vec::new();
     for name in zones {
         let Some(last) = LocalMonth::last_ended(zone(&name), now) else {
             continue;
         };
-        let ids = customers::owed_statement(db, &name, ms(last.to), last.month, 5000).await?;
-        jobs.extend(ids.into_iter().map(|customer_id| Job::SendStatement {
-            customer_id,
-            month: last.month,
-        }));
-        if jobs.len() >= 5000 {
+        let ids =
+            customers::owed_statement(&b.db, &name, ms(last.to), last.month, set_aside, limit)
+                .await?;
+        owed.extend(ids.into_iter().map(|id| (id, last.month)));
+        if owed.len() as i64 >= limit {
             break;
         }
     }
-    Ok(jobs)
+    owed.truncate(limit.max(0) as usize);
+    Ok(owed)
 }
 
-/// The send_statement job: if the customer still wants statements, had opted in before the month
-/// ended and the month has ended in its time zone, write the month's statement (once: unique on
-/// customer and month).
-pub async fn send_statement(b: &Billing, customer_id: &str, month: i64) -> Result<()> {
+/// How many customers are owed a statement at `now` (leaving out those reported failed).
+pub async fn due_count(b: &Billing, now: DateTime<Utc>) -> Result<i64> {
+    let (latest, began) = statement_bounds(now);
+    if customers::statement_zones(&b.db, ms(began), latest)
+        .await?
+        .is_empty()
+    {
+        return Ok(0);
+    }
+    Ok(owed(b, now, 1000, SetAside::Reported).await?.len() as i64)
+}
+
+/// Whether one can be taken now (owed and not waiting for its next try).
+pub async fn claimable(b: &Billing, now: DateTime<Utc>) -> Result<bool> {
+    Ok(!owed(b, now, 1, SetAside::WaitingAt(wall_ms()))
+        .await?
+        .is_empty())
+}
+
+/// One batch of monthly statements owed: each written in a savepoint of its own. Returns how many
+/// it took.
+pub async fn drain(b: &Billing) -> Result<usize> {
     let now = b.now();
+    let owed = owed(b, now, 100, SetAside::WaitingAt(wall_ms())).await?;
+    if owed.is_empty() {
+        return Ok(0);
+    }
+    let wall = wall_ms();
+    let mut tx = b.db.begin().await?;
+    let mut done = Vec::new();
+    for (customer_id, month) in &owed {
+        tx.savepoint().await?;
+        match send_statement(b, &mut tx, customer_id, *month, now).await {
+            Ok(()) => {
+                tx.release_savepoint().await?;
+                done.push(customer_id.as_str());
+            }
+            Err(Error::Store(e)) if !e.blames_the_data() => return Err(Error::Store(e)),
+            Err(e) => {
+                tx.rollback_to_savepoint().await?;
+                work_failures::set_aside(
+                    &mut tx,
+                    WorkKind::Statements,
+                    customer_id,
+                    &e.to_string(),
+                    wall,
+                    None,
+                )
+                .await?;
+                tracing::error!(customer_id = %customer_id, error = %e, "statement set aside");
+            }
+        }
+    }
+    work_failures::clear(&mut tx, WorkKind::Statements, &done).await?;
+    tx.commit().await?;
+    Ok(owed.len())
+}
+
+/// If the customer still wants statements, had opted in before the month ended and the month has
+/// ended in its time zone, writes the month's statement (once: unique on customer and month).
+async fn send_statement(
+    b: &Billing,
+    tx: &mut Tx,
+    customer_id: &str,
+    month: i64,
+    now: DateTime<Utc>,
+) -> Result<()> {
     let Some((timezone, currency, wanted, since)) =
         customers::statement_settings(&b.db, customer_id).await?
     else {
@@ -191,9 +260,7 @@ pub async fn send_statement(b: &Billing, customer_id: &str, month: i64) -> Resul
             })
             .collect(),
     };
-    let mut tx = b.db.begin().await?;
-    crate::outbox::statement(&mut tx, customer_id, &currency, snap, now).await?;
-    tx.commit().await?;
+    crate::outbox::statement(tx, customer_id, &currency, snap, now).await?;
     Ok(())
 }
 

@@ -410,43 +410,59 @@ pub async fn clock(state: &Arc<AppState>, cmd: ClockCommand) -> anyhow::Result<A
 /// The exit status a wait that ran out of time answers with (mapped to exit code 75).
 pub const TIMED_OUT: u16 = 504;
 
-fn unix_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// Waits until the clock says ready: every job finished and nothing more due. Progress counts
-/// jobs finished since the wait began against those plus the ones still waiting, so a catch-up
-/// of many periods shows a bar that grows as generation makes charges and emails due.
+/// Waits until the clock says ready: every piece of work due by then done. Progress counts what
+/// was done since the wait began (invoices written, and every other item of work that left the
+/// pending count) against that plus what is still pending, so a catch-up of many periods shows a
+/// bar that grows as generation makes charges and emails due.
 async fn wait_until_ready(state: &Arc<AppState>, within: Duration) -> anyhow::Result<Answer> {
-    use crate::store::queue;
-    let began = unix_secs() - 1;
+    use settled_jobs::job::WorkKind;
     let deadline = Instant::now() + within;
     let mut progress = Progress::new("catching up", Some(0), Duration::from_secs(5));
+    let db = &state.billing.db;
+    let invoices_before = crate::store::invoices::count(db).await.unwrap_or(0);
+    let mut other_done: u64 = 0;
+    let mut last_other: Option<u64> = None;
     loop {
         let answer = call(state, Method::GET, "/v1/clock", None).await?;
-        let finished = queue::finished_since(&state.billing.db, began)
+        let pending = state.scheduler.pending().await.unwrap_or_default();
+        let count = |periods: bool| -> u64 {
+            pending
+                .iter()
+                .filter(|(k, _)| (*k == WorkKind::Periods) == periods)
+                .map(|(_, n)| (*n).max(0) as u64)
+                .sum()
+        };
+        let (periods, other) = (count(true), count(false));
+        if let Some(before) = last_other
+            && other < before
+        {
+            other_done += before - other;
+        }
+        last_other = Some(other);
+        let invoices = crate::store::invoices::count(db)
             .await
-            .unwrap_or(0) as u64;
-        let waiting = queue::unfinished(&state.billing.db).await.unwrap_or(0) as u64;
-        progress.set_total(finished + waiting);
+            .map(|n| (n - invoices_before).max(0) as u64)
+            .unwrap_or(0);
+        let done = invoices + other_done;
+        let pending = periods + other;
+        progress.set_total(done + pending);
         if answer.status == 200 && answer.body["status"] == "ready" {
-            progress.set(finished, "ready");
-            progress.finish(&format!("ready: {finished} jobs finished"));
+            progress.set(done, "ready");
+            progress.finish(&format!(
+                "ready: {invoices} invoices written, {other_done} other items of work done"
+            ));
             return Ok(answer);
         }
         if answer.status != 200 && answer.status != 503 {
             return Ok(answer);
         }
-        progress.set(finished, &format!("{waiting} jobs waiting or running"));
+        progress.set(done, &format!("{pending} items of work pending"));
         if Instant::now() >= deadline {
             progress.finish("gave up waiting");
             return Ok(Answer {
                 status: TIMED_OUT,
                 body: json!({"error": {"code": "timeout", "message": format!(
-                    "work due by the clock is not done after {} s ({waiting} jobs waiting); is a daemon with workers running on this database?",
+                    "work due by the clock is not done after {} s ({pending} items pending); is a daemon with workers running on this database?",
                     within.as_secs()
                 )}}),
             });

@@ -216,7 +216,8 @@ pub enum PaymentsCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum JobsCommand {
-    /// List jobs, newest first (status: pending, queued, running, done, retrying, failed).
+    /// List work set aside after a failure, longest failing first (status: failed, after 3
+    /// tries; retrying, before).
     #[command(
         after_help = "Examples:\n  settled jobs list --status failed\n  settled jobs list --status retrying --json"
     )]
@@ -224,11 +225,11 @@ pub enum JobsCommand {
         #[arg(long)]
         status: Option<String>,
     },
-    /// Show one job with its arguments and last error.
-    #[command(after_help = "Example:\n  settled jobs show 01J9Z8Q4T1X3V5B7N9M2K4H6G8")]
+    /// Show one failing item with its tries, last error and next try.
+    #[command(after_help = "Example:\n  settled jobs show generate_invoice:sub_123")]
     Show { id: String },
-    /// Put a failed job back in the queue with fresh attempts.
-    #[command(after_help = "Example:\n  settled jobs retry 01J9Z8Q4T1X3V5B7N9M2K4H6G8")]
+    /// Try a failing item again at once.
+    #[command(after_help = "Example:\n  settled jobs retry generate_invoice:sub_123")]
     Retry { id: String },
 }
 

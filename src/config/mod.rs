@@ -196,6 +196,7 @@ pub struct JobsConfig {
     pub concurrency: usize,
     pub poll_interval_ms: u64,
     pub max_attempts: u32,
+    pub batch_size: usize,
     pub sweep_cron: String,
     pub heartbeat_seconds: u64,
 }

@@ -93,6 +93,9 @@ impl Config {
         if self.jobs.concurrency == 0 {
             problems.push("jobs.concurrency: must be at least 1".into());
         }
+        if self.jobs.batch_size == 0 || self.jobs.batch_size > 10_000 {
+            problems.push("jobs.batch_size: must be between 1 and 10000".into());
+        }
         if self.jobs.poll_interval_ms == 0 || self.jobs.poll_interval_ms > 60_000 {
             problems.push("jobs.poll_interval_ms: must be between 1 and 60000".into());
         }

@@ -121,6 +121,9 @@ impl From<crate::billing::Error> for ApiError {
                 ApiError::Gateway("the payment gateway did not answer; try again".into())
             }
             Error::Later(m) => ApiError::Unavailable(anyhow::anyhow!(m)),
+            Error::WaitingFor(pi) => {
+                ApiError::Unavailable(anyhow::anyhow!("the payment of {pi} is not recorded yet"))
+            }
             Error::Permanent(m) => ApiError::Unexpected(anyhow::anyhow!(m)),
         }
     }

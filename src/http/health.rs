@@ -46,7 +46,8 @@ async fn metrics(AxState(state): AxState<Arc<AppState>>) -> impl IntoResponse {
     if let Some(queue) = state.scheduler.queue_db() {
         pools.push(("queue", queue));
     }
-    match crate::metrics::scrape(&state.billing.db, &pools).await {
+    let pending = state.scheduler.pending().await.unwrap_or_default();
+    match crate::metrics::scrape(&state.billing.db, &pools, &pending).await {
         Some(text) => (
             StatusCode::OK,
             [(

@@ -54,7 +54,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     observed(
         Router::new()
             .merge(health::router())
-            .merge(webhooks::public_router(state.billing.clone()))
+            .merge(webhooks::public_router(&state))
             .nest("/v1", admin)
             .fallback(|| async { ApiError::NotFound("no such route".into()) }),
     )

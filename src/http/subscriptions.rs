@@ -292,7 +292,7 @@ async fn transition(
         ));
     }
     let b = &state.billing;
-    if !store::transition(&b.db, &id, &row.status, action, b.now(), b.max_attempts()).await? {
+    if !store::transition(&b.db, &id, &row.status, action, b.now()).await? {
         return Err(ApiError::conflict(
             "invalid_state",
             format!("subscription {id} changed meanwhile; try again"),

@@ -4,15 +4,16 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use settled_jobs::clock::Clock;
 use settled_jobs::mailer::{MailError, Mailer, OutgoingEmail};
-use settled_jobs::status::EmailStatus;
 
 use super::render;
 use super::snapshot::Snapshot;
 use crate::config::Config;
 use crate::store::emails::{self, EmailRow, Outcome};
-use crate::store::{Db, Result, from_ms};
+use crate::store::{Db, Result, from_ms, wall_ms};
 
 /// Tries at one message before a temporary failure counts as permanent (about three days with
 /// the delays of [`retry_delay`]).
@@ -76,88 +77,119 @@ pub struct Sender<'a> {
     pub config: &'a Config,
 }
 
-/// What one call to [`Sender::send`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sent {
-    /// The try happened and its outcome is recorded (sent, failed, or due again later).
-    Tried,
-    /// Nothing to do: the row is not pending after exactly the expected tries (another try
-    /// already happened).
-    Stale,
-    /// No such row.
-    Missing,
+/// How one try at a row ended, before it is recorded.
+enum Tried {
+    Sent { note: Option<String> },
+    Failed { reason: String },
+    Retry { reason: String, delay: Duration },
 }
 
+/// Emails one batch claims at most, and messages handed to the transport at once.
+const BATCH: i64 = 200;
+const SENDS_IN_FLIGHT: usize = 8;
+
+/// Finished tries recorded per transaction. Small, so a crash between the transport's "sent" and
+/// its record leaves few messages to go out a second time (with the same Message-ID).
+const RECORD_CHUNK: usize = 16;
+
 impl Sender<'_> {
-    /// One try at one row, if it is still pending after exactly `expected` tries.
-    pub async fn send(&self, email_id: &str, expected: i64) -> Result<Sent> {
-        let Some(row) = emails::get(self.db, email_id).await? else {
-            return Ok(Sent::Missing);
-        };
-        if row.status != EmailStatus::Pending || row.attempts != expected {
-            return Ok(Sent::Stale);
+    /// One batch of pending rows due: claims (leases) up to [`BATCH`] of them, renders and sends
+    /// them a few at a time with no transaction open, and records how each try ended a small
+    /// chunk per transaction. Returns how many it took (0: none was due).
+    pub async fn drain(&self) -> Result<usize> {
+        let now = self.clock.now();
+        let wall = wall_ms();
+        let lease = wall + (self.config.email.smtp_timeout_seconds as i64 + 30) * 1000;
+        let mut tx = self.db.begin().await?;
+        let rows = emails::claim(
+            &mut tx,
+            now,
+            wall,
+            lease,
+            self.config.jobs.batch_size.clamp(1, BATCH as usize) as i64,
+        )
+        .await?;
+        tx.commit().await?;
+        let taken = rows.len();
+        let tries = futures::stream::iter(rows)
+            .map(|row| async move {
+                let tried = self.try_one(&row).await;
+                (row, tried)
+            })
+            .buffer_unordered(SENDS_IN_FLIGHT)
+            .ready_chunks(RECORD_CHUNK);
+        futures::pin_mut!(tries);
+        while let Some(chunk) = tries.next().await {
+            self.record(chunk).await?;
         }
-        let (email, note) = match message(self.config, &row) {
+        Ok(taken)
+    }
+
+    /// Renders a row and hands it to the transport; nothing is written.
+    async fn try_one(&self, row: &EmailRow) -> (String, Tried) {
+        let (email, note) = match message(self.config, row) {
             Ok(built) => built,
-            Err(reason) => {
-                return self
-                    .finish(&row, "", Outcome::Failed { reason: &reason })
-                    .await;
-            }
+            Err(reason) => return (String::new(), Tried::Failed { reason }),
         };
         if email.to.is_empty() {
             let reason = match note {
                 Some(n) => format!("no deliverable address: {n}"),
                 None => "no deliverable address: the customer has no billing contact".to_string(),
             };
-            return self
-                .finish(&row, &email.subject, Outcome::Failed { reason: &reason })
-                .await;
+            return (email.subject, Tried::Failed { reason });
         }
-        let result = self.mailer.send(&email).await;
-        let now = self.clock.now();
-        match result {
+        let tried = match self.mailer.send(&email).await {
             Ok(()) => {
-                tracing::info!(email_id, template = %row.template, "email sent");
-                let outcome = Outcome::Sent {
-                    at: now,
-                    note: note.as_deref(),
-                };
-                self.finish(&row, &email.subject, outcome).await
+                tracing::info!(email_id = %row.id, template = %row.template, "email sent");
+                Tried::Sent { note }
             }
             Err(MailError::Permanent(reason)) => {
-                tracing::warn!(email_id, template = %row.template, reason = %reason, "email refused");
-                self.finish(&row, &email.subject, Outcome::Failed { reason: &reason })
-                    .await
+                tracing::warn!(email_id = %row.id, template = %row.template, reason = %reason, "email refused");
+                Tried::Failed { reason }
             }
             Err(MailError::Transient(reason)) => {
                 let tries = row.attempts + 1;
                 if tries >= MAX_TRIES {
-                    let reason = format!("gave up after {tries} tries: {reason}");
-                    return self
-                        .finish(&row, &email.subject, Outcome::Failed { reason: &reason })
-                        .await;
+                    Tried::Failed {
+                        reason: format!("gave up after {tries} tries: {reason}"),
+                    }
+                } else {
+                    let delay = retry_delay(tries);
+                    tracing::warn!(
+                        email_id = %row.id,
+                        template = %row.template,
+                        reason = %reason,
+                        retry_in_s = delay.as_secs(),
+                        "email not sent; it will be tried again"
+                    );
+                    Tried::Retry { reason, delay }
                 }
-                let delay = retry_delay(tries);
-                tracing::warn!(
-                    email_id,
-                    template = %row.template,
-                    reason = %reason,
-                    retry_in_s = delay.as_secs(),
-                    "email not sent; it will be tried again"
-                );
-                let outcome = Outcome::Retry {
-                    reason: &reason,
-                    delay,
-                };
-                self.finish(&row, &email.subject, outcome).await
             }
-        }
+        };
+        (email.subject, tried)
     }
 
-    async fn finish(&self, row: &EmailRow, subject: &str, outcome: Outcome<'_>) -> Result<Sent> {
-        crate::metrics::email_finished(&row.template, &outcome);
-        emails::finish(self.db, &row.id, row.attempts, subject, outcome).await?;
-        Ok(Sent::Tried)
+    /// Records a chunk of finished tries in one transaction.
+    async fn record(&self, chunk: Vec<(EmailRow, (String, Tried))>) -> Result<()> {
+        let at = self.clock.now();
+        let wall = wall_ms();
+        let mut tx = self.db.begin().await?;
+        for (row, (subject, tried)) in &chunk {
+            let outcome = match tried {
+                Tried::Sent { note } => Outcome::Sent {
+                    at,
+                    note: note.as_deref(),
+                },
+                Tried::Failed { reason } => Outcome::Failed { reason },
+                Tried::Retry { reason, delay } => Outcome::Retry {
+                    reason,
+                    delay: *delay,
+                },
+            };
+            crate::metrics::email_finished(&row.template, &outcome);
+            emails::finish(&mut tx, &row.id, row.attempts, subject, outcome, wall).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }

@@ -18,7 +18,6 @@ use tower::util::rng::HasherRng;
 
 use super::Runner;
 use super::dispatch;
-use super::scheduler::SWEEP_AFTER_JOBS;
 use crate::store::{Db, queue};
 
 pub use settled_jobs::error::JobError;
@@ -28,17 +27,26 @@ pub struct Workers {
     handles: Vec<JoinHandle<()>>,
     stop: CancellationToken,
     drain: Duration,
+    runner: Arc<Runner>,
 }
 
 impl Workers {
-    /// Stops taking jobs and waits (bounded) for the ones in flight.
+    /// Stops taking jobs and starting batches, and waits (bounded) for the batches in flight.
     pub async fn stop(self) {
         self.stop.cancel();
+        self.runner.drainers.stop();
+        let started = Instant::now();
         let all = futures::future::join_all(self.handles);
-        if tokio::time::timeout(self.drain, all).await.is_err() {
+        let finished = tokio::time::timeout(self.drain, all).await.is_ok()
+            && self
+                .runner
+                .drainers
+                .wait_idle(self.drain.saturating_sub(started.elapsed()))
+                .await;
+        if !finished {
             tracing::warn!(
                 timeout_s = self.drain.as_secs(),
-                "in-flight jobs did not finish in time; they will be picked up again after restart"
+                "in-flight work did not finish in time; it is taken up again after restart"
             );
         }
     }
@@ -47,6 +55,7 @@ impl Workers {
 pub fn start(runner: Arc<Runner>) -> Workers {
     let stop = CancellationToken::new();
     let drain = Duration::from_secs(runner.billing.config.daemon.shutdown_timeout_seconds);
+    runner.drainers.start();
     let handles = vec![
         spawn_queue_worker(runner.clone(), stop.clone()),
         spawn_sweeper(runner.clone(), stop.clone()),
@@ -56,6 +65,7 @@ pub fn start(runner: Arc<Runner>) -> Workers {
         handles,
         stop,
         drain,
+        runner,
     }
 }
 
@@ -288,20 +298,9 @@ async fn sweep_tick(_tick: Tick, runner: Data<Arc<Runner>>) -> Result<(), BoxDyn
 fn spawn_wake_loop(runner: Arc<Runner>, stop: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let scheduler = &runner.scheduler;
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = scheduler.wake.notified() => {}
-                _ = scheduler.wake_soon.notified() => {
-                    let wait = scheduler
-                        .since_last_sweep()
-                        .map_or(Duration::ZERO, |since| SWEEP_AFTER_JOBS.saturating_sub(since));
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = scheduler.wake.notified() => {}
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
+                _ = runner.scheduler.wake.notified() => {}
             }
             if let Err(e) = runner.scheduler.sweep().await {
                 tracing::warn!(error = %e, "sweep failed; the next tick retries");
@@ -352,57 +351,13 @@ fn wall_ms() -> i64 {
 /// The span a job runs in: its kind, queue id and run, and the ids of what it works on, so every
 /// line the job logs says which invoice, event or email it was about.
 fn job_span(job: &Job, row: &QueueRow) -> tracing::Span {
-    use tracing::field::Empty;
-    let span = tracing::info_span!(
+    tracing::info_span!(
         "job",
         kind = job.kind(),
+        work = job.work_kind().name(),
         job_id = %row.id,
         run = row.run,
-        invoice_id = Empty,
-        subscription_id = Empty,
-        event_id = Empty,
-        email_id = Empty,
-        charge_id = Empty,
-        charge_attempt = Empty,
-        customer_id = Empty,
-    );
-    match job {
-        Job::GenerateInvoice {
-            subscription_id, ..
-        }
-        | Job::RemindUpcomingCharge {
-            subscription_id, ..
-        } => {
-            span.record("subscription_id", subscription_id.as_str());
-        }
-        Job::FinalizeInvoice { invoice_id } | Job::ApplyLateFee { invoice_id } => {
-            span.record("invoice_id", invoice_id.as_str());
-        }
-        Job::ChargeInvoice {
-            invoice_id,
-            attempt,
-        }
-        | Job::ResolveCharge {
-            invoice_id,
-            attempt,
-        } => {
-            span.record("invoice_id", invoice_id.as_str());
-            span.record("charge_attempt", *attempt);
-        }
-        Job::ProcessEvent { event_id } => {
-            span.record("event_id", event_id.as_str());
-        }
-        Job::SendEmail { email_id } | Job::SendEmailRetry { email_id, .. } => {
-            span.record("email_id", email_id.as_str());
-        }
-        Job::ResolveBalanceCharge { charge_id } => {
-            span.record("charge_id", charge_id.as_str());
-        }
-        Job::SendStatement { customer_id, .. } => {
-            span.record("customer_id", customer_id.as_str());
-        }
-    }
-    span
+    )
 }
 
 /// Runs one job from the queue.
@@ -430,14 +385,13 @@ async fn handle_job(
         .unwrap_or_else(|_| Err(JobError::Permanent(anyhow::anyhow!("the job panicked"))));
     let took = started.elapsed();
     let elapsed_ms = took.as_millis() as u64;
-    runner.scheduler.job_finished();
     let _entered = span.enter();
     match result {
         Ok(()) => {
             crate::metrics::job_finished(&job, "done", took);
             tracing::info!(job = kind, elapsed_ms, "job done");
             // Its effects may have made more work due (a finalised invoice to charge, an email).
-            runner.scheduler.nudge_soon();
+            runner.scheduler.nudge();
             Ok(())
         }
         Err(JobError::Transient(e)) => {

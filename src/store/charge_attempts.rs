@@ -4,10 +4,12 @@
 use chrono::{DateTime, Utc};
 use settled_jobs::dunning::idempotency_key;
 use settled_jobs::ids::{new_id, prefix};
+use settled_jobs::job::WorkKind;
 use settled_jobs::status::AttemptStatus;
 use sqlx::FromRow;
 
 use super::bulk::{self, Arg};
+use super::work_failures::SetAside;
 use super::{Db, Result, Tx, ms, on_db, on_tx};
 
 #[derive(Debug, Clone, FromRow)]
@@ -188,6 +190,17 @@ pub async fn get(db: &Db, id: &str) -> Result<Option<AttemptRow>> {
     )
 }
 
+/// The attempt, read inside `tx`.
+pub async fn get_in(tx: &mut Tx, id: &str) -> Result<Option<AttemptRow>> {
+    let sql = format!("SELECT {ATTEMPT_COLUMNS} FROM charge_attempts WHERE id = $1");
+    Ok(on_tx!(tx, c => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(id)
+            .fetch_optional(&mut *c)
+            .await?
+    }))
+}
+
 /// Attempts of an invoice in order, for the invoice view.
 pub async fn of_invoice(db: &Db, invoice_id: &str) -> Result<Vec<AttemptRow>> {
     let sql = format!(
@@ -208,18 +221,20 @@ pub struct SendContext {
     pub number: Option<String>,
 }
 
-pub async fn send_context(db: &Db, id: &str) -> Result<SendContext> {
-    Ok(on_db!(db, p => {
-        sqlx::query_as(
-            "SELECT c.gateway_customer_id, pm.token, pm.gateway, i.number FROM charge_attempts a \
-             JOIN customers c ON c.id = a.customer_id \
-             LEFT JOIN payment_methods pm ON pm.id = a.payment_method_id \
-             LEFT JOIN invoices i ON i.id = a.invoice_id WHERE a.id = $1",
-        )
-        .bind(id)
-        .fetch_one(p)
-        .await?
+const SEND_CONTEXT: &str = "SELECT c.gateway_customer_id, pm.token, pm.gateway, i.number FROM charge_attempts a \
+     JOIN customers c ON c.id = a.customer_id \
+     LEFT JOIN payment_methods pm ON pm.id = a.payment_method_id \
+     LEFT JOIN invoices i ON i.id = a.invoice_id WHERE a.id = $1";
+
+/// [`send_context`] inside `tx`.
+pub async fn send_context_in(tx: &mut Tx, id: &str) -> Result<SendContext> {
+    Ok(on_tx!(tx, c => {
+        sqlx::query_as(SEND_CONTEXT).bind(id).fetch_one(&mut *c).await?
     }))
+}
+
+pub async fn send_context(db: &Db, id: &str) -> Result<SendContext> {
+    Ok(on_db!(db, p => sqlx::query_as(SEND_CONTEXT).bind(id).fetch_one(p).await?))
 }
 
 /// Claims a scheduled attempt just before its call: its amount and method are fixed, and it is
@@ -273,7 +288,7 @@ pub async fn drop_unsent_of(tx: &mut Tx, invoice_id: &str) -> Result<()> {
 
 pub async fn set_unknown(tx: &mut Tx, id: &str, message: &str) -> Result<()> {
     on_tx!(tx, c => {
-        sqlx::query("UPDATE charge_attempts SET status = 'unknown', failure_message = $2 WHERE id = $1")
+        sqlx::query("UPDATE charge_attempts SET status = 'unknown', failure_message = $2, lease_until = NULL WHERE id = $1")
             .bind(id)
             .bind(message)
             .execute(&mut *c)
@@ -291,7 +306,7 @@ pub async fn set_succeeded(
     on_tx!(tx, c => {
         sqlx::query(
             "UPDATE charge_attempts SET status = 'succeeded', gateway_payment_id = $2, finished_at = $3, \
-             decline_code = NULL, failure_message = NULL WHERE id = $1",
+             decline_code = NULL, failure_message = NULL, lease_until = NULL WHERE id = $1",
         )
         .bind(id)
         .bind(gateway_payment_id)
@@ -314,7 +329,7 @@ pub async fn set_failed(
         sqlx::query(
             "UPDATE charge_attempts SET status = 'failed', decline_code = $2, failure_message = $3, \
              gateway_payment_id = COALESCE($4, gateway_payment_id), finished_at = $5, \
-             started_at = COALESCE(started_at, $5) WHERE id = $1",
+             started_at = COALESCE(started_at, $5), lease_until = NULL WHERE id = $1",
         )
         .bind(id)
         .bind(code)
@@ -403,29 +418,115 @@ pub async fn decline_of(
     }))
 }
 
-/// A due attempt as the sweep finds it: (invoice, attempt number, id, status, started_at).
-pub type Due = (Option<String>, i64, String, String, Option<i64>);
+/// Claims scheduled attempts whose time has come (by `now`), leaving out those set aside, those
+/// under another batch's lease and (PostgreSQL) those another batch holds; locked for the rest
+/// of `tx`.
+pub async fn claim_scheduled(
+    tx: &mut Tx,
+    now: DateTime<Utc>,
+    wall_now: i64,
+    limit: i64,
+) -> Result<Vec<AttemptRow>> {
+    let sql = format!(
+        "SELECT {ATTEMPT_COLUMNS} FROM charge_attempts a WHERE status = 'pending' \
+         AND started_at IS NULL AND scheduled_at <= $1 AND (lease_until IS NULL OR lease_until < $2) \
+         AND {} ORDER BY scheduled_at, id LIMIT $3{}",
+        super::work_failures::not_set_aside(WorkKind::Charges, "a.id", "$2"),
+        tx.skip_locked()
+    );
+    Ok(on_tx!(tx, c => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(ms(now))
+            .bind(wall_now)
+            .bind(limit)
+            .fetch_all(&mut *c)
+            .await?
+    }))
+}
 
-/// Scheduled attempts whose time has come, unknown outcomes, and attempts sent before
-/// `sent_before_wall_ms` that were never recorded (their sender died).
-pub async fn due(
+/// Claims attempts whose outcome is not recorded: `unknown` ones, and ones sent before
+/// `sent_before_wall_ms` whose sender never recorded what came back (it died). Each is leased
+/// until `lease_until` so no other batch sends it meanwhile.
+pub async fn claim_unresolved(
+    tx: &mut Tx,
+    sent_before_wall_ms: i64,
+    wall_now: i64,
+    lease_until: i64,
+    limit: i64,
+) -> Result<Vec<AttemptRow>> {
+    let sql = format!(
+        "SELECT {ATTEMPT_COLUMNS} FROM charge_attempts a WHERE (status = 'unknown' \
+         OR (status = 'pending' AND started_at IS NOT NULL AND COALESCE(sent_wall_ms, 0) < $1)) \
+         AND (lease_until IS NULL OR lease_until < $2) AND {} \
+         ORDER BY scheduled_at, id LIMIT $3{}",
+        super::work_failures::not_set_aside(WorkKind::Charges, "a.id", "$2"),
+        tx.skip_locked()
+    );
+    let rows: Vec<AttemptRow> = on_tx!(tx, c => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(sent_before_wall_ms)
+            .bind(wall_now)
+            .bind(limit)
+            .fetch_all(&mut *c)
+            .await?
+    });
+    for a in &rows {
+        set_lease(tx, &a.id, Some(lease_until)).await?;
+    }
+    Ok(rows)
+}
+
+/// Holds (or, with None, releases) an attempt for one batch's call.
+pub async fn set_lease(tx: &mut Tx, id: &str, until: Option<i64>) -> Result<()> {
+    on_tx!(tx, c => {
+        sqlx::query("UPDATE charge_attempts SET lease_until = $2 WHERE id = $1")
+            .bind(id)
+            .bind(until)
+            .execute(&mut *c)
+            .await?;
+    });
+    Ok(())
+}
+
+/// Attempts whose work is not done by `now`: scheduled ones whose time has come, and every one
+/// sent without a recorded outcome.
+pub async fn due_count(db: &Db, now: DateTime<Utc>) -> Result<i64> {
+    let set_aside = SetAside::Reported;
+    let sql = format!(
+        "SELECT COUNT(*) FROM charge_attempts a WHERE ((status = 'pending' AND started_at IS NULL \
+         AND scheduled_at <= $1) OR status = 'unknown' \
+         OR (status = 'pending' AND started_at IS NOT NULL)) AND {}",
+        set_aside.condition(WorkKind::Charges, "a.id", "$2")
+    );
+    Ok(on_db!(db, p => {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(ms(now))
+            .bind(set_aside.value())
+            .fetch_one(p)
+            .await?
+    }))
+}
+
+/// Whether an attempt can be claimed now.
+pub async fn claimable(
     db: &Db,
     now: DateTime<Utc>,
+    wall_now: i64,
     sent_before_wall_ms: i64,
-    limit: i64,
-) -> Result<Vec<Due>> {
+) -> Result<bool> {
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM charge_attempts a WHERE ((status = 'pending' AND started_at IS NULL \
+         AND scheduled_at <= $1) OR status = 'unknown' \
+         OR (status = 'pending' AND started_at IS NOT NULL AND COALESCE(sent_wall_ms, 0) < $3)) \
+         AND (lease_until IS NULL OR lease_until < $2) AND {})",
+        super::work_failures::not_set_aside(WorkKind::Charges, "a.id", "$2")
+    );
     Ok(on_db!(db, p => {
-        sqlx::query_as(
-            "SELECT invoice_id, attempt, id, status, started_at FROM charge_attempts \
-             WHERE (status = 'pending' AND started_at IS NULL AND scheduled_at <= $1) \
-             OR status = 'unknown' \
-             OR (status = 'pending' AND started_at IS NOT NULL AND COALESCE(sent_wall_ms, 0) < $2) \
-             ORDER BY scheduled_at LIMIT $3",
-        )
-        .bind(ms(now))
-        .bind(sent_before_wall_ms)
-        .bind(limit)
-        .fetch_all(p)
-        .await?
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(ms(now))
+            .bind(wall_now)
+            .bind(sent_before_wall_ms)
+            .fetch_one(p)
+            .await?
     }))
 }

@@ -4,7 +4,10 @@
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
+use settled_jobs::job::WorkKind;
+
 use super::bulk;
+use super::work_failures::SetAside;
 use super::{Db, Result, Tx, from_ms, ms, on_db, on_tx};
 
 #[derive(Debug, Clone, FromRow)]
@@ -388,21 +391,25 @@ pub async fn owed_statement(
     timezone: &str,
     ended: i64,
     month: i64,
+    set_aside: SetAside,
     limit: i64,
 ) -> Result<Vec<String>> {
+    let sql = format!(
+        "SELECT c.id FROM customers c \
+         WHERE c.statement_emails AND c.timezone = $1 AND c.statement_emails_since < $2 \
+         AND NOT EXISTS (SELECT 1 FROM emails e WHERE e.template = 'statement' \
+                         AND e.subject_id = c.id AND e.attempt >= $3) \
+         AND {} ORDER BY c.id LIMIT $4",
+        set_aside.condition(WorkKind::Statements, "c.id", "$5")
+    );
     Ok(on_db!(db, p => {
-        sqlx::query_scalar(
-            "SELECT c.id FROM customers c \
-             WHERE c.statement_emails AND c.timezone = $1 AND c.statement_emails_since < $2 \
-             AND NOT EXISTS (SELECT 1 FROM emails e WHERE e.template = 'statement' \
-                             AND e.subject_id = c.id AND e.attempt >= $3) \
-             ORDER BY c.id LIMIT $4",
-        )
-        .bind(timezone)
-        .bind(ended)
-        .bind(month)
-        .bind(limit)
-        .fetch_all(p)
-        .await?
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(timezone)
+            .bind(ended)
+            .bind(month)
+            .bind(limit)
+            .bind(set_aside.value())
+            .fetch_all(p)
+            .await?
     }))
 }

@@ -23,6 +23,43 @@ impl Tx {
         }
     }
 
+    /// ` FOR UPDATE SKIP LOCKED`: a claim of due work that passes over rows another batch has
+    /// claimed (PostgreSQL). SQLite's write transaction is the only one, so it needs none.
+    pub fn skip_locked(&self) -> &'static str {
+        match self {
+            Tx::Sqlite(_) => "",
+            Tx::Postgres(_) => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// Marks a point to return to when one item of a batch fails, so its batch can go on.
+    pub async fn savepoint(&mut self) -> super::Result<()> {
+        self.raw("SAVEPOINT item").await
+    }
+
+    /// Undoes what the transaction did since [`Tx::savepoint`], keeping the rest.
+    pub async fn rollback_to_savepoint(&mut self) -> super::Result<()> {
+        self.raw("ROLLBACK TO SAVEPOINT item").await?;
+        self.raw("RELEASE SAVEPOINT item").await
+    }
+
+    /// Keeps what the transaction did since [`Tx::savepoint`].
+    pub async fn release_savepoint(&mut self) -> super::Result<()> {
+        self.raw("RELEASE SAVEPOINT item").await
+    }
+
+    async fn raw(&mut self, sql: &'static str) -> super::Result<()> {
+        match self {
+            Tx::Sqlite(t) => {
+                sqlx::query(sql).execute(&mut **t).await?;
+            }
+            Tx::Postgres(t) => {
+                sqlx::query(sql).execute(&mut **t).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// The job queue's table (apalis's own: `Jobs` on SQLite, `apalis.jobs` on PostgreSQL).
     pub fn queue_table(&self) -> &'static str {
         match self {

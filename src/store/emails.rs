@@ -3,11 +3,11 @@
 
 use chrono::{DateTime, Utc};
 use settled_jobs::ids::{new_id, prefix};
-use settled_jobs::job::Job;
+use settled_jobs::job::WorkKind;
 use sqlx::FromRow;
 
 use super::bulk::{self, Arg};
-use super::{Db, Result, Tx, ms, on_db, on_tx, queue};
+use super::{Db, Result, Tx, ms, on_db, on_tx};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct EmailRow {
@@ -37,9 +37,6 @@ const EMAIL_COLUMNS: &str = "id, template, subject_id, attempt, customer_id, inv
 
 pub const EMAIL_STATUSES: &[&str] = &["pending", "sent", "failed"];
 
-/// Jobs that send email are retried by the queue this often when the database itself fails.
-pub const SEND_JOB_ATTEMPTS: u32 = 5;
-
 /// What one message is about; (template, subject_id, attempt) is its natural key.
 pub struct NewEmail<'a> {
     pub template: settled_jobs::template::Template,
@@ -60,8 +57,8 @@ pub fn message_id(template: &str, subject_id: &str, attempt: i64) -> String {
     format!("<{template}.{subject_id}.{attempt}@settled>")
 }
 
-/// Writes the row and enqueues its send job in `tx`, unless the row exists already (a retried
-/// job or a replayed webhook): then nothing is written and None is returned.
+/// Writes the row in `tx` (a pending email is due work of its own), unless the row exists
+/// already (a retried job or a replayed webhook): then nothing is written and None is returned.
 pub async fn insert(tx: &mut Tx, new: &NewEmail<'_>, now: DateTime<Utc>) -> Result<Option<String>> {
     Ok(insert_many(tx, std::slice::from_ref(new), now).await?.pop())
 }
@@ -85,7 +82,7 @@ const COLUMNS: [&str; 15] = [
 ];
 
 /// [`insert`] for many rows in a few statements; returns the ids of the rows written (those not
-/// there already), each with its send job enqueued.
+/// there already).
 pub async fn insert_many(
     tx: &mut Tx,
     news: &[NewEmail<'_>],
@@ -122,13 +119,6 @@ pub async fn insert_many(
         "ON CONFLICT (template, subject_id, attempt) DO NOTHING",
     )
     .await?;
-    let sends: Vec<Job> = ids
-        .iter()
-        .map(|id| Job::SendEmail {
-            email_id: id.clone(),
-        })
-        .collect();
-    queue::enqueue_many(tx, &sends, SEND_JOB_ATTEMPTS).await?;
     Ok(ids)
 }
 
@@ -205,24 +195,25 @@ pub enum Outcome<'a> {
 }
 
 /// Records the end of try number `attempts + 1` of a row that had `attempts` tries, with the
-/// subject it was rendered with. Returns false when the row moved on meanwhile (nothing written).
+/// subject it was rendered with, in the caller's transaction; a temporary failure sets the row
+/// aside until its next try. Returns false when the row moved on meanwhile (nothing written).
 pub async fn finish(
-    db: &Db,
+    tx: &mut Tx,
     id: &str,
     attempts: i64,
     subject: &str,
     outcome: Outcome<'_>,
+    wall_now: i64,
 ) -> Result<bool> {
-    let mut tx = db.begin().await?;
     let (status, sent_at, error) = match &outcome {
         Outcome::Sent { at, note } => ("sent", Some(ms(*at)), note.map(str::to_string)),
         Outcome::Failed { reason } => ("failed", None, Some(reason.to_string())),
         Outcome::Retry { reason, .. } => ("pending", None, Some(reason.to_string())),
     };
-    let updated = on_tx!(&mut tx, c => {
+    let updated = on_tx!(tx, c => {
         sqlx::query(
             "UPDATE emails SET status = $3, attempts = attempts + 1, sent_at = $4, last_error = $5, \
-             subject = CASE WHEN $6 = '' THEN subject ELSE $6 END \
+             subject = CASE WHEN $6 = '' THEN subject ELSE $6 END, lease_until = NULL \
              WHERE id = $1 AND status = 'pending' AND attempts = $2",
         )
         .bind(id)
@@ -238,14 +229,20 @@ pub async fn finish(
     if updated == 0 {
         return Ok(false);
     }
-    if let Outcome::Retry { delay, .. } = outcome {
-        let job = Job::SendEmailRetry {
-            email_id: id.to_string(),
-            attempt: attempts + 1,
-        };
-        queue::enqueue_after(&mut tx, &job, delay, SEND_JOB_ATTEMPTS).await?;
+    match outcome {
+        Outcome::Retry { reason, delay } => {
+            super::work_failures::set_aside(
+                tx,
+                WorkKind::Emails,
+                id,
+                reason,
+                wall_now,
+                Some(delay.as_millis() as i64),
+            )
+            .await?;
+        }
+        _ => super::work_failures::clear(tx, WorkKind::Emails, &[id]).await?,
     }
-    tx.commit().await?;
     Ok(true)
 }
 
@@ -255,7 +252,7 @@ pub enum RetryOutcome {
     NotFailed(String),
 }
 
-/// An operator's retry: a failed row goes back to pending and a new try is enqueued with it.
+/// An operator's retry: a failed row goes back to pending, due at once.
 pub async fn retry(db: &Db, id: &str, now: DateTime<Utc>) -> Result<RetryOutcome> {
     let mut tx = db.begin().await?;
     let lock = tx.lock_rows();
@@ -271,39 +268,76 @@ pub async fn retry(db: &Db, id: &str, now: DateTime<Utc>) -> Result<RetryOutcome
         Some((status, _)) if status != "failed" => return Ok(RetryOutcome::NotFailed(status)),
         Some((_, attempts)) => attempts,
     };
+    let _ = attempts;
     on_tx!(&mut tx, c => {
-        sqlx::query("UPDATE emails SET status = 'pending', send_after = $2 WHERE id = $1")
+        sqlx::query("UPDATE emails SET status = 'pending', send_after = $2, lease_until = NULL WHERE id = $1")
             .bind(id)
             .bind(ms(now))
             .execute(&mut *c)
             .await?;
     });
-    let job = Job::SendEmailRetry {
-        email_id: id.to_string(),
-        attempt: attempts,
-    };
-    queue::enqueue(&mut tx, &job, SEND_JOB_ATTEMPTS).await?;
+    super::work_failures::clear(&mut tx, WorkKind::Emails, &[id]).await?;
     tx.commit().await?;
     Ok(RetryOutcome::Retried)
 }
 
-/// Pending rows whose first try never ran and whose send job is missing from the queue (the
-/// sweep's safety net; the job is enqueued with the row, so this finds only a job lost since, such
-/// as one an operator deleted). Rows whose job is waiting are left alone, so a backlog of mail
-/// does not make every sweep re-offer thousands of jobs.
-pub async fn unsent_without_job(db: &Db, now: DateTime<Utc>) -> Result<Vec<String>> {
+/// Claims pending rows due by `now` (billing time), leaving out those set aside until a later
+/// try and those under another batch's lease, and leases them until `lease_until` (wall
+/// milliseconds), so no other batch sends them meanwhile. Oldest first.
+pub async fn claim(
+    tx: &mut Tx,
+    now: DateTime<Utc>,
+    wall_now: i64,
+    lease_until: i64,
+    limit: i64,
+) -> Result<Vec<EmailRow>> {
     let sql = format!(
-        "SELECT e.id FROM (SELECT id, send_after FROM emails WHERE status = 'pending' \
-         AND attempts = 0 AND send_after <= $1 ORDER BY send_after LIMIT 5000) e \
-         WHERE NOT EXISTS (SELECT 1 FROM {} j WHERE j.job_type = $2 \
-         AND j.idempotency_key = 'send_email:' || e.id) ORDER BY e.send_after",
-        db.queue_table()
+        "SELECT {EMAIL_COLUMNS} FROM emails e WHERE status = 'pending' AND send_after <= $1 \
+         AND (lease_until IS NULL OR lease_until < $2) AND {} ORDER BY send_after, id LIMIT $3{}",
+        super::work_failures::not_set_aside(WorkKind::Emails, "e.id", "$2"),
+        tx.skip_locked()
     );
+    let rows: Vec<EmailRow> = on_tx!(tx, c => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(ms(now))
+            .bind(wall_now)
+            .bind(limit)
+            .fetch_all(&mut *c)
+            .await?
+    });
+    let ids: Vec<Vec<Arg>> = rows
+        .iter()
+        .map(|r| vec![Arg::from(r.id.as_str()), Arg::from(Some(lease_until))])
+        .collect();
+    bulk::update(
+        tx,
+        "emails",
+        "id",
+        &["lease_until"],
+        &ids,
+        "lease_until = v.lease_until",
+    )
+    .await?;
+    Ok(rows)
+}
+
+/// Pending rows due by `now`; with `claimable`, only those that can be taken now.
+pub async fn due_count(db: &Db, now: DateTime<Utc>, wall_now: i64, claimable: bool) -> Result<i64> {
+    let sql = if claimable {
+        format!(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM emails e WHERE status = 'pending' AND send_after <= $1 \
+             AND (lease_until IS NULL OR lease_until < $2) AND {} LIMIT 1) x",
+            super::work_failures::not_set_aside(WorkKind::Emails, "e.id", "$2")
+        )
+    } else {
+        "SELECT COUNT(*) FROM emails WHERE status = 'pending' AND send_after <= $1 AND $2 = $2"
+            .to_string()
+    };
     Ok(on_db!(db, p => {
         sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(ms(now))
-            .bind(queue::QUEUE)
-            .fetch_all(p)
+            .bind(wall_now)
+            .fetch_one(p)
             .await?
     }))
 }

@@ -28,6 +28,7 @@ pub mod subscriptions;
 #[cfg(test)]
 pub mod testing;
 pub mod webhook_events;
+pub mod work_failures;
 
 pub use error::{Error, Result};
 
@@ -314,6 +315,15 @@ fn sqlite_pool(path: &Path, max: u32, timeout: Duration) -> anyhow::Result<Sqlit
         .max_connections(max.max(2))
         .acquire_timeout(timeout.max(Duration::from_secs(10)))
         .connect_lazy_with(options))
+}
+
+/// The real wall clock in milliseconds: for leases, backoff and the gateway's key memory, which
+/// have nothing to do with billing time (the daemon's clock may be a manual one).
+pub fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Milliseconds since the epoch, the stored form of every instant.

@@ -6,10 +6,11 @@ use settled_jobs::invoice::{CatchUp, ItemSpec, ScheduleSpec};
 use settled_jobs::records::{StoreError, Subscription, SubscriptionStatus};
 use sqlx::FromRow;
 
-use settled_jobs::job::Job;
+use settled_jobs::job::WorkKind;
 
 use super::bulk::{self, Arg};
-use super::{Db, Result, Tx, from_ms, ms, on_db, on_tx, queue};
+use super::work_failures::SetAside;
+use super::{Db, Result, Tx, from_ms, ms, on_db, on_tx};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct SubscriptionRow {
@@ -161,7 +162,6 @@ pub async fn transition(
     from: &str,
     action: Action,
     now: DateTime<Utc>,
-    max_attempts: u32,
 ) -> Result<bool> {
     let sql = match action {
         Action::Pause => {
@@ -179,40 +179,8 @@ pub async fn transition(
     let changed = on_tx!(&mut tx, c => {
         sqlx::query(sql).bind(id).bind(from).bind(ms(now)).execute(&mut *c).await?.rows_affected() == 1
     });
-    if changed && matches!(action, Action::Resume) {
-        requeue_due_period(&mut tx, id, now, max_attempts).await?;
-    }
     tx.commit().await?;
     Ok(changed)
-}
-
-/// On resume: if the subscription's next period is due already, queue its generate_invoice job
-/// afresh. The period's job may have run while the subscription was paused and finished with
-/// nothing to do; its dedup key would otherwise keep the sweep from ever queueing it again. A
-/// job still waiting makes this one a harmless duplicate (whichever runs second finds the period
-/// billed).
-async fn requeue_due_period(
-    tx: &mut Tx,
-    id: &str,
-    now: DateTime<Utc>,
-    max_attempts: u32,
-) -> Result<()> {
-    let next: Option<i64> = on_tx!(tx, c => {
-        sqlx::query_scalar("SELECT next_period_start FROM subscriptions WHERE id = $1")
-            .bind(id)
-            .fetch_one(&mut *c)
-            .await?
-    });
-    let Some(period_start) = next.filter(|p| *p <= ms(now)) else {
-        return Ok(());
-    };
-    let job = Job::GenerateInvoice {
-        subscription_id: id.to_string(),
-        period_start,
-    };
-    let rounds = queue::rounds(tx, &job).await?;
-    queue::enqueue_round(tx, &job, rounds, max_attempts).await?;
-    Ok(())
 }
 
 /// Where a walk through the due subscriptions has got to: the (next_period_start, id) of the
@@ -287,24 +255,88 @@ pub async fn owed_reminder(
     db: &Db,
     now: DateTime<Utc>,
     until: DateTime<Utc>,
+    set_aside: SetAside,
     limit: i64,
 ) -> Result<Vec<(String, i64)>> {
+    let sql = format!(
+        "SELECT s.id, s.next_period_start FROM subscriptions s \
+         JOIN customers c ON c.id = s.customer_id \
+         WHERE s.status = 'active' AND s.auto_charge AND c.auto_charge \
+         AND s.next_period_start > $1 AND s.next_period_start <= $2 \
+         AND EXISTS (SELECT 1 FROM payment_methods pm WHERE pm.customer_id = c.id \
+                     AND pm.is_default AND pm.removed_at IS NULL) \
+         AND NOT EXISTS (SELECT 1 FROM emails e WHERE e.template = 'upcoming_charge' \
+                         AND e.subject_id = s.id AND e.attempt = s.next_period_start) \
+         AND {} ORDER BY s.next_period_start LIMIT $3",
+        set_aside.condition(WorkKind::Reminders, "s.id", "$4")
+    );
     Ok(on_db!(db, p => {
-        sqlx::query_as(
-            "SELECT s.id, s.next_period_start FROM subscriptions s \
-             JOIN customers c ON c.id = s.customer_id \
-             WHERE s.status = 'active' AND s.auto_charge AND c.auto_charge \
-             AND s.next_period_start > $1 AND s.next_period_start <= $2 \
-             AND EXISTS (SELECT 1 FROM payment_methods pm WHERE pm.customer_id = c.id \
-                         AND pm.is_default AND pm.removed_at IS NULL) \
-             AND NOT EXISTS (SELECT 1 FROM emails e WHERE e.template = 'upcoming_charge' \
-                             AND e.subject_id = s.id AND e.attempt = s.next_period_start) \
-             ORDER BY s.next_period_start LIMIT $3",
-        )
-        .bind(ms(now))
-        .bind(ms(until))
-        .bind(limit)
-        .fetch_all(p)
-        .await?
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(ms(now))
+            .bind(ms(until))
+            .bind(limit)
+            .bind(set_aside.value())
+            .fetch_all(p)
+            .await?
+    }))
+}
+
+/// Claims up to `limit` subscriptions whose next period has started by `now`, oldest period
+/// first, leaving out those set aside and (PostgreSQL) those another batch holds: (id, next
+/// period start). The rows stay locked for the rest of `tx`.
+pub async fn claim_due(
+    tx: &mut Tx,
+    now: DateTime<Utc>,
+    wall_now: i64,
+    limit: i64,
+) -> Result<Vec<(String, i64)>> {
+    let sql = format!(
+        "SELECT id, next_period_start FROM subscriptions s WHERE status = 'active' \
+         AND next_period_start IS NOT NULL AND next_period_start <= $1 AND {} \
+         ORDER BY next_period_start, id LIMIT $3{}",
+        super::work_failures::not_set_aside(WorkKind::Periods, "s.id", "$2"),
+        tx.skip_locked()
+    );
+    Ok(on_tx!(tx, c => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(ms(now))
+            .bind(wall_now)
+            .bind(limit)
+            .fetch_all(&mut *c)
+            .await?
+    }))
+}
+
+/// How many active subscriptions have a period started by `now` that is not billed yet (leaving
+/// out those reported failed).
+pub async fn due_count(db: &Db, now: DateTime<Utc>) -> Result<i64> {
+    let set_aside = SetAside::Reported;
+    let sql = format!(
+        "SELECT COUNT(*) FROM subscriptions s WHERE status = 'active' \
+         AND next_period_start IS NOT NULL AND next_period_start <= $1 AND {}",
+        set_aside.condition(WorkKind::Periods, "s.id", "$2")
+    );
+    Ok(on_db!(db, p => {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(ms(now))
+            .bind(set_aside.value())
+            .fetch_one(p)
+            .await?
+    }))
+}
+
+/// Whether any subscription can be claimed now (due and not set aside).
+pub async fn claimable(db: &Db, now: DateTime<Utc>, wall_now: i64) -> Result<bool> {
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM subscriptions s WHERE status = 'active' \
+         AND next_period_start IS NOT NULL AND next_period_start <= $1 AND {})",
+        super::work_failures::not_set_aside(WorkKind::Periods, "s.id", "$2")
+    );
+    Ok(on_db!(db, p => {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(ms(now))
+            .bind(wall_now)
+            .fetch_one(p)
+            .await?
     }))
 }

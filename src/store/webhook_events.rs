@@ -4,10 +4,11 @@
 
 use std::collections::HashSet;
 
-use settled_jobs::job::Job;
+use settled_jobs::job::WorkKind;
 use sqlx::FromRow;
 
-use super::{Db, Result, Tx, on_db, on_tx, queue};
+use super::work_failures::{REPORTED_AFTER_TRIES, SetAside};
+use super::{Db, Result, Tx, on_db, on_tx};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct EventRow {
@@ -40,13 +41,10 @@ pub struct NewEvent {
 /// Rows per INSERT statement (6 parameters each, well inside both backends' limits).
 const ROWS_PER_STATEMENT: usize = 100;
 
-/// Stores `events` and enqueues one process_event job per new one, in one transaction; returns
-/// the ids of the events that were new (the others were already stored: duplicates).
-pub async fn insert_events(
-    db: &Db,
-    events: &[&NewEvent],
-    max_attempts: u32,
-) -> Result<HashSet<String>> {
+/// Stores `events` in one transaction; returns the ids of the events that were new (the others
+/// were already stored: duplicates). Each stored event is due work of its own (status
+/// `received`); nothing else is written.
+pub async fn insert_events(db: &Db, events: &[&NewEvent]) -> Result<HashSet<String>> {
     let mut tx = db.begin().await?;
     let mut new_ids = HashSet::with_capacity(events.len());
     if let Tx::Postgres(t) = &mut tx {
@@ -105,16 +103,6 @@ pub async fn insert_events(
             q.fetch_all(c).await?
         });
         new_ids.extend(ids);
-    }
-    if !new_ids.is_empty() {
-        let jobs: Vec<Job> = events
-            .iter()
-            .filter(|e| new_ids.contains(&e.id))
-            .map(|e| Job::ProcessEvent {
-                event_id: e.id.clone(),
-            })
-            .collect();
-        queue::enqueue_many(&mut tx, &jobs, max_attempts).await?;
     }
     tx.commit().await?;
     Ok(new_ids)
@@ -231,85 +219,119 @@ pub async fn mark_failed(db: &Db, id: &str, error: &str, at: i64) -> Result<()> 
     tx.commit().await
 }
 
-/// Queues the event for processing again: counts the replay, puts the event back to `received`
-/// and enqueues a process_event job under a new dedup round, all in one transaction. Returns
-/// false when there is no such event.
-pub async fn replay(db: &Db, id: &str, max_attempts: u32) -> Result<bool> {
+/// Makes the event due again: counts the replay and puts it back to `received`, its
+/// set-aside try (if any) cleared. Returns false when there is no such event.
+pub async fn replay(db: &Db, id: &str) -> Result<bool> {
     let mut tx = db.begin().await?;
     let Some(row) = get_locked(&mut tx, id).await? else {
         tx.rollback().await?;
         return Ok(false);
     };
-    let round = row.replays + 1;
     on_tx!(&mut tx, c => {
         sqlx::query(
             "UPDATE webhook_events SET replays = $2, status = 'received', error = NULL, \
              processed_at = NULL WHERE id = $1",
         )
         .bind(id)
-        .bind(round)
+        .bind(row.replays + 1)
         .execute(c)
         .await?;
     });
-    let job = Job::ProcessEvent {
-        event_id: id.to_string(),
-    };
-    queue::enqueue_round(&mut tx, &job, round.max(0) as u32, max_attempts).await?;
+    super::work_failures::clear(&mut tx, WorkKind::Events, &[id]).await?;
     tx.commit().await?;
     Ok(true)
 }
 
-/// Events stored but not yet processed whose process_event job is missing from the queue (the
-/// sweep's safety net), among the `window` oldest unprocessed ones. Events whose job is waiting
-/// are left alone, so a backlog does not make every sweep re-offer thousands of jobs. The key is
-/// `Job::dedup_key(replays)` of `ProcessEvent`: `process_event:{id}`, `:r{n}` after a replay.
-pub async fn unprocessed_without_job(db: &Db, window: i64) -> Result<Vec<String>> {
-    let sql = format!(
-        "SELECT e.id FROM (SELECT id, replays, received_at FROM webhook_events \
-         WHERE status = 'received' ORDER BY received_at LIMIT $2) e \
-         WHERE NOT EXISTS (SELECT 1 FROM {} j WHERE j.job_type = $1 AND j.idempotency_key = \
-         'process_event:' || e.id || CASE WHEN e.replays > 0 THEN ':r' || e.replays ELSE '' END) \
-         ORDER BY e.received_at",
-        db.queue_table()
-    );
+/// Every stored event that is `received` or `failed`, of a source if given (the operator's bulk
+/// replay); oldest first.
+pub async fn replayable(
+    db: &Db,
+    status: &str,
+    source: Option<&str>,
+    limit: i64,
+) -> Result<Vec<String>> {
     Ok(on_db!(db, p => {
-        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(queue::QUEUE)
-            .bind(window)
-            .fetch_all(p)
+        sqlx::query_scalar(
+            "SELECT id FROM webhook_events WHERE status = $1 AND ($2 IS NULL OR source = $2) \
+             ORDER BY received_at, id LIMIT $3",
+        )
+        .bind(status)
+        .bind(source)
+        .bind(limit)
+        .fetch_all(p)
+        .await?
+    }))
+}
+
+/// Claims up to `limit` stored events not processed yet, oldest first, leaving out those set
+/// aside and (PostgreSQL) those another batch holds; locked for the rest of `tx`.
+pub async fn claim(tx: &mut Tx, wall_now: i64, limit: i64) -> Result<Vec<EventRow>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM webhook_events e WHERE status = 'received' AND {} \
+         ORDER BY received_at, id LIMIT $2{}",
+        super::work_failures::not_set_aside(WorkKind::Events, "e.id", "$1"),
+        tx.skip_locked()
+    );
+    Ok(on_tx!(tx, c => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(wall_now)
+            .bind(limit)
+            .fetch_all(&mut *c)
             .await?
     }))
 }
 
-/// Events that arrived before the payment they are about (a refund or dispute overtaking its
-/// payment) wait as `received` or `failed`; once the payment is recorded they are queued again.
-pub async fn wake_waiting(
-    tx: &mut Tx,
-    source: &str,
-    gateway_payment_id: &str,
-    max_attempts: u32,
-) -> Result<()> {
-    let pattern = format!("%\"{gateway_payment_id}\"%");
-    let waiting: Vec<(String, i64)> = on_tx!(tx, c => {
-        sqlx::query_as(
-            "UPDATE webhook_events SET replays = replays + 1, status = 'received', error = NULL \
-             WHERE source = $2 AND status IN ('received', 'failed') \
-             AND type IN ('charge.refunded', 'charge.dispute.created', 'charge.dispute.closed') \
-             AND body LIKE $1 RETURNING id, replays",
+/// How many stored events wait to be processed; with `claimable`, only those that can be taken
+/// now (not set aside).
+pub async fn due_count(db: &Db, wall_now: i64, claimable: bool) -> Result<i64> {
+    let sql = if claimable {
+        format!(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM webhook_events e WHERE status = 'received' \
+             AND {} LIMIT 1) x",
+            super::work_failures::not_set_aside(WorkKind::Events, "e.id", "$1")
         )
-        .bind(&pattern)
+    } else {
+        format!(
+            "SELECT COUNT(*) FROM webhook_events e WHERE status = 'received' AND {} AND $1 = $1",
+            SetAside::Reported.condition(
+                WorkKind::Events,
+                "e.id",
+                &REPORTED_AFTER_TRIES.to_string()
+            )
+        )
+    };
+    Ok(on_db!(db, p => {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(wall_now)
+            .fetch_one(p)
+            .await?
+    }))
+}
+
+/// Marks that the event waits for the gateway payment `gateway_payment_id` to be recorded.
+pub async fn wait_for(tx: &mut Tx, id: &str, gateway_payment_id: &str) -> Result<()> {
+    on_tx!(tx, c => {
+        sqlx::query("UPDATE webhook_events SET waits_for = $2 WHERE id = $1")
+            .bind(id)
+            .bind(gateway_payment_id)
+            .execute(&mut *c)
+            .await?;
+    });
+    Ok(())
+}
+
+/// Events that arrived before the payment they are about (a refund or dispute overtaking its
+/// payment) wait for it; once it is recorded they are due again at once.
+pub async fn wake_waiting(tx: &mut Tx, source: &str, gateway_payment_id: &str) -> Result<()> {
+    let waiting: Vec<String> = on_tx!(tx, c => {
+        sqlx::query_scalar(
+            "UPDATE webhook_events SET waits_for = NULL, status = 'received', error = NULL \
+             WHERE waits_for = $1 AND source = $2 AND status IN ('received', 'failed') RETURNING id",
+        )
+        .bind(gateway_payment_id)
         .bind(source)
         .fetch_all(&mut *c)
         .await?
     });
-    for (event_id, round) in waiting {
-        queue::enqueue_round(
-            tx,
-            &Job::ProcessEvent { event_id },
-            round as u32,
-            max_attempts,
-        )
-        .await?;
-    }
-    Ok(())
+    super::work_failures::wake(tx, WorkKind::Events, &waiting).await
 }

@@ -141,9 +141,8 @@ async fn an_intake_daemon_and_a_worker_daemon_share_one_postgres_database() {
     }
 
     // The work ran in the worker, never in the intake.
-    let generated =
-        "settled_job_duration_seconds_count{kind=\"generate_invoice\",outcome=\"done\"}";
-    let processed = "settled_job_duration_seconds_count{kind=\"process_event\",outcome=\"done\"}";
+    let generated = "settled_work_items_total{kind=\"generate_invoice\"}";
+    let processed = "settled_work_items_total{kind=\"process_event\"}";
     assert_eq!(metric(&worker, generated).await, 2.0);
     assert_eq!(metric(&worker, processed).await, 1.0);
     assert_eq!(

@@ -281,34 +281,33 @@ impl Drop for KillOnDrop {
 }
 
 both!(
-    failed_jobs_stay_visible_and_can_be_retried,
+    failed_work_stays_visible_and_can_be_retried,
     |backend| async move {
         let w = World::start(backend).await;
         let d = &w.daemon;
-        // A job about a subscription that does not exist fails permanently.
-        let config = settled::config::Config::load_from(
-            None,
-            vec![("SETTLED__DATABASE__URL".to_string(), d.database_url.clone())],
-        )
-        .unwrap();
-        let db = settled::store::Db::open(&config).unwrap();
-        let job = settled_jobs::job::Job::GenerateInvoice {
-            subscription_id: "sub_missing".into(),
-            period_start: 0,
-        };
-        assert!(
-            settled::store::queue::enqueue_now(&db, &job, 3)
-                .await
-                .unwrap()
-        );
-        assert!(
-            !settled::store::queue::enqueue_now(&db, &job, 3)
-                .await
-                .unwrap(),
-            "the dedup key holds"
-        );
+        let customer = d.customer("USD").await;
+        let (status, sub) = d
+            .post(
+                "/v1/subscriptions",
+                json!({"customer_id": customer, "schedule": {"every": "month"},
+                       "start_at": "2027-02-01T00:00:00Z",
+                       "items": [{"description": "Plan", "quantity": "1", "unit_amount": "10.00"}]}),
+            )
+            .await;
+        assert_eq!(status, 201, "{sub}");
+        let sub_id = sub["id"].as_str().unwrap().to_string();
+        // Its stored items become unreadable (a hand edit gone wrong): its invoice cannot be
+        // written, and nothing else is held up by it.
+        let break_it = r#"UPDATE subscriptions SET items = REPLACE(items, '"quantity":"1"', '"quantity":"two"') WHERE id = $1"#;
+        let mend_it = r#"UPDATE subscriptions SET items = REPLACE(items, '"quantity":"two"', '"quantity":"1"') WHERE id = $1"#;
+        sql_exec(&d.database_url, break_it, &sub_id).await;
+        let (status, body) = d
+            .post("/v1/clock/advance", json!({"to": "2027-02-01T00:00:00Z"}))
+            .await;
+        assert_eq!(status, 202, "{body}");
 
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        // Tried a few times, then shown as failed; the clock no longer waits for it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let failed = loop {
             let (status, body) = d.get("/v1/jobs?status=failed").await;
             assert_eq!(status, 200, "{body}");
@@ -317,39 +316,70 @@ both!(
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "job never failed:\n{}",
+                "never reported failed:\n{}",
                 d.log_text()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        assert_eq!(failed["kind"], "generate_invoice");
-        assert_eq!(failed["args"]["subscription_id"], "sub_missing");
-        assert!(
-            failed["last_error"]
-                .as_str()
-                .unwrap_or("")
-                .contains("sub_missing"),
+        d.wait_clock_ready(Duration::from_secs(30)).await;
+        assert_eq!(failed["kind"], "generate_invoice", "{failed}");
+        assert_eq!(failed["status"], "failed", "{failed}");
+        assert_eq!(
+            failed["args"]["subscription_id"],
+            sub_id.as_str(),
             "{failed}"
         );
-        let id = failed["id"].as_str().unwrap();
+        let attempts = failed["attempts"].as_i64().unwrap();
+        assert!(attempts >= 3, "{failed}");
+        assert!(
+            failed["last_error"].as_str().unwrap_or("").contains("two"),
+            "{failed}"
+        );
+        assert!(d.invoices("").await.is_empty());
+        let id = failed["id"].as_str().unwrap().to_string();
+        let (status, shown) = d.get(&format!("/v1/jobs/{id}")).await;
+        assert_eq!(status, 200, "{shown}");
+        assert_eq!(shown["id"], id.as_str());
 
+        // Retried while still broken: tried at once, fails again, stays.
         let (status, _) = d.post(&format!("/v1/jobs/{id}/retry"), json!({})).await;
         assert_eq!(status, 200);
-        // It runs again (and fails again, the subscription still being missing).
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             let (_, job) = d.get(&format!("/v1/jobs/{id}")).await;
-            if job["status"] == "failed" && job["attempts"].as_i64().unwrap_or(0) >= 1 {
+            if job["attempts"].as_i64().unwrap_or(0) > attempts {
                 break;
             }
             assert!(std::time::Instant::now() < deadline, "{job}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+
+        // Mended and retried: the invoice is written and the failure is gone.
+        sql_exec(&d.database_url, mend_it, &sub_id).await;
+        let (status, _) = d.post(&format!("/v1/jobs/{id}/retry"), json!({})).await;
+        assert_eq!(status, 200);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, _) = d.get(&format!("/v1/jobs/{id}")).await;
+            if status == 404 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{}", d.log_text());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        d.wait_clock_ready(Duration::from_secs(30)).await;
+        let invoices = d.invoices("").await;
+        assert_eq!(invoices.len(), 1, "{invoices:?}");
+        assert_eq!(invoices[0]["subscription_id"], sub_id.as_str());
+        let (_, failed) = d.get("/v1/jobs?status=failed").await;
+        assert_eq!(failed["data"].as_array().unwrap().len(), 0, "{failed}");
+
         let (status, body) = d.post("/v1/jobs/nope/retry", json!({})).await;
         assert_eq!(status, 404, "{body}");
+        let (status, body) = d.post(&format!("/v1/jobs/{id}/retry"), json!({})).await;
+        assert_eq!(status, 404, "nothing left to retry: {body}");
         let (status, _) = d.get("/v1/jobs?status=bogus").await;
         assert_eq!(status, 422);
-        db.close().await;
     }
 );
 
@@ -438,7 +468,7 @@ both!(
 );
 
 both!(
-    finished_jobs_are_cleaned_up_after_a_week_and_failed_ones_kept,
+    finished_drain_jobs_are_cleaned_up_after_a_week_and_failed_ones_kept,
     |backend| async move {
         let w = World::start(backend).await;
         let config = settled::config::Config::load_from(
@@ -451,25 +481,27 @@ both!(
         .unwrap();
         let db = settled::store::Db::open(&config).unwrap();
         use settled::store::queue;
+        // Two rows as an older daemon left them: one done, one failed for good, both long ago.
         let old = settled_jobs::job::Job::SendEmail {
             email_id: "em_old".into(),
         };
         let failed = settled_jobs::job::Job::SendEmail {
             email_id: "em_failed".into(),
         };
-        // Enqueued and marked finished in one transaction, so no worker ever sees them pending.
         let mut tx = db.begin().await.unwrap();
         queue::enqueue(&mut tx, &old, 1).await.unwrap();
         queue::enqueue(&mut tx, &failed, 1).await.unwrap();
         let eight_days_ago = chrono::Utc::now().timestamp() - 8 * 24 * 3600;
-        let (set_done, set_failed) = match backend {
+        let (set_done, set_failed, count) = match backend {
             Backend::Sqlite => (
                 "UPDATE Jobs SET status = 'Done', done_at = $1 WHERE idempotency_key = 'send_email:em_old'",
                 "UPDATE Jobs SET status = 'Killed', done_at = $1 WHERE idempotency_key = 'send_email:em_failed'",
+                "SELECT COUNT(*) FROM Jobs WHERE idempotency_key = $1",
             ),
             Backend::Postgres => (
                 "UPDATE apalis.jobs SET status = 'Done', done_at = to_timestamp($1) WHERE idempotency_key = 'send_email:em_old'",
                 "UPDATE apalis.jobs SET status = 'Killed', done_at = to_timestamp($1) WHERE idempotency_key = 'send_email:em_failed'",
+                "SELECT COUNT(*) FROM apalis.jobs WHERE idempotency_key = $1",
             ),
         };
         settled::store::on_tx!(&mut tx, c => {
@@ -481,25 +513,16 @@ both!(
         queue::vacuum(&db, chrono::Utc::now().timestamp() - 7 * 24 * 3600)
             .await
             .unwrap();
-        let keys = |k: &str| vec![k.to_string()];
-        assert_eq!(
-            queue::count_finished(&db, &keys("send_email:em_old"))
-                .await
-                .unwrap(),
-            0
-        );
-        assert_eq!(
-            queue::count_finished(&db, &keys("send_email:em_failed"))
-                .await
-                .unwrap(),
-            1
-        );
-        let (_, failed_jobs) = w.daemon.get("/v1/jobs?status=failed").await;
-        assert_eq!(
-            failed_jobs["data"].as_array().unwrap().len(),
-            1,
-            "failed jobs stay for the operator"
-        );
+        let mut left = Vec::new();
+        for key in ["send_email:em_old", "send_email:em_failed"] {
+            let mut tx = db.begin().await.unwrap();
+            let n: i64 = settled::store::on_tx!(&mut tx, c => {
+                sqlx::query_scalar(count).bind(key).fetch_one(&mut *c).await.unwrap()
+            });
+            tx.commit().await.unwrap();
+            left.push(n);
+        }
+        assert_eq!(left, vec![0, 1], "the done row goes, the failed one stays");
         db.close().await;
     }
 );

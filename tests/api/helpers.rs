@@ -93,6 +93,43 @@ impl Drop for TestDb {
     }
 }
 
+/// Opens the daemon's database directly, as an operator's console would (to break a row on
+/// purpose, or to count what a dead daemon left).
+async fn open_db(database_url: &str) -> settled::store::Db {
+    let config = settled::config::Config::load_from(
+        None,
+        vec![(
+            "SETTLED__DATABASE__URL".to_string(),
+            database_url.to_string(),
+        )],
+    )
+    .unwrap();
+    settled::store::Db::open(&config).unwrap()
+}
+
+/// Runs one statement with one text argument against the database.
+pub async fn sql_exec(database_url: &str, sql: &str, arg: &str) {
+    let db = open_db(database_url).await;
+    let mut tx = db.begin().await.unwrap();
+    settled::store::on_tx!(&mut tx, c => {
+        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(arg).execute(&mut *c).await.unwrap();
+    });
+    tx.commit().await.unwrap();
+    db.close().await;
+}
+
+/// The one number a `SELECT COUNT(*) ...` answers.
+pub async fn sql_count(database_url: &str, sql: &str) -> i64 {
+    let db = open_db(database_url).await;
+    let mut tx = db.begin().await.unwrap();
+    let n: i64 = settled::store::on_tx!(&mut tx, c => {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&mut *c).await.unwrap()
+    });
+    tx.commit().await.unwrap();
+    db.close().await;
+    n
+}
+
 pub fn random_suffix() -> String {
     use rand::Rng;
     let mut rng = rand::rng();

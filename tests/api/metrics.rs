@@ -282,68 +282,57 @@ both!(metrics_count_a_scripted_run_exactly, |backend| async move {
     let mail_files = std::fs::read_dir(d.state_dir.join("mail")).unwrap().count();
     assert_eq!(mail_files, 3, "one .eml per email");
 
-    // Jobs: one run each, all done, each with its latency measured.
-    for (kind, runs) in [
+    // Work: each item taken once by a drain of its kind. The on-demand charge is sent by its
+    // request and never offered to the drain; the automatic one is.
+    for (kind, items) in [
         ("generate_invoice", 1.0),
         ("process_event", 1.0),
         ("send_email", 3.0),
+        ("charge_invoice", 1.0),
     ] {
         assert_eq!(
+            m.value("settled_work_items_total", &[("kind", kind)]),
+            items,
+            "{kind}"
+        );
+        assert!(
             m.value(
-                "settled_job_duration_seconds_count",
-                &[("kind", kind), ("outcome", "done")]
-            ),
-            runs,
-            "{kind}"
-        );
-        assert_eq!(
-            m.value("settled_job_latency_seconds_count", &[("kind", kind)]),
-            runs,
+                "settled_work_batch_duration_seconds_count",
+                &[("kind", kind)]
+            ) >= 1.0,
             "{kind}"
         );
     }
-    // The automatic charge runs as a job. The sweep may also enqueue one for the on-demand
-    // attempt while its request is in flight; that job finds the outcome recorded (or replays the
-    // request under the same key), which the charge counters above do not count twice.
-    let charge_runs = m.value(
-        "settled_job_duration_seconds_count",
-        &[("kind", "charge_invoice"), ("outcome", "done")],
-    );
-    assert!(
-        charge_runs == 1.0 || charge_runs == 2.0,
-        "charge_invoice ran {charge_runs} times"
-    );
-    assert_eq!(
-        m.value(
-            "settled_job_latency_seconds_count",
-            &[("kind", "charge_invoice")]
-        ),
-        charge_runs
-    );
-    assert_eq!(
-        m.total("settled_job_duration_seconds_count"),
-        5.0 + charge_runs
-    );
-    for outcome in m.label_values("settled_job_duration_seconds_count", "outcome") {
-        assert_eq!(outcome, "done");
-    }
-    // The queue is drained: every kind reports zero depth, age and failures.
+    assert_eq!(m.total("settled_work_items_total"), 6.0);
+    // Nothing is left: every kind reports nothing pending and nothing set aside.
     for kind in [
         "generate_invoice",
+        "finalize_invoice",
         "charge_invoice",
-        "send_email",
         "process_event",
+        "send_email",
+        "apply_late_fee",
+        "remind_upcoming_charge",
+        "send_statement",
     ] {
-        assert_eq!(m.value("settled_job_queue_depth", &[("kind", kind)]), 0.0);
         assert_eq!(
-            m.value(
-                "settled_job_queue_oldest_due_age_seconds",
-                &[("kind", kind)]
-            ),
-            0.0
+            m.value("settled_work_pending", &[("kind", kind)]),
+            0.0,
+            "{kind}"
         );
-        assert_eq!(m.value("settled_jobs_failed", &[("kind", kind)]), 0.0);
+        assert_eq!(
+            m.value("settled_work_set_aside", &[("kind", kind)]),
+            0.0,
+            "{kind}"
+        );
+        assert_eq!(
+            m.value("settled_work_set_aside_oldest_seconds", &[("kind", kind)]),
+            0.0,
+            "{kind}"
+        );
     }
+    // The queue only starts drains; none is left failed.
+    assert_eq!(m.value("settled_jobs_failed", &[("kind", "drain")]), 0.0);
     // HTTP by route template, never by path.
     let http = "settled_http_request_duration_seconds_count";
     assert_eq!(
@@ -451,7 +440,7 @@ both!(
             log.lines().count() > 50,
             "the run logged little; the check would prove nothing:\n{log}"
         );
-        assert!(log.contains("invoice generated"), "{log}");
+        assert!(log.contains("invoices generated"), "{log}");
         let secret = gateway.webhook_secret();
         for (what, needle) in [
             ("the Stripe API key", API_KEY),

@@ -5,53 +5,43 @@
 //! `settled:{invoice}:{attempt}`. Every send of that attempt (the first, a retry after a crash, a
 //! resolve after a timeout) builds the same request from the row under the same key, so the
 //! gateway charges at most once per attempt. The outcome is recorded in a new transaction with
-//! the payment it produced; an outcome nobody could read is `unknown` and a resolve_charge job
-//! asks again.
+//! the payment it produced; an outcome nobody could read is `unknown`, set aside with a backoff,
+//! and asked again under the same key by a later drain until the gateway answers.
+//!
+//! A drain of charges ([`drain`]) works in three steps: one transaction claims a batch (scheduled
+//! attempts whose time has come are decided, fixed and marked sent; unknown and abandoned ones
+//! are leased), the calls run concurrently with no transaction open, and their outcomes are
+//! recorded a chunk per transaction.
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use settled_jobs::gateway::{ChargeRequest, ChargeResult, ChargeStatus, GatewayError};
-use settled_jobs::job::Job;
-use settled_jobs::status::{AttemptStatus, InvoiceStatus};
+use settled_jobs::job::WorkKind;
+use settled_jobs::status::InvoiceStatus;
 
 use super::dunning::{self, ChargeFailure};
 use super::payments::{self, NewPayment};
 use super::{Billing, Error, Result};
 use crate::store::charge_attempts::{self as attempts, AttemptRow, NewAttempt, SendContext};
-use crate::store::{Tx, invoices, payment_methods, queue};
+use crate::store::{Tx, invoices, payment_methods, wall_ms, work_failures};
 
 /// After this long (wall clock) the gateway may have forgotten an idempotency key: an unknown
 /// outcome is then looked up by the charge's metadata before anything is sent again.
 const KEY_MEMORY_MS: i64 = 23 * 3600 * 1000;
 
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+/// Attempts one drain batch claims at most.
+const BATCH: i64 = 100;
 
-/// The job that resolves an attempt: the invoice's own, or the balance charge's.
-pub fn resolve_job(a: &AttemptRow) -> Job {
-    match &a.invoice_id {
-        Some(invoice_id) => Job::ResolveCharge {
-            invoice_id: invoice_id.clone(),
-            attempt: a.attempt,
-        },
-        None => Job::ResolveBalanceCharge {
-            charge_id: a.id.clone(),
-        },
-    }
-}
+/// Gateway calls one drain has in flight at once.
+const CALLS_IN_FLIGHT: usize = 100;
+
+/// Outcomes recorded per transaction.
+const RECORD_CHUNK: usize = 50;
 
 /// Called when an invoice is finalised: if auto-charge is on for the invoice (its subscription)
 /// and the customer, and the customer has a default payment method, schedule the first attempt
-/// now and enqueue it in the same transaction.
-pub async fn schedule_first(
-    b: &Billing,
-    tx: &mut Tx,
-    invoice_id: &str,
-    now: DateTime<Utc>,
-) -> Result<()> {
+/// now (the next drain of charges sends it).
+pub async fn schedule_first(tx: &mut Tx, invoice_id: &str, now: DateTime<Utc>) -> Result<()> {
     let Some(f) = invoices::charge_facts(tx, invoice_id, false).await? else {
         return Ok(());
     };
@@ -87,57 +77,47 @@ pub async fn schedule_first(
         now,
     )
     .await?;
-    queue::enqueue(
-        tx,
-        &Job::ChargeInvoice {
-            invoice_id: invoice_id.to_string(),
-            attempt: a.attempt,
-        },
-        b.max_attempts(),
-    )
-    .await?;
+    tracing::debug!(
+        invoice_id,
+        attempt = a.attempt,
+        "first automatic charge scheduled"
+    );
     Ok(())
 }
 
-/// The charge_invoice job: claim a scheduled attempt (fixing its amount and payment method at the
-/// last moment before the call), send it, record what came back.
-pub async fn charge_invoice(b: &Billing, invoice_id: &str, attempt: i64) -> Result<()> {
-    let now = b.now();
-    let mut tx = b.db.begin().await?;
-    let Some(a) = attempts::lock(&mut tx, Some(invoice_id), attempt, "").await? else {
-        // Dropped because the invoice was settled before its turn came.
-        return Ok(());
+/// What a claimed scheduled attempt turns out to need.
+enum Decision {
+    /// Nothing to charge any more (the invoice was settled, auto-charge was switched off): the
+    /// attempt was never sent, so it simply goes.
+    Drop(String),
+    /// It cannot be sent (no gateway, no card, no gateway customer): it fails at once.
+    Fail(ChargeFailure),
+    /// Send it for this amount with this payment method.
+    Send { amount: i64, payment_method: String },
+}
+
+/// Decides a scheduled attempt against its invoice, locked.
+async fn decide(b: &Billing, tx: &mut Tx, a: &AttemptRow) -> Result<Decision> {
+    let Some(invoice_id) = a.invoice_id.as_deref() else {
+        // A balance charge is sent by the request that made it, never scheduled.
+        return Ok(Decision::Drop("a balance charge is never scheduled".into()));
     };
-    match a.status() {
-        AttemptStatus::Succeeded | AttemptStatus::Failed => return Ok(()),
-        AttemptStatus::Unknown => {
-            drop(tx);
-            return send(b, &a.id, false).await;
-        }
-        AttemptStatus::Pending => {}
-    }
-    if a.started_at.is_some() {
-        // Claimed by a run that did not live to record the outcome: same key, same request.
-        drop(tx);
-        return send(b, &a.id, false).await;
-    }
-    let f = invoices::charge_facts(&mut tx, invoice_id, true)
+    let f = invoices::charge_facts(tx, invoice_id, true)
         .await?
         .ok_or_else(|| Error::permanent(format!("no invoice {invoice_id}")))?;
     let collectible = InvoiceStatus::parse(&f.status).is_some_and(InvoiceStatus::is_collectible);
     let switched_off = a.automatic && (!f.invoice_auto_charge || !f.customer_auto_charge);
     if !collectible || f.amount_due <= 0 || switched_off {
-        // Never sent, so its key was never used: the attempt can simply go.
-        attempts::delete_unsent(&mut tx, &a.id).await?;
-        tx.commit().await?;
-        tracing::info!(
-            invoice_id,
-            attempt,
-            status = %f.status,
-            auto_charge_off = switched_off,
-            "scheduled charge dropped: nothing to charge automatically"
-        );
-        return Ok(());
+        return Ok(Decision::Drop(format!(
+            "invoice is {} with {} due{}",
+            f.status,
+            f.amount_due,
+            if switched_off {
+                "; auto-charge is off"
+            } else {
+                ""
+            }
+        )));
     }
     let pm = a.payment_method_id.clone().or(f.default_method.clone());
     let problem = if b.gateways.is_empty() {
@@ -156,44 +136,233 @@ pub async fn charge_invoice(b: &Billing, invoice_id: &str, attempt: i64) -> Resu
         None
     };
     if let Some((code, message)) = problem {
-        let failed = ChargeFailure {
+        return Ok(Decision::Fail(ChargeFailure {
             code: code.to_string(),
             message: message.to_string(),
             payment_intent_id: None,
-        };
-        dunning::mark_failed(b, &mut tx, &a, &failed, now).await?;
-        tx.commit().await?;
-        return Ok(());
+        }));
     }
     let amount = if a.automatic {
         f.amount_due
     } else {
         a.amount.min(f.amount_due)
     };
-    attempts::claim(&mut tx, &a.id, amount, pm.as_deref(), now).await?;
-    tx.commit().await?;
-    send(b, &a.id, false).await
+    Ok(Decision::Send {
+        amount,
+        payment_method: pm.unwrap_or_default(),
+    })
 }
 
-/// The resolve_charge job: an attempt whose outcome is unknown is asked again under its own key.
-pub async fn resolve_charge(
-    b: &Billing,
-    invoice_id: Option<&str>,
-    attempt: i64,
-    charge_id: &str,
-) -> Result<()> {
+/// One claimed attempt, ready to send: its row as it will be sent, and what the request needs
+/// besides.
+struct Claimed {
+    attempt: AttemptRow,
+    context: SendContext,
+    /// An unknown or abandoned attempt asked again (an answer still unknown is set aside).
+    resolving: bool,
+}
+
+/// Claims a batch in one transaction: decides scheduled attempts (dropping, failing or fixing and
+/// marking them sent) and leases unknown and abandoned ones.
+async fn claim(b: &Billing) -> Result<(Vec<Claimed>, usize)> {
+    let now = b.now();
+    let wall = wall_ms();
+    let in_flight_for = (b.config.stripe.request_timeout_seconds as i64 + 30) * 1000;
     let mut tx = b.db.begin().await?;
-    let a = attempts::lock(&mut tx, invoice_id, attempt, charge_id).await?;
-    drop(tx);
-    match a {
-        Some(a)
-            if a.status() == AttemptStatus::Unknown
-                || (a.status() == AttemptStatus::Pending && a.started_at.is_some()) =>
-        {
-            send(b, &a.id, true).await
+    let scheduled =
+        attempts::claim_scheduled(&mut tx, now, wall, b.batch_size(BATCH as usize) as i64).await?;
+    let mut decided = 0;
+    let mut claimed = Vec::new();
+    let mut done: Vec<String> = Vec::new();
+    for a in scheduled {
+        tx.savepoint().await?;
+        let outcome = async {
+            match decide(b, &mut tx, &a).await? {
+                Decision::Drop(why) => {
+                    attempts::delete_unsent(&mut tx, &a.id).await?;
+                    tracing::info!(
+                        invoice_id = a.invoice_id.as_deref().unwrap_or(""),
+                        attempt = a.attempt,
+                        why = %why,
+                        "scheduled charge dropped: nothing to charge automatically"
+                    );
+                    Ok::<_, Error>(None)
+                }
+                Decision::Fail(f) => {
+                    dunning::mark_failed(b, &mut tx, &a, &f, now).await?;
+                    Ok(None)
+                }
+                Decision::Send {
+                    amount,
+                    payment_method,
+                } => {
+                    attempts::claim(&mut tx, &a.id, amount, Some(&payment_method), now).await?;
+                    let row = attempts::get_in(&mut tx, &a.id)
+                        .await?
+                        .ok_or_else(|| Error::permanent("the claimed attempt vanished"))?;
+                    let context = attempts::send_context_in(&mut tx, &a.id).await?;
+                    Ok(Some(Claimed {
+                        attempt: row,
+                        context,
+                        resolving: false,
+                    }))
+                }
+            }
         }
-        _ => Ok(()),
+        .await;
+        match outcome {
+            Ok(c) => {
+                tx.release_savepoint().await?;
+                decided += 1;
+                match c {
+                    Some(c) => claimed.push(c),
+                    None => done.push(a.id.clone()),
+                }
+            }
+            Err(Error::Store(e)) if !e.blames_the_data() => return Err(Error::Store(e)),
+            Err(e) => {
+                tx.rollback_to_savepoint().await?;
+                work_failures::set_aside(
+                    &mut tx,
+                    WorkKind::Charges,
+                    &a.id,
+                    &e.to_string(),
+                    wall,
+                    None,
+                )
+                .await?;
+                tracing::error!(charge_attempt_id = %a.id, error = %e, "charge attempt set aside");
+                decided += 1;
+            }
+        }
     }
+    let room = b.batch_size(BATCH as usize) as i64 - claimed.len() as i64;
+    if room > 0 {
+        let lease = wall + in_flight_for;
+        for a in
+            attempts::claim_unresolved(&mut tx, wall - in_flight_for, wall, lease, room).await?
+        {
+            let context = attempts::send_context_in(&mut tx, &a.id).await?;
+            claimed.push(Claimed {
+                attempt: a,
+                context,
+                resolving: true,
+            });
+        }
+    }
+    let done: Vec<&str> = done.iter().map(String::as_str).collect();
+    work_failures::clear(&mut tx, WorkKind::Charges, &done).await?;
+    tx.commit().await?;
+    Ok((claimed, decided))
+}
+
+/// One batch of due charge work; returns how many attempts it handled (0: none was due).
+pub async fn drain(b: &Billing) -> Result<usize> {
+    let (claimed, decided) = claim(b).await?;
+    let sent = claimed.len();
+    if sent == 0 {
+        return Ok(decided);
+    }
+    let calls = futures::stream::iter(claimed)
+        .map(|c| async move {
+            let result = call(b, &c.attempt, &c.context).await;
+            (c, result)
+        })
+        .buffer_unordered(CALLS_IN_FLIGHT)
+        .ready_chunks(RECORD_CHUNK);
+    futures::pin_mut!(calls);
+    while let Some(chunk) = calls.next().await {
+        record_chunk(b, chunk).await?;
+    }
+    Ok(decided.max(sent))
+}
+
+/// What one call came back with: the gateway's name and answer, or why it could not be made.
+type Call = std::result::Result<
+    (
+        &'static str,
+        std::result::Result<ChargeResult, GatewayError>,
+    ),
+    Error,
+>;
+
+/// Records a chunk of finished calls in one transaction, each in a savepoint of its own.
+async fn record_chunk(b: &Billing, chunk: Vec<(Claimed, Call)>) -> Result<()> {
+    let now = b.now();
+    let wall = wall_ms();
+    let mut tx = b.db.begin().await?;
+    let mut counted = Vec::with_capacity(chunk.len());
+    for (c, call) in chunk {
+        let id = c.attempt.id.clone();
+        tx.savepoint().await?;
+        let outcome = match call {
+            Ok((gateway, result)) => {
+                record_in(b, &mut tx, &id, gateway, result, c.resolving, now, wall).await
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(Some(count)) => {
+                tx.release_savepoint().await?;
+                counted.push(count);
+            }
+            Ok(None) => tx.release_savepoint().await?,
+            Err(Error::Store(e)) if !e.blames_the_data() => return Err(Error::Store(e)),
+            Err(e) => {
+                tx.rollback_to_savepoint().await?;
+                attempts::set_lease(&mut tx, &id, None).await?;
+                work_failures::set_aside(
+                    &mut tx,
+                    WorkKind::Charges,
+                    &id,
+                    &e.to_string(),
+                    wall,
+                    None,
+                )
+                .await?;
+                tracing::warn!(charge_attempt_id = %id, error = %e, "charge attempt set aside");
+            }
+        }
+    }
+    tx.commit().await?;
+    for c in counted {
+        c.record();
+    }
+    Ok(())
+}
+
+/// Makes an attempt's one gateway call from its row (or, when the gateway may have forgotten its
+/// key, looks the charge up by its metadata first). No transaction is open meanwhile.
+async fn call(b: &Billing, a: &AttemptRow, ctx: &SendContext) -> Call {
+    let gateway_name = ctx
+        .gateway
+        .clone()
+        .unwrap_or_else(|| b.gateways.default_name().to_string());
+    let Some(gateway) = b.gateways.get(&gateway_name).cloned() else {
+        return Err(Error::later(format!(
+            "no payment gateway {gateway_name} is configured; charge attempt {} waits for one",
+            a.id
+        )));
+    };
+    let Some(request) = request_for(a, ctx) else {
+        return Err(Error::permanent(format!(
+            "charge attempt {} has no payment method or gateway customer",
+            a.id
+        )));
+    };
+    let forgotten = a
+        .sent_wall_ms
+        .is_some_and(|sent| wall_ms() - sent > KEY_MEMORY_MS);
+    let result = if forgotten {
+        match gateway.find_charge(&request.metadata).await {
+            Ok(Some(found)) => Ok(found),
+            Ok(None) => gateway.charge(&request).await,
+            Err(e) => Err(e),
+        }
+    } else {
+        gateway.charge(&request).await
+    };
+    Ok((gateway.name(), result))
 }
 
 /// The request an attempt stands for. Built only from the attempt's row (and the ids it names), so
@@ -226,72 +395,54 @@ fn request_for(a: &AttemptRow, ctx: &SendContext) -> Option<ChargeRequest> {
     })
 }
 
-/// Sends a claimed attempt and records the outcome. With `resolving`, an outcome that is still
-/// unknown is an error, so the queue asks again later with backoff.
-pub async fn send(b: &Billing, attempt_id: &str, resolving: bool) -> Result<()> {
+/// Sends one attempt claimed by its caller (an on-demand charge) and records the outcome.
+pub async fn send(b: &Billing, attempt_id: &str) -> Result<()> {
     let a = attempts::get(&b.db, attempt_id)
         .await?
         .ok_or_else(|| Error::permanent(format!("no charge attempt {attempt_id}")))?;
     let ctx = attempts::send_context(&b.db, attempt_id).await?;
-    let gateway_name = ctx
-        .gateway
-        .clone()
-        .unwrap_or_else(|| b.gateways.default_name().to_string());
-    let Some(gateway) = b.gateways.get(&gateway_name).cloned() else {
-        return Err(Error::later(format!(
-            "no payment gateway is configured; charge attempt {attempt_id} waits for one"
-        )));
-    };
-    let Some(request) = request_for(&a, &ctx) else {
-        return Err(Error::permanent(format!(
-            "charge attempt {attempt_id} has no payment method or gateway customer"
-        )));
-    };
-    let forgotten = a
-        .sent_wall_ms
-        .is_some_and(|sent| wall_ms() - sent > KEY_MEMORY_MS);
-    let result = if forgotten {
-        match gateway.find_charge(&request.metadata).await {
-            Ok(Some(found)) => Ok(found),
-            Ok(None) => gateway.charge(&request).await,
-            Err(e) => Err(e),
-        }
-    } else {
-        gateway.charge(&request).await
-    };
-    let unknown = matches!(&result, Err(GatewayError::Unknown(_)))
-        || matches!(&result, Ok(r) if r.status == ChargeStatus::Pending);
-    record_outcome(b, attempt_id, gateway.name(), result).await?;
-    if unknown && resolving {
-        return Err(Error::later(format!(
-            "the outcome of charge attempt {attempt_id} is still unknown"
-        )));
+    let (gateway, result) = call(b, &a, &ctx).await?;
+    let now = b.now();
+    let wall = wall_ms();
+    let mut tx = b.db.begin().await?;
+    let counted = record_in(b, &mut tx, attempt_id, gateway, result, false, now, wall).await?;
+    tx.commit().await?;
+    if let Some(c) = counted {
+        c.record();
     }
     Ok(())
 }
 
-/// Writes what the gateway said, in one transaction with its consequences.
-async fn record_outcome(
+/// Writes what the gateway said about one attempt, with its consequences, in `tx`. Returns the
+/// metric to count once committed (None when the outcome was recorded already, by a webhook or
+/// another batch).
+#[allow(clippy::too_many_arguments)]
+async fn record_in(
     b: &Billing,
+    tx: &mut Tx,
     attempt_id: &str,
     gateway: &str,
     result: std::result::Result<ChargeResult, GatewayError>,
-) -> Result<()> {
-    let now = b.now();
-    let mut tx = b.db.begin().await?;
-    let Some(a) = attempts::lock(&mut tx, None, 0, attempt_id).await? else {
+    resolving: bool,
+    now: DateTime<Utc>,
+    wall: i64,
+) -> Result<Option<crate::metrics::ChargeOutcome>> {
+    let Some(a) = attempts::lock(tx, None, 0, attempt_id).await? else {
         return Err(Error::permanent(format!(
             "charge attempt {attempt_id} vanished"
         )));
     };
     if a.is_closed() {
         // Already recorded (by a webhook or a concurrent resolve).
-        return Ok(());
+        attempts::set_lease(tx, &a.id, None).await?;
+        work_failures::clear(tx, WorkKind::Charges, &[&a.id]).await?;
+        return Ok(None);
     }
     let counted = crate::metrics::ChargeOutcome::of(&a.currency, a.amount, &result);
+    let mut unknown = None;
     match result {
         Ok(r) if r.status == ChargeStatus::Succeeded => {
-            record_success(b, &mut tx, gateway, &a, &r, now).await?;
+            record_success(tx, gateway, &a, &r, now).await?;
         }
         Ok(r) if r.status == ChargeStatus::Failed => {
             let failure = ChargeFailure {
@@ -301,11 +452,9 @@ async fn record_outcome(
                     .unwrap_or_else(|| "the charge did not go through".into()),
                 payment_intent_id: Some(r.payment_intent_id),
             };
-            dunning::mark_failed(b, &mut tx, &a, &failure, now).await?;
+            dunning::mark_failed(b, tx, &a, &failure, now).await?;
         }
-        Ok(r) => {
-            mark_unknown(b, &mut tx, &a, &format!("the charge is {:?}", r.status)).await?;
-        }
+        Ok(r) => unknown = Some(format!("the charge is {:?}", r.status)),
         Err(GatewayError::Declined {
             code,
             decline_code,
@@ -317,7 +466,7 @@ async fn record_outcome(
                 message,
                 payment_intent_id,
             };
-            dunning::mark_failed(b, &mut tx, &a, &failure, now).await?;
+            dunning::mark_failed(b, tx, &a, &failure, now).await?;
         }
         Err(GatewayError::Invalid { message, .. }) => {
             let failure = ChargeFailure {
@@ -325,7 +474,7 @@ async fn record_outcome(
                 message,
                 payment_intent_id: None,
             };
-            dunning::mark_failed(b, &mut tx, &a, &failure, now).await?;
+            dunning::mark_failed(b, tx, &a, &failure, now).await?;
         }
         Err(GatewayError::NotConfigured) => {
             let failure = ChargeFailure {
@@ -333,34 +482,31 @@ async fn record_outcome(
                 message: "no payment gateway is configured".into(),
                 payment_intent_id: None,
             };
-            dunning::mark_failed(b, &mut tx, &a, &failure, now).await?;
+            dunning::mark_failed(b, tx, &a, &failure, now).await?;
         }
-        Err(GatewayError::Unknown(message)) => {
+        Err(GatewayError::Unknown(message)) => unknown = Some(message),
+    }
+    match unknown {
+        Some(message) => {
             tracing::warn!(
                 charge_attempt_id = %a.id,
                 invoice_id = a.invoice_id.as_deref().unwrap_or(""),
                 attempt = a.attempt,
+                resolving,
                 error = %message,
                 "charge outcome unknown; it will be asked again under the same key"
             );
-            mark_unknown(b, &mut tx, &a, &message).await?;
+            attempts::set_unknown(tx, &a.id, &message).await?;
+            work_failures::set_aside(tx, WorkKind::Charges, &a.id, &message, wall, None).await?;
         }
+        None => work_failures::clear(tx, WorkKind::Charges, &[&a.id]).await?,
     }
-    tx.commit().await?;
-    counted.record();
-    Ok(())
-}
-
-async fn mark_unknown(b: &Billing, tx: &mut Tx, a: &AttemptRow, message: &str) -> Result<()> {
-    attempts::set_unknown(tx, &a.id, message).await?;
-    queue::enqueue(tx, &resolve_job(a), b.max_attempts()).await?;
-    Ok(())
+    Ok(Some(counted))
 }
 
 /// Records the payment a succeeded charge made (once, whoever tells first) and closes the
 /// attempt.
 pub async fn record_success(
-    b: &Billing,
     tx: &mut Tx,
     gateway: &str,
     a: &AttemptRow,
@@ -382,7 +528,6 @@ pub async fn record_success(
         a.amount
     };
     let payment = payments::record(
-        b,
         tx,
         &NewPayment {
             customer_id: &a.customer_id,
@@ -402,6 +547,7 @@ pub async fn record_success(
     )
     .await?;
     attempts::set_succeeded(tx, &a.id, &r.payment_intent_id, now).await?;
+    work_failures::clear(tx, WorkKind::Charges, &[&a.id]).await?;
     tracing::info!(
         invoice_id = a.invoice_id.as_deref().unwrap_or(""),
         customer_id = %a.customer_id,
@@ -410,31 +556,6 @@ pub async fn record_success(
         "charge succeeded"
     );
     Ok(())
-}
-
-/// Due charge work for the sweep: scheduled attempts whose time has come, unknown outcomes, and
-/// attempts that were sent but never recorded (their sender died) once they are older than any
-/// request could still be running. An attempt in flight is left alone, so the sweep never sends a
-/// second copy of a request that is still waiting for its answer.
-pub async fn due_jobs(b: &Billing, now: DateTime<Utc>) -> Result<Vec<Job>> {
-    let in_flight_for = (b.config.stripe.request_timeout_seconds as i64 + 30) * 1000;
-    let rows = attempts::due(&b.db, now, wall_ms() - in_flight_for, 5000).await?;
-    Ok(rows
-        .into_iter()
-        .map(|(invoice_id, attempt, id, status, started_at)| {
-            match (invoice_id, status.as_str(), started_at) {
-                (Some(invoice_id), "pending", None) => Job::ChargeInvoice {
-                    invoice_id,
-                    attempt,
-                },
-                (Some(invoice_id), _, _) => Job::ResolveCharge {
-                    invoice_id,
-                    attempt,
-                },
-                (None, _, _) => Job::ResolveBalanceCharge { charge_id: id },
-            }
-        })
-        .collect())
 }
 
 mod on_demand;

@@ -56,7 +56,7 @@ fn gateway_ready(b: &Billing) -> Result<()> {
 /// Sends an attempt claimed for an on-demand charge and reads back what was recorded: a decline
 /// is an error (402), an answer not known yet is [`Charged::Unknown`].
 async fn run_now(b: &Billing, attempt: AttemptRow) -> Result<Charged> {
-    send(b, &attempt.id, false)
+    send(b, &attempt.id)
         .await
         .map_err(|e| Error::permanent(format!("recording charge attempt {}: {e}", attempt.id)))?;
     let after = attempts::get(&b.db, &attempt.id)

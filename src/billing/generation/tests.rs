@@ -46,13 +46,6 @@ async fn subscription(db: &Db, id: &str, customer: &str, unit_amount: i64) {
     .await;
 }
 
-fn period(id: &str) -> Period {
-    Period {
-        subscription_id: id.into(),
-        period_start: from_ms(START),
-    }
-}
-
 async fn invoice_of(db: &Db, sub: &str) -> crate::store::invoices::InvoiceRow {
     let list = crate::store::invoices::list(
         db,
@@ -106,17 +99,7 @@ async fn a_batch_finalises_like_one_invoice_at_a_time(postgres: bool) {
     subscription(db, "sub_d", "cus_retainer", 0).await;
 
     let s = settings(db);
-    let periods: Vec<Period> = ["sub_a", "sub_b", "sub_c", "sub_d"]
-        .iter()
-        .map(|id| period(id))
-        .collect();
-    let outcomes = write_guarded(&s, &periods).await.unwrap();
-    assert!(
-        outcomes
-            .iter()
-            .all(|o| matches!(o, Ok(Generated::Invoice(_)))),
-        "{outcomes:?}"
-    );
+    assert_eq!(drain(&s).await.unwrap(), 4, "one batch takes all four");
 
     let a = invoice_of(db, "sub_a").await;
     let b = invoice_of(db, "sub_b").await;
@@ -199,26 +182,37 @@ async fn a_batch_finalises_like_one_invoice_at_a_time(postgres: bool) {
             (b.id.clone(), 1, format!("settled:{}:1", b.id), 3000),
         ]
     );
-    // One send job per email, one charge job per attempt, and the ledger adds up.
-    assert_eq!(crate::store::queue::unfinished(db).await.unwrap(), 6);
+    // Each email and each attempt is due work of its own; nothing went into the queue; the
+    // ledger adds up.
+    let now = s.now();
+    let wall = crate::store::wall_ms();
+    assert_eq!(
+        crate::store::emails::due_count(db, now, wall, false)
+            .await
+            .unwrap(),
+        4
+    );
+    assert_eq!(
+        crate::store::charge_attempts::due_count(db, now)
+            .await
+            .unwrap(),
+        2
+    );
+    let queued: Vec<(i64,)> = rows(db, &format!("SELECT COUNT(*) FROM {}", db.queue_table())).await;
+    assert_eq!(queued, vec![(0,)]);
     assert_eq!(
         crate::billing::ledger::check(db).await.unwrap(),
         Vec::<String>::new()
     );
 
-    // The same periods again (a retried job, a second daemon): nothing new.
-    let again = write_guarded(&s, &periods).await.unwrap();
-    assert!(
-        again.iter().all(|o| matches!(o, Ok(Generated::Stale))),
-        "{again:?}"
-    );
+    // Another drain (a second daemon, a repeated sweep): nothing is due any more.
+    assert_eq!(drain(&s).await.unwrap(), 0);
     let next: Vec<(Option<i64>,)> = rows(
         db,
         "SELECT next_period_start FROM subscriptions ORDER BY id",
     )
     .await;
     assert_eq!(next, vec![(Some(1_803_859_200_000),); 4]);
-    assert_eq!(crate::store::queue::unfinished(db).await.unwrap(), 6);
 }
 
 #[tokio::test]
@@ -245,24 +239,17 @@ async fn one_bad_period_does_not_fail_its_batch(postgres: bool) {
     subscription(db, "sub_c", "cus_1", -1000).await;
     subscription(db, "sub_d", "cus_1", 2000).await;
     let s = settings(db);
-    let periods: Vec<Period> = ["sub_a", "sub_b", "sub_c", "sub_d"]
-        .iter()
-        .map(|id| period(id))
-        .collect();
-    let outcomes = write_isolating_failures(&s, &periods).await;
-    assert!(
-        matches!(outcomes[0], Ok(Generated::Invoice(_))),
-        "{outcomes:?}"
-    );
-    assert!(
-        matches!(outcomes[1], Err(Error::Permanent(_))),
-        "{outcomes:?}"
-    );
-    assert!(matches!(outcomes[2], Err(Error::Store(_))), "{outcomes:?}");
-    assert!(
-        matches!(outcomes[3], Ok(Generated::Invoice(_))),
-        "{outcomes:?}"
-    );
+    assert_eq!(drain(&s).await.unwrap(), 4);
+    // Both bad periods are set aside, each with its own next try and its reason.
+    let set_aside = crate::store::work_failures::list(db, Some(WorkKind::Periods), None, 10, None)
+        .await
+        .unwrap();
+    let mut ids: Vec<&str> = set_aside.iter().map(|f| f.item_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["sub_b", "sub_c"], "{set_aside:?}");
+    assert!(set_aside.iter().all(|f| f.tries == 1 && f.retry_at > 0));
+    // Nothing more is taken until their next try comes.
+    assert_eq!(drain(&s).await.unwrap(), 0);
     let a = invoice_of(db, "sub_a").await;
     let d = invoice_of(db, "sub_d").await;
     let mut numbers = vec![a.number.unwrap(), d.number.unwrap()];
@@ -276,8 +263,7 @@ async fn one_bad_period_does_not_fail_its_batch(postgres: bool) {
     assert_eq!(stuck, vec![(Some(START),), (Some(START),)]);
 }
 
-/// A period whose job ran while the subscription was paused is billed after it resumes,
-/// though that job's dedup key keeps the sweep from queueing the period again.
+/// A paused subscription's due period waits; once it resumes, the next drain bills it.
 async fn resuming_requeues_a_period_its_job_skipped_while_paused(postgres: bool) {
     use crate::store::subscriptions::{Action, transition};
     let t = open(postgres).await;
@@ -286,42 +272,22 @@ async fn resuming_requeues_a_period_its_job_skipped_while_paused(postgres: bool)
     subscription(db, "sub_a", "cus_1", 1000).await;
     let s = settings(db);
     let now = s.now();
-    let job = Job::GenerateInvoice {
-        subscription_id: "sub_a".into(),
-        period_start: START,
-    };
-    // The sweep queued the period, the subscription was paused, then the job ran and
-    // finished with nothing to do.
-    assert!(queue::enqueue_now(db, &job, 5).await.unwrap());
     assert!(
-        transition(db, "sub_a", "active", Action::Pause, now, 5)
-            .await
-            .unwrap()
-    );
-    let outcome = write_guarded(&s, &[period("sub_a")]).await.unwrap();
-    assert!(matches!(outcome[0], Ok(Generated::Stale)), "{outcome:?}");
-    let done = format!("UPDATE {} SET status = 'Done'", db.queue_table());
-    exec(db, &done).await;
-    assert!(
-        !queue::enqueue_now(db, &job, 5).await.unwrap(),
-        "the sweep cannot requeue it"
-    );
-
-    assert!(
-        transition(db, "sub_a", "paused", Action::Resume, now, 5)
+        transition(db, "sub_a", "active", Action::Pause, now)
             .await
             .unwrap()
     );
     assert_eq!(
-        queue::unfinished(db).await.unwrap(),
-        1,
-        "resume queued the period"
+        drain(&s).await.unwrap(),
+        0,
+        "a paused subscription is not due"
     );
-    let outcome = write_guarded(&s, &[period("sub_a")]).await.unwrap();
     assert!(
-        matches!(outcome[0], Ok(Generated::Invoice(_))),
-        "{outcome:?}"
+        transition(db, "sub_a", "paused", Action::Resume, now)
+            .await
+            .unwrap()
     );
+    assert_eq!(drain(&s).await.unwrap(), 1);
     invoice_of(db, "sub_a").await;
 }
 

@@ -10,7 +10,10 @@ use std::sync::{Arc, OnceLock};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::signature::standard_key;
+use settled_jobs::job::WorkKind;
+
 use crate::billing::Billing;
+use crate::runner::Scheduler;
 use crate::store::webhook_events::{self as store, NewEvent};
 
 /// Deliveries stored in one transaction at most.
@@ -37,13 +40,15 @@ struct Pending {
 /// The intake's configuration (secrets decoded once) and its writers.
 pub struct Intake {
     pub billing: Arc<Billing>,
+    /// Told of every new event, so a drain starts at once where workers run.
+    scheduler: Arc<Scheduler>,
     stripe_secrets: Result<Vec<String>, String>,
     standard_keys: HashMap<String, Result<Vec<Vec<u8>>, String>>,
     sender: OnceLock<mpsc::Sender<Pending>>,
 }
 
 impl Intake {
-    pub fn new(billing: Arc<Billing>) -> Intake {
+    pub fn new(billing: Arc<Billing>, scheduler: Arc<Scheduler>) -> Intake {
         let config = &billing.config;
         let stripe_secrets = config
             .stripe_webhook_secrets()
@@ -68,6 +73,7 @@ impl Intake {
             .collect();
         Intake {
             billing,
+            scheduler,
             stripe_secrets,
             standard_keys,
             sender: OnceLock::new(),
@@ -107,7 +113,7 @@ impl Intake {
     pub async fn store(&self, event: NewEvent) -> Result<Stored, String> {
         let sender = self
             .sender
-            .get_or_init(|| spawn_writers(self.billing.clone()));
+            .get_or_init(|| spawn_writers(self.billing.clone(), self.scheduler.clone()));
         let (reply, answer) = oneshot::channel();
         sender
             .send(Pending { event, reply })
@@ -119,15 +125,18 @@ impl Intake {
     }
 }
 
-fn spawn_writers(billing: Arc<Billing>) -> mpsc::Sender<Pending> {
+fn spawn_writers(billing: Arc<Billing>, scheduler: Arc<Scheduler>) -> mpsc::Sender<Pending> {
     let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
     let receiver = Arc::new(Mutex::new(receiver));
     for _ in 0..WRITERS {
         let billing = billing.clone();
+        let scheduler = scheduler.clone();
         let receiver = receiver.clone();
         tokio::spawn(async move {
             while let Some(batch) = next_batch(&receiver).await {
-                write_batch(&billing, batch).await;
+                if write_batch(&billing, batch).await {
+                    scheduler.kick(WorkKind::Events);
+                }
             }
         });
     }
@@ -150,16 +159,17 @@ async fn next_batch(receiver: &Mutex<mpsc::Receiver<Pending>>) -> Option<Vec<Pen
     Some(batch)
 }
 
-async fn write_batch(billing: &Billing, mut batch: Vec<Pending>) {
+/// Stores a batch and answers each delivery; true when a new event was stored.
+async fn write_batch(billing: &Billing, mut batch: Vec<Pending>) -> bool {
     // One order for every batch, so two concurrent batches holding the same events take their
     // unique-index locks in the same order and cannot deadlock.
     batch.sort_by(|a, b| {
         (&a.event.source, &a.event.event_id).cmp(&(&b.event.source, &b.event.event_id))
     });
-    let max_attempts = billing.max_attempts();
     let events: Vec<&NewEvent> = batch.iter().map(|p| &p.event).collect();
-    match store::insert_events(&billing.db, &events, max_attempts).await {
+    match store::insert_events(&billing.db, &events).await {
         Ok(new_ids) => {
+            let any = !new_ids.is_empty();
             for p in batch {
                 let stored = if new_ids.contains(&p.event.id) {
                     Stored::New
@@ -168,15 +178,18 @@ async fn write_batch(billing: &Billing, mut batch: Vec<Pending>) {
                 };
                 let _ = p.reply.send(Ok(stored));
             }
+            any
         }
         Err(e) if batch.len() > 1 => {
             // One delivery must not fail the others: store each alone.
             tracing::warn!(error = %e, deliveries = batch.len(), "storing a batch of webhook events failed; storing them one by one");
+            let mut any = false;
             for p in batch {
-                let result = store::insert_events(&billing.db, &[&p.event], max_attempts)
+                let result = store::insert_events(&billing.db, &[&p.event])
                     .await
                     .map(|new| {
                         if new.contains(&p.event.id) {
+                            any = true;
                             Stored::New
                         } else {
                             Stored::Duplicate
@@ -188,12 +201,14 @@ async fn write_batch(billing: &Billing, mut batch: Vec<Pending>) {
                     });
                 let _ = p.reply.send(result);
             }
+            any
         }
         Err(e) => {
             tracing::warn!(error = %e, source = %batch[0].event.source, "storing a webhook event failed");
             for p in batch {
                 let _ = p.reply.send(Err(e.to_string()));
             }
+            false
         }
     }
 }

@@ -26,7 +26,6 @@ use settled_jobs::status::EventStatus;
 use super::extract::ApiQuery;
 use super::format::rfc3339_ms;
 use super::{ApiError, AppState, ListResponse, Paging};
-use crate::billing::Billing;
 use crate::gateway::stripe::NAME as STRIPE;
 use crate::metrics::{self, reason};
 use crate::store::webhook_events::{self as store, EventRow, NewEvent};
@@ -40,8 +39,8 @@ pub mod signature;
 const MAX_EVENT_ID: usize = 255;
 
 /// `POST /webhooks/stripe`, `POST /webhooks/standard/{source}`.
-pub fn public_router(billing: Arc<Billing>) -> Router<Arc<AppState>> {
-    let intake = Arc::new(Intake::new(billing));
+pub fn public_router(state: &AppState) -> Router<Arc<AppState>> {
+    let intake = Arc::new(Intake::new(state.billing.clone(), state.scheduler.clone()));
     Router::new()
         .route("/webhooks/stripe", post(stripe))
         .route("/webhooks/standard/{source}", post(standard))
@@ -435,9 +434,10 @@ async fn replay(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<EventView>, ApiError> {
-    if !store::replay(&state.billing.db, &id, state.billing.max_attempts()).await? {
+    if !store::replay(&state.billing.db, &id).await? {
         return Err(ApiError::not_found("webhook event", &id));
     }
+    state.scheduler.kick(settled_jobs::job::WorkKind::Events);
     tracing::info!(event = %id, "webhook event replay requested");
     show(AxState(state), Path(id)).await
 }

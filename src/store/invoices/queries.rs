@@ -4,12 +4,14 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
+use settled_jobs::job::WorkKind;
 use sqlx::FromRow;
 
 use super::INVOICE_COLUMNS;
 use super::InvoiceRow;
 use crate::store::bulk;
 use crate::store::dialect::collectible;
+use crate::store::work_failures::SetAside;
 use crate::store::{Db, Result, Tx, ms, on_db, on_tx};
 
 #[derive(Debug, Default)]
@@ -179,6 +181,107 @@ pub async fn charge_facts(tx: &mut Tx, id: &str, lock: bool) -> Result<Option<Ch
         sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(id)
             .fetch_optional(&mut *c)
+            .await?
+    }))
+}
+
+/// Claims drafts whose review window has passed by `now`, leaving out those set aside and those
+/// another batch holds; locked for the rest of `tx`.
+pub async fn claim_drafts(
+    tx: &mut Tx,
+    now: DateTime<Utc>,
+    wall_now: i64,
+    limit: i64,
+) -> Result<Vec<String>> {
+    let sql = format!(
+        "SELECT id FROM invoices i WHERE status = 'draft' AND finalize_at IS NOT NULL \
+         AND finalize_at <= $1 AND {} ORDER BY finalize_at, id LIMIT $3{}",
+        crate::store::work_failures::not_set_aside(WorkKind::Drafts, "i.id", "$2"),
+        tx.skip_locked()
+    );
+    Ok(on_tx!(tx, c => {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(ms(now))
+            .bind(wall_now)
+            .bind(limit)
+            .fetch_all(&mut *c)
+            .await?
+    }))
+}
+
+/// Claims invoices due at or before `cutoff` that have no late fee yet, leaving out those set
+/// aside and those another batch holds; locked for the rest of `tx`.
+pub async fn claim_late_fees(
+    tx: &mut Tx,
+    cutoff: DateTime<Utc>,
+    wall_now: i64,
+    limit: i64,
+) -> Result<Vec<String>> {
+    let sql = format!(
+        "SELECT id FROM invoices i WHERE late_fee_at IS NULL AND status IN {} AND amount_due > 0 \
+         AND kind <> 'late_fee' AND due_at IS NOT NULL AND due_at <= $1 AND {} \
+         ORDER BY due_at, id LIMIT $3{}",
+        collectible(),
+        crate::store::work_failures::not_set_aside(WorkKind::LateFees, "i.id", "$2"),
+        tx.skip_locked()
+    );
+    Ok(on_tx!(tx, c => {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(ms(cutoff))
+            .bind(wall_now)
+            .bind(limit)
+            .fetch_all(&mut *c)
+            .await?
+    }))
+}
+
+/// How many drafts are due by `now` and how many invoices owe a late fee by `cutoff` (None: late
+/// fees are off).
+pub async fn due_counts(
+    db: &Db,
+    now: DateTime<Utc>,
+    late_fee_cutoff: Option<DateTime<Utc>>,
+) -> Result<(i64, i64)> {
+    let set_aside = SetAside::Reported;
+    let sql = format!(
+        "SELECT COUNT(*) FROM invoices i WHERE status = 'draft' AND finalize_at IS NOT NULL \
+         AND finalize_at <= $1 AND {}",
+        set_aside.condition(WorkKind::Drafts, "i.id", "$2")
+    );
+    let drafts: i64 = on_db!(db, p => {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(ms(now))
+            .bind(set_aside.value())
+            .fetch_one(p)
+            .await?
+    });
+    let fees = match late_fee_cutoff {
+        None => 0,
+        Some(cutoff) => {
+            let sql = format!(
+                "SELECT COUNT(*) FROM invoices i WHERE late_fee_at IS NULL AND status IN {} \
+                 AND amount_due > 0 AND kind <> 'late_fee' AND due_at IS NOT NULL AND due_at <= $1 \
+                 AND {}",
+                collectible(),
+                set_aside.condition(WorkKind::LateFees, "i.id", "$2")
+            );
+            on_db!(db, p => {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(ms(cutoff))
+                    .bind(set_aside.value())
+                    .fetch_one(p)
+                    .await?
+            })
+        }
+    };
+    Ok((drafts, fees))
+}
+
+/// How many invoices there are (a catch-up's progress counts the ones it writes).
+pub async fn count(db: &Db) -> Result<i64> {
+    Ok(on_db!(db, p => {
+        sqlx::query_scalar("SELECT COUNT(*) FROM invoices")
+            .fetch_one(p)
             .await?
     }))
 }
