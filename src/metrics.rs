@@ -473,7 +473,7 @@ impl ChargeOutcome {
                 Some(decline_code.as_deref().unwrap_or(code)),
                 None,
             ),
-            Err(GatewayError::Invalid { .. }) => ("error", Some("invalid_request"), None),
+            Err(GatewayError::Invalid { .. }) => ("rejected", None, None),
             Err(GatewayError::NotConfigured) => ("error", Some("gateway_not_configured"), None),
         };
         ChargeOutcome {

@@ -12,7 +12,7 @@ use settled_jobs::status::{Account, CreditSource, InvoiceKind, InvoiceStatus};
 use super::ledger::{self, Entry};
 use super::{Billing, Error, Result, credits};
 use crate::store::payments::{self as rows, NewRow, PaymentRow};
-use crate::store::{Tx, balances, charge_attempts, invoices, webhook_events};
+use crate::store::{Tx, balances, charge_attempts, customers, invoices, webhook_events};
 
 /// The `gateway` of payments recorded by an operator (wire, cheque, cash).
 pub const OFFLINE: &str = "offline";
@@ -108,6 +108,8 @@ async fn allocate(
     p: &NewPayment<'_>,
     now: DateTime<Utc>,
 ) -> Result<()> {
+    // The lock order of every money path: the customer, then its invoices by id.
+    customers::lock(tx, p.customer_id).await?;
     let targets: Vec<(String, i64)> = match p.invoice_id {
         _ if p.unapplied => Vec::new(),
         Some(invoice_id) => invoices::lock_collectible(tx, invoice_id, p.currency)

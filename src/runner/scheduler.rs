@@ -111,9 +111,7 @@ impl Scheduler {
             for kind in &due {
                 self.drainers.kick(*kind);
             }
-            let mut tx = self.billing.db.begin().await?;
-            queue::arm_drains(&mut tx, &due, self.billing.max_attempts()).await?;
-            tx.commit().await?;
+            queue::arm_drains(&self.billing.db, &due, self.billing.max_attempts()).await?;
             tracing::debug!(kinds = ?due, "sweep found due work");
         }
         let elapsed = self.started.elapsed().as_millis() as i64;

@@ -1,5 +1,14 @@
 //! Charge attempts: one row per gateway charge, committed before its call with the
-//! Idempotency-Key it is sent under. The only writer of `charge_attempts`.
+//! Idempotency-Key it is sent under, and the reservations an attempt in flight holds on the
+//! invoices it may pay. The only writer of `charge_attempts` and `charge_reservations`.
+//!
+//! An attempt is *in flight* from the moment it is marked sent until its outcome is recorded
+//! (succeeded or failed). While in flight it holds one reservation per invoice it may pay (an
+//! invoice's own attempt: that invoice; a balance charge: every invoice it covers), taken in the
+//! transaction that marks it sent ([`reserve`]) and dropped in the one that closes it. The
+//! reservation's primary key is the invoice, so whichever path charges second (the drain, an
+//! operator, a portal, a balance charge) is refused by the database itself; a scheduled attempt
+//! is not even claimed while its invoice is reserved.
 
 use chrono::{DateTime, Utc};
 use settled_jobs::dunning::idempotency_key;
@@ -32,6 +41,8 @@ pub struct AttemptRow {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub sent_wall_ms: Option<i64>,
+    /// The gateway refused a resend while the outcome was unknown: look the charge up first.
+    pub look_up: bool,
 }
 
 impl AttemptRow {
@@ -50,7 +61,7 @@ impl AttemptRow {
 
 const ATTEMPT_COLUMNS: &str = "id, invoice_id, customer_id, attempt, idempotency_key, amount, currency, \
      payment_method_id, automatic, status, decline_code, failure_message, gateway_payment_id, \
-     next_attempt_at, scheduled_at, started_at, finished_at, sent_wall_ms";
+     next_attempt_at, scheduled_at, started_at, finished_at, sent_wall_ms, look_up";
 
 fn wall_ms() -> i64 {
     std::time::SystemTime::now()
@@ -237,15 +248,22 @@ pub async fn send_context(db: &Db, id: &str) -> Result<SendContext> {
     Ok(on_db!(db, p => sqlx::query_as(SEND_CONTEXT).bind(id).fetch_one(p).await?))
 }
 
-/// Claims a scheduled attempt just before its call: its amount and method are fixed, and it is
-/// marked sent (by the daemon's clock and the real wall clock).
+/// Claims a scheduled attempt of an invoice just before its call: the invoice is reserved, its
+/// amount and method are fixed, and it is marked sent (by the daemon's clock and the real wall
+/// clock). False, and nothing changed, when another attempt holds the invoice.
 pub async fn claim(
     tx: &mut Tx,
-    id: &str,
+    a: &AttemptRow,
     amount: i64,
     payment_method_id: Option<&str>,
     now: DateTime<Utc>,
-) -> Result<()> {
+) -> Result<bool> {
+    let id = a.id.as_str();
+    if let Some(invoice_id) = &a.invoice_id
+        && !reserve(tx, id, std::slice::from_ref(invoice_id)).await?
+    {
+        return Ok(false);
+    }
     on_tx!(tx, c => {
         sqlx::query(
             "UPDATE charge_attempts SET amount = $2, payment_method_id = $3, started_at = $4, sent_wall_ms = $5 \
@@ -259,7 +277,7 @@ pub async fn claim(
         .execute(&mut *c)
         .await?;
     });
-    Ok(())
+    Ok(true)
 }
 
 /// Deletes one attempt that was never sent (its key was never used).
@@ -286,6 +304,67 @@ pub async fn drop_unsent_of(tx: &mut Tx, invoice_id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Takes the reservations of `invoice_ids` for the attempt `attempt_id`, in id order. False (and
+/// nothing taken that was not already this attempt's) when another attempt holds one of them:
+/// the caller must not send, and rolls its transaction back or skips the attempt.
+pub async fn reserve(tx: &mut Tx, attempt_id: &str, invoice_ids: &[String]) -> Result<bool> {
+    let mut ids: Vec<&String> = invoice_ids.iter().collect();
+    ids.sort();
+    ids.dedup();
+    let mut taken = Vec::new();
+    for invoice_id in ids {
+        let added = on_tx!(tx, c => {
+            sqlx::query(
+                "INSERT INTO charge_reservations (invoice_id, attempt_id) VALUES ($1, $2) \
+                 ON CONFLICT (invoice_id) DO NOTHING",
+            )
+            .bind(invoice_id)
+            .bind(attempt_id)
+            .execute(&mut *c)
+            .await?
+            .rows_affected()
+        });
+        if added == 1 {
+            taken.push(invoice_id.clone());
+            continue;
+        }
+        if reserved_by(tx, invoice_id).await?.as_deref() != Some(attempt_id) {
+            for id in &taken {
+                on_tx!(tx, c => {
+                    sqlx::query("DELETE FROM charge_reservations WHERE invoice_id = $1 AND attempt_id = $2")
+                        .bind(id)
+                        .bind(attempt_id)
+                        .execute(&mut *c)
+                        .await?;
+                });
+            }
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The attempt holding the invoice's reservation, if one is in flight.
+pub async fn reserved_by(tx: &mut Tx, invoice_id: &str) -> Result<Option<String>> {
+    Ok(on_tx!(tx, c => {
+        sqlx::query_scalar("SELECT attempt_id FROM charge_reservations WHERE invoice_id = $1")
+            .bind(invoice_id)
+            .fetch_optional(&mut *c)
+            .await?
+    }))
+}
+
+/// Drops an attempt's reservations (its outcome is recorded).
+async fn release(tx: &mut Tx, attempt_id: &str) -> Result<()> {
+    on_tx!(tx, c => {
+        sqlx::query("DELETE FROM charge_reservations WHERE attempt_id = $1")
+            .bind(attempt_id)
+            .execute(&mut *c)
+            .await?;
+    });
+    Ok(())
+}
+
 pub async fn set_unknown(tx: &mut Tx, id: &str, message: &str) -> Result<()> {
     on_tx!(tx, c => {
         sqlx::query("UPDATE charge_attempts SET status = 'unknown', failure_message = $2, lease_until = NULL WHERE id = $1")
@@ -306,7 +385,8 @@ pub async fn set_succeeded(
     on_tx!(tx, c => {
         sqlx::query(
             "UPDATE charge_attempts SET status = 'succeeded', gateway_payment_id = $2, finished_at = $3, \
-             decline_code = NULL, failure_message = NULL, lease_until = NULL WHERE id = $1",
+             decline_code = NULL, failure_message = NULL, lease_until = NULL, look_up = FALSE \
+             WHERE id = $1",
         )
         .bind(id)
         .bind(gateway_payment_id)
@@ -314,7 +394,7 @@ pub async fn set_succeeded(
         .execute(&mut *c)
         .await?;
     });
-    Ok(())
+    release(tx, id).await
 }
 
 pub async fn set_failed(
@@ -329,7 +409,7 @@ pub async fn set_failed(
         sqlx::query(
             "UPDATE charge_attempts SET status = 'failed', decline_code = $2, failure_message = $3, \
              gateway_payment_id = COALESCE($4, gateway_payment_id), finished_at = $5, \
-             started_at = COALESCE(started_at, $5), lease_until = NULL WHERE id = $1",
+             started_at = COALESCE(started_at, $5), lease_until = NULL, look_up = FALSE WHERE id = $1",
         )
         .bind(id)
         .bind(code)
@@ -338,6 +418,17 @@ pub async fn set_failed(
         .bind(ms(now))
         .execute(&mut *c)
         .await?;
+    });
+    release(tx, id).await
+}
+
+/// Marks an unknown attempt to be looked up by its metadata before it is sent again.
+pub async fn set_look_up(tx: &mut Tx, id: &str) -> Result<()> {
+    on_tx!(tx, c => {
+        sqlx::query("UPDATE charge_attempts SET look_up = TRUE WHERE id = $1")
+            .bind(id)
+            .execute(&mut *c)
+            .await?;
     });
     Ok(())
 }
@@ -373,10 +464,11 @@ pub enum Of<'a> {
 }
 
 /// True when an attempt was sent and its outcome is not recorded yet: a second charge now could
-/// take the money twice.
+/// take the money twice. For an invoice, that is its reservation (held by its own attempt or by a
+/// balance charge covering it); for a customer, any attempt of its in flight.
 pub async fn in_flight(tx: &mut Tx, of: Of<'_>) -> Result<bool> {
     let (column, id) = match of {
-        Of::Invoice(id) => ("invoice_id", id),
+        Of::Invoice(id) => return Ok(reserved_by(tx, id).await?.is_some()),
         Of::Customer(id) => ("customer_id", id),
     };
     let sql = format!(
@@ -430,6 +522,7 @@ pub async fn claim_scheduled(
     let sql = format!(
         "SELECT {ATTEMPT_COLUMNS} FROM charge_attempts a WHERE status = 'pending' \
          AND started_at IS NULL AND scheduled_at <= $1 AND (lease_until IS NULL OR lease_until < $2) \
+         AND NOT EXISTS (SELECT 1 FROM charge_reservations r WHERE r.invoice_id = a.invoice_id) \
          AND {} ORDER BY scheduled_at, id LIMIT $3{}",
         super::work_failures::not_set_aside(WorkKind::Charges, "a.id", "$2"),
         tx.skip_locked()
@@ -488,14 +581,15 @@ pub async fn set_lease(tx: &mut Tx, id: &str, until: Option<i64>) -> Result<()> 
     Ok(())
 }
 
-/// Attempts whose work is not done by `now`: scheduled ones whose time has come, and every one
-/// sent without a recorded outcome.
+/// Attempts whose work is not done by `now`: scheduled ones whose time has come (unless
+/// reported failed), and every one sent without a recorded outcome, however long it has been
+/// unknown (money in flight is never done).
 pub async fn due_count(db: &Db, now: DateTime<Utc>) -> Result<i64> {
     let set_aside = SetAside::Reported;
     let sql = format!(
-        "SELECT COUNT(*) FROM charge_attempts a WHERE ((status = 'pending' AND started_at IS NULL \
-         AND scheduled_at <= $1) OR status = 'unknown' \
-         OR (status = 'pending' AND started_at IS NOT NULL)) AND {}",
+        "SELECT COUNT(*) FROM charge_attempts a WHERE (status = 'pending' AND started_at IS NULL \
+         AND scheduled_at <= $1 AND {}) OR status = 'unknown' \
+         OR (status = 'pending' AND started_at IS NOT NULL)",
         set_aside.condition(WorkKind::Charges, "a.id", "$2")
     );
     Ok(on_db!(db, p => {
@@ -516,7 +610,9 @@ pub async fn claimable(
 ) -> Result<bool> {
     let sql = format!(
         "SELECT EXISTS (SELECT 1 FROM charge_attempts a WHERE ((status = 'pending' AND started_at IS NULL \
-         AND scheduled_at <= $1) OR status = 'unknown' \
+         AND scheduled_at <= $1 \
+         AND NOT EXISTS (SELECT 1 FROM charge_reservations r WHERE r.invoice_id = a.invoice_id)) \
+         OR status = 'unknown' \
          OR (status = 'pending' AND started_at IS NOT NULL AND COALESCE(sent_wall_ms, 0) < $3)) \
          AND (lease_until IS NULL OR lease_until < $2) AND {})",
         super::work_failures::not_set_aside(WorkKind::Charges, "a.id", "$2")

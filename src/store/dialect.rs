@@ -6,29 +6,32 @@ use settled_jobs::status::InvoiceStatus;
 use super::{Db, Tx};
 
 impl Tx {
-    /// ` FOR UPDATE` where the backend has row locks; SQLite's write transactions are already
-    /// exclusive (BEGIN IMMEDIATE), so it needs none.
+    /// ` FOR NO KEY UPDATE` where the backend has row locks; SQLite's write transactions are
+    /// already exclusive (BEGIN IMMEDIATE), so it needs none. (The lock an UPDATE takes: it
+    /// serialises writers of the row but, unlike `FOR UPDATE`, lets another transaction insert
+    /// rows referring to it, whose foreign-key check only shares the key.)
+    /// The order locks are taken in is in the `store` module's description.
     pub fn lock_rows(&self) -> &'static str {
         match self {
             Tx::Sqlite(_) => "",
-            Tx::Postgres(_) => " FOR UPDATE",
+            Tx::Postgres(_) => " FOR NO KEY UPDATE",
         }
     }
 
-    /// ` FOR UPDATE OF alias`: locks only that table's rows of a join (PostgreSQL).
+    /// ` FOR NO KEY UPDATE OF alias`: locks only that table's rows of a join (PostgreSQL).
     pub fn lock_rows_of(&self, alias: &str) -> String {
         match self {
             Tx::Sqlite(_) => String::new(),
-            Tx::Postgres(_) => format!(" FOR UPDATE OF {alias}"),
+            Tx::Postgres(_) => format!(" FOR NO KEY UPDATE OF {alias}"),
         }
     }
 
-    /// ` FOR UPDATE SKIP LOCKED`: a claim of due work that passes over rows another batch has
-    /// claimed (PostgreSQL). SQLite's write transaction is the only one, so it needs none.
+    /// ` FOR NO KEY UPDATE SKIP LOCKED`: a claim of due work that passes over rows another batch
+    /// has claimed (PostgreSQL). SQLite's write transaction is the only one, so it needs none.
     pub fn skip_locked(&self) -> &'static str {
         match self {
             Tx::Sqlite(_) => "",
-            Tx::Postgres(_) => " FOR UPDATE SKIP LOCKED",
+            Tx::Postgres(_) => " FOR NO KEY UPDATE SKIP LOCKED",
         }
     }
 

@@ -4,9 +4,11 @@
 //! milliseconds; the `on_db!`/`on_tx!` macros expand a body once per backend so the same code is
 //! type-checked against each driver, and `dialect` holds the few places where the two differ.
 //!
-//! Locks are taken in one order everywhere: the customer, then its invoices by id, then the rows
-//! hanging off them (attempts, payments, balances). On PostgreSQL they are `FOR UPDATE` row
-//! locks; SQLite's write transactions are exclusive from their first statement (BEGIN
+//! Locks are taken in one order everywhere: the work item a transaction claims or records (a
+//! charge attempt, a stored event; claims skip what another holds, so they never wait), then the
+//! customer, then its invoices by id, then the rows hanging off them (payments, balances). A
+//! batch over several customers takes them in id order. On PostgreSQL they are `FOR NO KEY
+//! UPDATE` row locks; SQLite's write transactions are exclusive from their first statement (BEGIN
 //! IMMEDIATE), so the same code needs none there.
 
 pub mod audit;

@@ -60,14 +60,16 @@ pub async fn enqueue(tx: &mut Tx, job: &Job, max_attempts: u32) -> Result<bool> 
 
 /// Arms one drain job per kind: a kind without a row gets one; a kind whose row is finished
 /// (done, or failed for good) has it made pending again; a kind whose job waits or runs is left
-/// as it is. The queue thus holds at most one row per kind, whatever the backlog.
+/// as it is. The queue thus holds at most one row per kind, whatever the backlog. Each row is its
+/// own statement, outside any transaction: a worker's fetch locks several queue rows in an order
+/// of its own, and holding one row while asking for another could deadlock with it.
 pub async fn arm_drains(
-    tx: &mut Tx,
+    db: &Db,
     kinds: &[settled_jobs::job::WorkKind],
     max_attempts: u32,
 ) -> Result<()> {
-    let sql = match tx {
-        Tx::Sqlite(_) => {
+    let sql = match db {
+        Db::Sqlite(_) => {
             "INSERT INTO Jobs (job, id, job_type, status, attempts, max_attempts, run_at, priority, \
              metadata, idempotency_key) VALUES ($1, $2, $3, 'Pending', 0, $4, $5, $6, '{}', $7) \
              ON CONFLICT (job_type, idempotency_key) DO UPDATE SET status = 'Pending', attempts = 0, \
@@ -75,7 +77,7 @@ pub async fn arm_drains(
              WHERE Jobs.status IN ('Done', 'Killed') \
              OR (Jobs.status = 'Failed' AND Jobs.attempts >= Jobs.max_attempts)"
         }
-        Tx::Postgres(_) => {
+        Db::Postgres(_) => {
             "INSERT INTO apalis.jobs AS j (job, id, job_type, status, attempts, max_attempts, run_at, \
              priority, metadata, idempotency_key) \
              VALUES ($1, $2, $3, 'Pending', 0, $4, to_timestamp($5), $6, ''::hstore, $7) \
@@ -86,7 +88,7 @@ pub async fn arm_drains(
     };
     for kind in kinds {
         let job = Job::Drain { kind: *kind };
-        on_tx!(tx, c => {
+        on_db!(db, p => {
             sqlx::query(sql)
                 .bind(payload(&job))
                 .bind(ulid::Ulid::generate().to_string())
@@ -95,7 +97,7 @@ pub async fn arm_drains(
                 .bind(due_now_secs())
                 .bind(job.priority())
                 .bind(job.dedup_key())
-                .execute(&mut *c)
+                .execute(p)
                 .await?;
         });
     }

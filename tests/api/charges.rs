@@ -10,12 +10,12 @@ use crate::helpers::*;
 use crate::support::stripe_gateway::{FailMode, StripeGateway};
 
 /// A daemon on a fresh database, pointed at a fresh test gateway.
-async fn billed(backend: Backend, extra: &[(&str, &str)]) -> (StripeGateway, World) {
+pub(crate) async fn billed(backend: Backend, extra: &[(&str, &str)]) -> (StripeGateway, World) {
     billed_with(backend, extra, DaemonOptions::default()).await
 }
 
 /// [`billed`] starting from `options` (a test that kills the daemon asks for a process).
-async fn billed_with(
+pub(crate) async fn billed_with(
     backend: Backend,
     extra: &[(&str, &str)],
     options: DaemonOptions,
@@ -33,7 +33,7 @@ async fn billed_with(
 }
 
 /// A USD customer with `token` saved as its default card.
-async fn card_customer(d: &Daemon, token: &str, auto_charge: bool) -> String {
+pub(crate) async fn card_customer(d: &Daemon, token: &str, auto_charge: bool) -> String {
     let (status, c) = d
         .post(
             "/v1/customers",
@@ -53,7 +53,7 @@ async fn card_customer(d: &Daemon, token: &str, auto_charge: bool) -> String {
     id
 }
 
-async fn invoice(d: &Daemon, customer: &str, amount: &str, auto_charge: bool) -> Value {
+pub(crate) async fn invoice(d: &Daemon, customer: &str, amount: &str, auto_charge: bool) -> Value {
     let (status, inv) = d
         .post(
             "/v1/invoices",
@@ -65,14 +65,14 @@ async fn invoice(d: &Daemon, customer: &str, amount: &str, auto_charge: bool) ->
     inv
 }
 
-async fn show(d: &Daemon, id: &str) -> Value {
+pub(crate) async fn show(d: &Daemon, id: &str) -> Value {
     let (status, inv) = d.get(&format!("/v1/invoices/{id}")).await;
     assert_eq!(status, 200, "{inv}");
     inv
 }
 
 /// PaymentIntent create requests the daemon sent, per Idempotency-Key.
-fn charge_keys(gateway: &StripeGateway) -> Vec<String> {
+pub(crate) fn charge_keys(gateway: &StripeGateway) -> Vec<String> {
     gateway
         .requests()
         .into_iter()
@@ -81,7 +81,7 @@ fn charge_keys(gateway: &StripeGateway) -> Vec<String> {
         .collect()
 }
 
-fn pis_for(gateway: &StripeGateway, invoice_id: &str) -> Vec<Value> {
+pub(crate) fn pis_for(gateway: &StripeGateway, invoice_id: &str) -> Vec<Value> {
     gateway
         .payment_intents()
         .into_iter()
@@ -89,7 +89,7 @@ fn pis_for(gateway: &StripeGateway, invoice_id: &str) -> Vec<Value> {
         .collect()
 }
 
-async fn wait_for(d: &Daemon, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn wait_for(d: &Daemon, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let inv = show(d, id).await;
@@ -564,7 +564,13 @@ async fn two_daemons_on_one_database_never_charge_an_attempt_twice() {
     let mut unique = keys.clone();
     unique.sort();
     unique.dedup();
-    assert_eq!(keys.len(), unique.len(), "no attempt was sent twice");
+    assert_eq!(
+        keys.len(),
+        unique.len(),
+        "no attempt was sent twice: {keys:?}\n{}\n{}",
+        d.log_text(),
+        twin.log_text()
+    );
     assert_eq!(keys.len(), ids.len());
 }
 

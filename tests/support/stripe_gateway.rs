@@ -48,6 +48,42 @@ pub enum FailMode {
     ServerError,
     /// Close the connection without any HTTP answer.
     Disconnect,
+    /// Answer HTTP 429 `rate_limit_error`.
+    RateLimited,
+    /// Answer HTTP 400 `invalid_request_error` (`parameter_invalid_integer` on `amount`): the
+    /// request itself is refused.
+    Rejected,
+}
+
+impl FailMode {
+    /// The answer this failure gives instead of the real one, if it gives one.
+    fn answer(self, request_id: &str) -> Option<Answer> {
+        match self {
+            FailMode::ServerError => Some(Answer::new(500, &api_error_body())),
+            FailMode::RateLimited => Some(Answer::new(
+                429,
+                &ApiError::plain(
+                    429,
+                    "invalid_request_error",
+                    "Too many requests hit the API too quickly. We recommend an exponential \
+                     backoff of your requests.",
+                )
+                .with("code", json!("rate_limit"))
+                .body(request_id),
+            )),
+            FailMode::Rejected => Some(Answer::new(
+                400,
+                &ApiError::invalid(
+                    400,
+                    Some("parameter_invalid_integer"),
+                    "Invalid integer: the amount is not one this account can charge.",
+                    Some("amount"),
+                )
+                .body(request_id),
+            )),
+            FailMode::Timeout(_) | FailMode::Disconnect => None,
+        }
+    }
 }
 
 /// One request as the gateway received it (recorded before authentication and failure injection).
@@ -167,6 +203,12 @@ impl StripeGateway {
         self.shared.lock().fail_before = Some(mode);
     }
 
+    /// An outage of the money endpoints (PaymentIntents, refunds, their search) until cleared with
+    /// None: every such request fails with `mode` before any work is done.
+    pub fn set_outage(&self, mode: Option<FailMode>) {
+        self.shared.lock().outage = mode;
+    }
+
     /// A full Stripe Event JSON for `object`. When `object` was created through this gateway, `request`
     /// names the creating request and its idempotency key, as Stripe does.
     pub fn event_json(&self, event_type: &str, object: Value) -> String {
@@ -240,6 +282,7 @@ struct GatewayState {
     latency: Duration,
     fail_before: Option<FailMode>,
     fail_after: Option<FailMode>,
+    outage: Option<FailMode>,
     api_version: Option<String>,
     requests: Vec<RecordedRequest>,
     customers: Vec<Value>,
@@ -261,7 +304,7 @@ struct StoredPaymentMethod {
 struct StoredResult {
     method: String,
     path: String,
-    sorted_params: Vec<(String, String)>,
+    params: Vec<(String, String)>,
     status: u16,
     body: String,
     request_id: String,
@@ -645,18 +688,27 @@ async fn process(shared: Arc<Shared>, req: Incoming) -> Outcome {
         return Outcome::Answer(Answer::new(401, &err.body(&req.request_id)));
     }
     let charge = is_charge_request(&req.method, &req.path, &req.params);
-    let before = if charge {
-        shared.lock().fail_before.take()
-    } else {
-        None
+    let before = {
+        let mut state = shared.lock();
+        let money =
+            req.path.starts_with("/v1/payment_intents") || req.path.starts_with("/v1/refunds");
+        match state.outage {
+            Some(mode) if money => Some(mode),
+            _ if charge => state.fail_before.take(),
+            _ => None,
+        }
     };
     match before {
         None => {}
-        Some(FailMode::ServerError) => return Outcome::Answer(Answer::new(500, &api_error_body())),
         Some(FailMode::Disconnect) => return Outcome::Disconnect,
         Some(FailMode::Timeout(d)) => {
             tokio::time::sleep(d).await;
             return Outcome::Disconnect;
+        }
+        Some(mode) => {
+            if let Some(answer) = mode.answer(&req.request_id) {
+                return Outcome::Answer(answer);
+            }
         }
     }
 
@@ -675,12 +727,12 @@ async fn process(shared: Arc<Shared>, req: Incoming) -> Outcome {
     }
     match after {
         None => Outcome::Answer(answer),
-        Some(FailMode::ServerError) => Outcome::Answer(Answer::new(500, &api_error_body())),
         Some(FailMode::Disconnect) => Outcome::Disconnect,
         Some(FailMode::Timeout(d)) => {
             tokio::time::sleep(d).await;
             Outcome::Answer(answer)
         }
+        Some(mode) => Outcome::Answer(mode.answer(&req.request_id).unwrap_or(answer)),
     }
 }
 
@@ -721,16 +773,17 @@ fn check_auth(headers: &HeaderMap) -> Result<(), ApiError> {
     ))
 }
 
-/// Idempotency as Stripe does it: a key seen before with the same endpoint and parameters replays the
-/// stored answer; with different ones it is an `idempotency_error`. Only answers of requests that ran
-/// (2xx and 402 card errors) are stored; validation errors are not.
+/// Idempotency as Stripe does it, and stricter: a key seen before with the same endpoint and the same
+/// parameters *in the same order* replays the stored answer; anything else is an
+/// `idempotency_error`. (Stripe compares the parameters; strict emulators compare the request byte
+/// for byte, so a client must resend exactly what it sent.) Only answers of requests that ran (2xx
+/// and 402 card errors) are stored; validation errors are not.
 fn run_idempotent(state: &mut GatewayState, req: &Incoming) -> Answer {
     let key = match &req.idempotency_key {
         Some(key) if req.method == Method::POST => key.clone(),
         _ => return execute(state, req),
     };
-    let mut sorted = req.params.clone();
-    sorted.sort();
+    let sent = req.params.clone();
     let method = req.method.to_string();
     if let Some(stored) = state.idempotency.get(&key) {
         if stored.method != method || stored.path != req.path {
@@ -745,7 +798,7 @@ fn run_idempotent(state: &mut GatewayState, req: &Incoming) -> Answer {
                 &ApiError::plain(400, "idempotency_error", &message).body(&req.request_id),
             );
         }
-        if stored.sorted_params != sorted {
+        if stored.params != sent {
             let message = format!(
                 "Keys for idempotent requests can only be used with the same parameters they were \
                  first used with. Try using a key other than '{key}' if you meant to execute a \
@@ -769,7 +822,7 @@ fn run_idempotent(state: &mut GatewayState, req: &Incoming) -> Answer {
             StoredResult {
                 method,
                 path: req.path.clone(),
-                sorted_params: sorted,
+                params: sent,
                 status: answer.status,
                 body: answer.body.clone(),
                 request_id: req.request_id.clone(),

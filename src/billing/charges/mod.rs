@@ -23,7 +23,7 @@ use super::dunning::{self, ChargeFailure};
 use super::payments::{self, NewPayment};
 use super::{Billing, Error, Result};
 use crate::store::charge_attempts::{self as attempts, AttemptRow, NewAttempt, SendContext};
-use crate::store::{Tx, invoices, payment_methods, wall_ms, work_failures};
+use crate::store::{Tx, customers, invoices, payment_methods, wall_ms, work_failures};
 
 /// After this long (wall clock) the gateway may have forgotten an idempotency key: an unknown
 /// outcome is then looked up by the charge's metadata before anything is sent again.
@@ -37,6 +37,10 @@ const CALLS_IN_FLIGHT: usize = 100;
 
 /// Outcomes recorded per transaction.
 const RECORD_CHUNK: usize = 50;
+
+/// The decline code of an attempt the gateway rejected as a wrong request (a 4xx other than a
+/// card error): failed, but no decline of the card.
+pub const REJECTED: &str = "rejected";
 
 /// Called when an invoice is finalised: if auto-charge is on for the invoice (its subscription)
 /// and the customer, and the customer has a default payment method, schedule the first attempt
@@ -96,12 +100,14 @@ enum Decision {
     Send { amount: i64, payment_method: String },
 }
 
-/// Decides a scheduled attempt against its invoice, locked.
+/// Decides a scheduled attempt against its invoice, locked (the customer first, then the
+/// invoice: the lock order of every money path).
 async fn decide(b: &Billing, tx: &mut Tx, a: &AttemptRow) -> Result<Decision> {
     let Some(invoice_id) = a.invoice_id.as_deref() else {
         // A balance charge is sent by the request that made it, never scheduled.
         return Ok(Decision::Drop("a balance charge is never scheduled".into()));
     };
+    customers::lock(tx, &a.customer_id).await?;
     let f = invoices::charge_facts(tx, invoice_id, true)
         .await?
         .ok_or_else(|| Error::permanent(format!("no invoice {invoice_id}")))?;
@@ -169,8 +175,10 @@ async fn claim(b: &Billing) -> Result<(Vec<Claimed>, usize)> {
     let wall = wall_ms();
     let in_flight_for = (b.config.stripe.request_timeout_seconds as i64 + 30) * 1000;
     let mut tx = b.db.begin().await?;
-    let scheduled =
+    let mut scheduled =
         attempts::claim_scheduled(&mut tx, now, wall, b.batch_size(BATCH as usize) as i64).await?;
+    // Locks are taken customer by customer, each customer's invoices in id order.
+    scheduled.sort_by(|x, y| (&x.customer_id, &x.invoice_id).cmp(&(&y.customer_id, &y.invoice_id)));
     let mut decided = 0;
     let mut claimed = Vec::new();
     let mut done: Vec<String> = Vec::new();
@@ -196,25 +204,31 @@ async fn claim(b: &Billing) -> Result<(Vec<Claimed>, usize)> {
                     amount,
                     payment_method,
                 } => {
-                    attempts::claim(&mut tx, &a.id, amount, Some(&payment_method), now).await?;
+                    if !attempts::claim(&mut tx, &a, amount, Some(&payment_method), now).await? {
+                        // Another charge of the invoice is in flight (taken since the claim's
+                        // read): this one waits until that one's outcome is recorded.
+                        return Ok(Some(None));
+                    }
                     let row = attempts::get_in(&mut tx, &a.id)
                         .await?
                         .ok_or_else(|| Error::permanent("the claimed attempt vanished"))?;
                     let context = attempts::send_context_in(&mut tx, &a.id).await?;
-                    Ok(Some(Claimed {
+                    Ok(Some(Some(Claimed {
                         attempt: row,
                         context,
                         resolving: false,
-                    }))
+                    })))
                 }
             }
         }
         .await;
         match outcome {
+            // Left as it is, for a later batch.
+            Ok(Some(None)) => tx.release_savepoint().await?,
             Ok(c) => {
                 tx.release_savepoint().await?;
                 decided += 1;
-                match c {
+                match c.flatten() {
                     Some(c) => claimed.push(c),
                     None => done.push(a.id.clone()),
                 }
@@ -286,8 +300,30 @@ type Call = std::result::Result<
     Error,
 >;
 
-/// Records a chunk of finished calls in one transaction, each in a savepoint of its own.
-async fn record_chunk(b: &Billing, chunk: Vec<(Claimed, Call)>) -> Result<()> {
+/// Records a chunk of finished calls in one transaction, each in a savepoint of its own. The
+/// answers are in hand and cannot be asked for again cheaply, so a transaction the database
+/// breaks off (a deadlock, a serialization failure) is simply run again.
+async fn record_chunk(b: &Billing, mut chunk: Vec<(Claimed, Call)>) -> Result<()> {
+    // The lock order of every money path: customer by customer, each one's invoices by id.
+    chunk.sort_by(|(x, _), (y, _)| {
+        (&x.attempt.customer_id, &x.attempt.invoice_id)
+            .cmp(&(&y.attempt.customer_id, &y.attempt.invoice_id))
+    });
+    let mut tries = 0u64;
+    loop {
+        match record_chunk_once(b, &chunk).await {
+            Err(Error::Store(e)) if e.is_contention() && tries < 5 => {
+                tries += 1;
+                tracing::debug!(error = %e, tries, "recording charge outcomes again");
+                let jitter = rand::random::<u64>() % 50;
+                tokio::time::sleep(std::time::Duration::from_millis(50 * tries + jitter)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn record_chunk_once(b: &Billing, chunk: &[(Claimed, Call)]) -> Result<()> {
     let now = b.now();
     let wall = wall_ms();
     let mut tx = b.db.begin().await?;
@@ -297,9 +333,19 @@ async fn record_chunk(b: &Billing, chunk: Vec<(Claimed, Call)>) -> Result<()> {
         tx.savepoint().await?;
         let outcome = match call {
             Ok((gateway, result)) => {
-                record_in(b, &mut tx, &id, gateway, result, c.resolving, now, wall).await
+                record_in(
+                    b,
+                    &mut tx,
+                    &id,
+                    gateway,
+                    result.clone(),
+                    c.resolving,
+                    now,
+                    wall,
+                )
+                .await
             }
-            Err(e) => Err(e),
+            Err(e) => Err(Error::Later(e.to_string())),
         };
         match outcome {
             Ok(Some(count)) => {
@@ -350,9 +396,9 @@ async fn call(b: &Billing, a: &AttemptRow, ctx: &SendContext) -> Call {
             a.id
         )));
     };
-    let forgotten = a
-        .sent_wall_ms
-        .is_some_and(|sent| wall_ms() - sent > KEY_MEMORY_MS);
+    let forgotten = a.look_up
+        || a.sent_wall_ms
+            .is_some_and(|sent| wall_ms() - sent > KEY_MEMORY_MS);
     let result = if forgotten {
         match gateway.find_charge(&request.metadata).await {
             Ok(Some(found)) => Ok(found),
@@ -468,13 +514,29 @@ async fn record_in(
             };
             dunning::mark_failed(b, tx, &a, &failure, now).await?;
         }
-        Err(GatewayError::Invalid { message, .. }) => {
-            let failure = ChargeFailure {
-                code: "invalid_request".into(),
-                message,
-                payment_intent_id: None,
+        Err(GatewayError::Invalid { message, .. }) if resolving => {
+            // The same request was sent before and may have charged: a refusal of the resend
+            // says nothing about the first. Look the charge up before sending anything again.
+            attempts::set_look_up(tx, &a.id).await?;
+            unknown = Some(format!("the gateway refused the resend: {message}"));
+        }
+        Err(GatewayError::Invalid { message, param }) => {
+            // Our request is wrong (an amount the gateway does not take, a currency the account
+            // cannot charge): no card was charged and no dunning step is spent on it.
+            let message = match param {
+                Some(p) => format!("{p}: {message}"),
+                None => message,
             };
-            dunning::mark_failed(b, tx, &a, &failure, now).await?;
+            attempts::set_failed(tx, &a.id, REJECTED, &message, None, now).await?;
+            work_failures::clear(tx, WorkKind::Charges, &[&a.id]).await?;
+            tracing::error!(
+                charge_attempt_id = %a.id,
+                invoice_id = a.invoice_id.as_deref().unwrap_or(""),
+                customer_id = %a.customer_id,
+                attempt = a.attempt,
+                error = %message,
+                "the gateway rejected the charge request; nothing was charged and no retry is scheduled"
+            );
         }
         Err(GatewayError::NotConfigured) => {
             let failure = ChargeFailure {

@@ -63,6 +63,15 @@ async fn run_now(b: &Billing, attempt: AttemptRow) -> Result<Charged> {
         .await?
         .ok_or_else(|| Error::permanent("the charge attempt vanished"))?;
     match after.status() {
+        AttemptStatus::Failed if after.decline_code.as_deref() == Some(super::REJECTED) => {
+            Err(Error::Gateway(GatewayError::Invalid {
+                message: after
+                    .failure_message
+                    .clone()
+                    .unwrap_or_else(|| "the gateway rejected the charge".into()),
+                param: None,
+            }))
+        }
         AttemptStatus::Failed => Err(Error::Gateway(GatewayError::Declined {
             code: "card_declined".into(),
             decline_code: after.decline_code.clone(),
@@ -105,7 +114,9 @@ pub async fn charge_now(
     gateway_ready(b)?;
     let now = b.now();
     let mut tx = b.db.begin().await?;
-    // Re-check under the lock: the amount due may have moved since the read above.
+    // Re-check under the locks (the customer, then the invoice): the amount due may have moved
+    // since the read above.
+    customers::lock(&mut tx, &inv.customer_id).await?;
     let locked = invoices::lock(&mut tx, invoice_id)
         .await?
         .ok_or_else(|| Error::not_found("invoice", invoice_id))?;
@@ -115,13 +126,16 @@ pub async fn charge_now(
             format!("invoice {invoice_id} changed while the charge was prepared; try again"),
         ));
     }
-    if attempts::in_flight(&mut tx, Of::Invoice(invoice_id)).await? {
-        return Err(Error::conflict(
+    let busy = || {
+        Error::conflict(
             "charge_in_progress",
             format!(
                 "a charge of invoice {invoice_id} is in progress; its outcome is not known yet"
             ),
-        ));
+        )
+    };
+    if attempts::in_flight(&mut tx, Of::Invoice(invoice_id)).await? {
+        return Err(busy());
     }
     let attempt = attempts::insert(
         &mut tx,
@@ -138,6 +152,9 @@ pub async fn charge_now(
         now,
     )
     .await?;
+    if !attempts::reserve(&mut tx, &attempt.id, &[invoice_id.to_string()]).await? {
+        return Err(busy());
+    }
     tx.commit().await?;
     run_now(b, attempt).await
 }
@@ -156,6 +173,8 @@ pub async fn charge_balance(
     gateway_ready(b)?;
     let now = b.now();
     let mut tx = b.db.begin().await?;
+    customers::lock(&mut tx, customer_id).await?;
+    let covered = invoices::lock_open_of(&mut tx, customer_id, &customer.currency).await?;
     let outstanding = invoices::outstanding(&mut tx, customer_id, &customer.currency).await?;
     if outstanding <= 0 {
         return Err(Error::conflict(
@@ -166,13 +185,16 @@ pub async fn charge_balance(
             ),
         ));
     }
-    if attempts::in_flight(&mut tx, Of::Customer(customer_id)).await? {
-        return Err(Error::conflict(
+    let busy = || {
+        Error::conflict(
             "charge_in_progress",
             format!(
-                "a charge for customer {customer_id} is in progress; its outcome is not known yet"
+                "a charge for customer {customer_id} or one of its invoices is in progress; its outcome is not known yet"
             ),
-        ));
+        )
+    };
+    if attempts::in_flight(&mut tx, Of::Customer(customer_id)).await? {
+        return Err(busy());
     }
     let attempt = attempts::insert(
         &mut tx,
@@ -189,6 +211,10 @@ pub async fn charge_balance(
         now,
     )
     .await?;
+    let covered: Vec<String> = covered.into_iter().map(|(id, _)| id).collect();
+    if !attempts::reserve(&mut tx, &attempt.id, &covered).await? {
+        return Err(busy());
+    }
     tx.commit().await?;
     run_now(b, attempt).await
 }

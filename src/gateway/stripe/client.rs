@@ -13,12 +13,11 @@ use stripe::{
     ApiErrorsType, Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError,
     StripeRequest,
 };
+use stripe_client_core::{RequestBuilder, StripeMethod};
 use stripe_core::customer::CreateCustomer;
-use stripe_core::payment_intent::{
-    CreatePaymentIntent, CreatePaymentIntentOffSession, SearchPaymentIntent,
-};
+use stripe_core::payment_intent::SearchPaymentIntent;
 use stripe_core::refund::CreateRefund;
-use stripe_core::{PaymentIntent, PaymentIntentAllowedPaymentMethodTypes, PaymentIntentStatus};
+use stripe_core::{PaymentIntent, PaymentIntentStatus};
 use stripe_payment::payment_method::{AttachPaymentMethod, DetachPaymentMethod};
 
 use crate::config::Secret;
@@ -38,7 +37,66 @@ impl StripeGateway {
     }
 }
 
-/// Maps async-stripe's errors onto what the billing core decides on.
+/// The PaymentIntent one charge attempt creates and confirms. Its own request type rather than
+/// async-stripe's builder, whose metadata is a `HashMap` and so comes out in a different order on
+/// every send: a resend under the same Idempotency-Key must be the same request byte for byte,
+/// or a strict gateway refuses it (`idempotency_error`). Fields go out in this order, metadata
+/// sorted by key.
+#[derive(Debug, serde::Serialize)]
+struct ChargeParams<'a> {
+    allowed_payment_method_types: [&'static str; 1],
+    amount: i64,
+    confirm: bool,
+    currency: String,
+    customer: &'a str,
+    description: &'a str,
+    metadata: std::collections::BTreeMap<&'a str, &'a str>,
+    off_session: bool,
+    payment_method: &'a str,
+}
+
+struct CreateCharge<'a> {
+    params: ChargeParams<'a>,
+}
+
+impl<'a> CreateCharge<'a> {
+    fn of(r: &'a ChargeRequest) -> Self {
+        CreateCharge {
+            params: ChargeParams {
+                allowed_payment_method_types: ["card"],
+                amount: r.amount,
+                confirm: true,
+                currency: r.currency.to_lowercase(),
+                customer: &r.gateway_customer_id,
+                description: &r.description,
+                metadata: r
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect(),
+                off_session: true,
+                payment_method: &r.payment_method,
+            },
+        }
+    }
+}
+
+impl StripeRequest for CreateCharge<'_> {
+    type Output = PaymentIntent;
+
+    fn build(&self) -> RequestBuilder {
+        RequestBuilder::new(StripeMethod::Post, "/payment_intents").form(&self.params)
+    }
+}
+
+/// Maps async-stripe's errors onto what the billing core decides on, in one place:
+///
+/// | answer | class |
+/// | --- | --- |
+/// | `card_error` (HTTP 402) | declined: dunning decides by the decline code |
+/// | 409 (the same key still running), 429, 5xx, `idempotency_error`, no answer, a 2xx that cannot be read | unknown: asked again under the same key |
+/// | 401, 403 (the API key is wrong or lacks the right) | unknown: nothing happened, and a charge waits for a working key rather than failing |
+/// | any other 4xx | rejected (`Invalid`): the request itself is wrong |
 pub fn classify(err: StripeError) -> GatewayError {
     match err {
         StripeError::Stripe(api, status) => {
@@ -46,6 +104,7 @@ pub fn classify(err: StripeError) -> GatewayError {
                 .message
                 .clone()
                 .unwrap_or_else(|| format!("HTTP {status}"));
+            let unknown = || GatewayError::Unknown(format!("HTTP {status}: {message}"));
             match api.type_ {
                 ApiErrorsType::CardError => GatewayError::Declined {
                     code: api
@@ -59,18 +118,13 @@ pub fn classify(err: StripeError) -> GatewayError {
                 },
                 // The key was used with other parameters: whatever happened under it is not
                 // known from this answer.
-                ApiErrorsType::IdempotencyError => {
-                    GatewayError::Unknown(format!("HTTP {status}: {message}"))
-                }
-                // A concurrent request with the same key is still running at the gateway.
-                _ if status == 409 => GatewayError::Unknown(format!("HTTP {status}: {message}")),
-                ApiErrorsType::InvalidRequestError if (400..500).contains(&status) => {
-                    GatewayError::Invalid {
-                        message,
-                        param: api.param.clone(),
-                    }
-                }
-                _ => GatewayError::Unknown(format!("HTTP {status}: {message}")),
+                ApiErrorsType::IdempotencyError => unknown(),
+                _ if matches!(status, 401 | 403 | 409 | 429) || status >= 500 => unknown(),
+                _ if (400..500).contains(&status) => GatewayError::Invalid {
+                    message,
+                    param: api.param.clone(),
+                },
+                _ => unknown(),
             }
         }
         other => GatewayError::Unknown(other.to_string()),
@@ -131,19 +185,7 @@ impl Gateway for StripeGateway {
     async fn charge(&self, r: &ChargeRequest) -> Result<ChargeResult, GatewayError> {
         let key = IdempotencyKey::new(&r.idempotency_key)
             .map_err(|e| GatewayError::Unknown(format!("unusable idempotency key: {e}")))?;
-        let currency = r
-            .currency
-            .to_lowercase()
-            .parse::<stripe_types::Currency>()
-            .map_err(|never| match never {})?;
-        let pi = CreatePaymentIntent::new(r.amount, currency)
-            .confirm(true)
-            .off_session(CreatePaymentIntentOffSession::Bool(true))
-            .customer(r.gateway_customer_id.as_str())
-            .payment_method(r.payment_method.as_str())
-            .allowed_payment_method_types(vec![PaymentIntentAllowedPaymentMethodTypes::Card])
-            .description(r.description.as_str())
-            .metadata(r.metadata.iter().cloned().collect::<HashMap<_, _>>())
+        let pi = CreateCharge::of(r)
             .customize()
             .request_strategy(RequestStrategy::Idempotent(key))
             .send(&self.client)

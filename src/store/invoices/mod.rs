@@ -342,25 +342,29 @@ pub async fn lock_collectible(
 }
 
 /// The customer's collectible invoices in `currency` with something due, oldest due first,
-/// locked: (id, amount due).
+/// locked (in id order, the lock order of every money path): (id, amount due).
 pub async fn lock_open_of(
     tx: &mut Tx,
     customer_id: &str,
     currency: &str,
 ) -> Result<Vec<(String, i64)>> {
     let sql = format!(
-        "SELECT id, amount_due FROM invoices WHERE customer_id = $1 AND currency = $2 \
-         AND status IN {} AND amount_due > 0 ORDER BY due_at, finalized_at, id{}",
+        "SELECT id, amount_due, due_at, finalized_at FROM invoices WHERE customer_id = $1 \
+         AND currency = $2 AND status IN {} AND amount_due > 0 ORDER BY id{}",
         collectible(),
         tx.lock_rows()
     );
-    Ok(on_tx!(tx, c => {
+    let mut rows: Vec<(String, i64, Option<i64>, Option<i64>)> = on_tx!(tx, c => {
         sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(customer_id)
             .bind(currency)
             .fetch_all(&mut *c)
             .await?
-    }))
+    });
+    // No due date sorts last (as PostgreSQL orders NULLs), on both backends.
+    let key = |v: Option<i64>| (v.is_none(), v);
+    rows.sort_by(|a, b| (key(a.2), key(a.3), &a.0).cmp(&(key(b.2), key(b.3), &b.0)));
+    Ok(rows.into_iter().map(|r| (r.0, r.1)).collect())
 }
 
 /// What one payment's allocation did to an invoice.
