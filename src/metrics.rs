@@ -99,6 +99,14 @@ fn describe() {
         "Amount received by succeeded charges, in the currency's minor units (cents), by currency."
     );
     describe_counter!(
+        "settled_disputes_lost_total",
+        "Disputes lost (the payment reversed, what it paid due again), by currency."
+    );
+    describe_counter!(
+        "settled_disputed_amount_minor_total",
+        "Amount lost to disputes, in the currency's minor units, by currency."
+    );
+    describe_counter!(
         "settled_emails_sent_total",
         "Emails handed to the transport, by template."
     );
@@ -332,6 +340,14 @@ pub fn invoices_generated(invoices: u64, skipped: u64) {
     if skipped > 0 {
         metrics::counter!("settled_periods_skipped_total").increment(skipped);
     }
+}
+
+/// A dispute was lost: `amount` minor units of `currency` went back to the cardholder.
+pub fn dispute_lost(currency: &str, amount: i64) {
+    metrics::counter!("settled_disputes_lost_total", "currency" => currency_label(currency))
+        .increment(1);
+    metrics::counter!("settled_disputed_amount_minor_total", "currency" => currency_label(currency))
+        .increment(amount.max(0) as u64);
 }
 
 /// One batch of a kind of work took `items` in `took`.

@@ -61,6 +61,8 @@ pub struct Refund {
     pub amount: i64,
     /// The gateway's word for it (succeeded, pending, failed, canceled), when it says.
     pub status: Option<String>,
+    /// Our own refund's id, when the daemon asked for it (the refund's metadata `refund_id`).
+    pub ours: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +88,8 @@ pub enum DisputePhase {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dispute {
+    /// The gateway's dispute id (du_...).
+    pub id: Option<String>,
     pub gateway_payment_id: Option<String>,
     pub charge_id: Option<String>,
     pub phase: DisputePhase,
@@ -117,7 +121,10 @@ pub struct PaymentReceived {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Parsed {
     Event(GatewayEvent),
-    /// Stored but nothing to do (a type not handled, a field missing): the reason is shown to
-    /// operators on the stored event.
+    /// Stored but nothing to do (a type not handled, not about anything of ours): the reason is
+    /// shown to operators on the stored event.
     Ignored(String),
+    /// A type that is handled, but the body cannot be read as one (its object has no string
+    /// id, say): refused at intake, so it is never stored to fail later.
+    Malformed(String),
 }

@@ -39,6 +39,37 @@ pub struct ChargeRequest {
     pub metadata: Vec<(String, String)>,
 }
 
+/// One refund of a succeeded charge: everything that goes into the request, so a resend under
+/// the same key is the same request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundRequest {
+    pub idempotency_key: String,
+    /// The charge's PaymentIntent (pi_...).
+    pub payment_intent_id: String,
+    /// Minor units.
+    pub amount: i64,
+    /// Sent as the refund's metadata (`refund_id`: ours), sorted by key.
+    pub metadata: Vec<(String, String)>,
+}
+
+/// What the gateway says happened to a refund.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundResult {
+    /// The gateway's refund id (re_...).
+    pub refund_id: String,
+    pub status: RefundStatus,
+    pub failure_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefundStatus {
+    Succeeded,
+    /// Not settled yet (`pending`, `requires_action`): ask again later.
+    Pending,
+    /// Failed or canceled: no money went back.
+    Failed,
+}
+
 /// What the gateway says happened to a charge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChargeResult {
@@ -110,14 +141,10 @@ pub trait Gateway: Send + Sync + 'static {
     /// is `Err(Declined)`; an answer that cannot be trusted is `Err(Unknown)`.
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeResult, GatewayError>;
 
-    /// Refunds `amount` of a succeeded charge (its PaymentIntent) under `idempotency_key`;
-    /// returns the gateway's refund id (re_...).
-    async fn refund(
-        &self,
-        payment_intent_id: &str,
-        amount: i64,
-        idempotency_key: &str,
-    ) -> Result<String, GatewayError>;
+    /// Refunds part or all of a succeeded charge under the request's idempotency key. An answer
+    /// that cannot be trusted is `Err(Unknown)`; a refusal (already refunded, disputed) is
+    /// `Err(Invalid)`.
+    async fn refund(&self, request: &RefundRequest) -> Result<RefundResult, GatewayError>;
 
     /// Looks a charge up by the metadata it was created with (for attempts whose idempotency key
     /// the gateway may have forgotten). `Ok(None)`: the gateway knows no such charge.

@@ -26,12 +26,15 @@ pub enum WorkKind {
     Reminders,
     /// Customers owed last month's statement.
     Statements,
+    /// Refunds the daemon asked a gateway for whose answer is not recorded.
+    Refunds,
 }
 
 impl WorkKind {
     /// Most urgent first: money before mail.
     pub const ALL: &'static [WorkKind] = &[
         WorkKind::Charges,
+        WorkKind::Refunds,
         WorkKind::Events,
         WorkKind::Periods,
         WorkKind::Drafts,
@@ -53,6 +56,7 @@ impl WorkKind {
             WorkKind::LateFees => "apply_late_fee",
             WorkKind::Reminders => "remind_upcoming_charge",
             WorkKind::Statements => "send_statement",
+            WorkKind::Refunds => "send_refund",
         }
     }
 

@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use settled_jobs::allocation::fill;
 use settled_jobs::ids::{new_id, prefix};
-use settled_jobs::status::{Account, CreditSource, InvoiceStatus};
+use settled_jobs::status::{Account, CreditSource, InvoiceKind, InvoiceStatus};
 
 use super::ledger::{self, Entry};
 use super::{Billing, Result};
@@ -83,9 +83,72 @@ pub async fn add_credit(
     Ok(id)
 }
 
+/// Takes `amount` of one entry of `pool` away for good (the payment it came from was refunded or
+/// reversed): from what is left of it first, then from what of it was applied to invoices, newest
+/// first, which reopen for that much. Records every movement; `kind` names the ledger row of the
+/// amount leaving. Returns how much was taken (less when the entry held less).
+#[allow(clippy::too_many_arguments)]
+pub async fn take_back(
+    tx: &mut Tx,
+    pool: Pool,
+    entry_id: &str,
+    customer_id: &str,
+    currency: &str,
+    amount: i64,
+    kind: &str,
+    payment_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<i64> {
+    if amount <= 0 {
+        return Ok(0);
+    }
+    let w = words(pool);
+    let (taken, released) = balances::take_back(tx, pool, entry_id, amount, now).await?;
+    for (invoice_id, x) in released {
+        invoices::unapply(tx, &invoice_id, w.column, x, now).await?;
+        let entry = |account| Entry {
+            customer_id,
+            currency,
+            account,
+            kind: w.released,
+            amount: x,
+            invoice_id: Some(&invoice_id),
+            payment_id: None,
+            object_id: Some(entry_id),
+            memo: None,
+            at: now,
+        };
+        ledger::record(tx, &[entry(Account::Receivable), entry(w.account)]).await?;
+        tracing::info!(
+            invoice_id = %invoice_id,
+            amount = x,
+            source = w.account.as_str(),
+            "balance taken back from an invoice; it is due again"
+        );
+    }
+    ledger::record(
+        tx,
+        &[Entry {
+            customer_id,
+            currency,
+            account: w.account,
+            kind,
+            amount: -taken,
+            invoice_id: None,
+            payment_id,
+            object_id: Some(entry_id),
+            memo: None,
+            at: now,
+        }],
+    )
+    .await?;
+    Ok(taken)
+}
+
 /// Spends up to `limit` (all that fits when None) of the customer's `pool` on a collectible
 /// invoice, oldest first: each piece is an application, its entry goes down, and both ledger
-/// accounts move; the invoice's amount due goes down by the total, which is returned.
+/// accounts move; the invoice's amount due goes down by the total, which is returned. A
+/// retainer invoice is never paid from the retainer; one paid from credit makes its deposit.
 pub async fn apply(
     tx: &mut Tx,
     pool: Pool,
@@ -97,6 +160,9 @@ pub async fn apply(
         return Ok(0);
     };
     if !inv.status().is_collectible() {
+        return Ok(0);
+    }
+    if pool == Pool::Retainer && inv.kind == InvoiceKind::Retainer.as_str() {
         return Ok(0);
     }
     let want = limit.map_or(inv.amount_due, |l| l.min(inv.amount_due));
@@ -127,6 +193,7 @@ pub async fn apply(
         let status = invoices::reduce_due(tx, invoice_id, w.column, total, now).await?;
         if status == InvoiceStatus::Paid {
             charge_attempts::drop_unsent_of(tx, invoice_id).await?;
+            super::retainers::deposit_if_paid(tx, invoice_id, None, now).await?;
         }
         tracing::info!(
             invoice_id,

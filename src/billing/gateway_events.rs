@@ -10,6 +10,7 @@ use settled_jobs::event::{
     PaymentReceived, PaymentSucceeded,
 };
 use settled_jobs::gateway::{ChargeResult, ChargeStatus};
+use settled_jobs::ids::{new_id, prefix};
 use settled_jobs::job::WorkKind;
 use settled_jobs::money::{Currency, Money};
 use settled_jobs::status::{AttemptStatus, EventStatus};
@@ -18,6 +19,7 @@ use super::dunning::{self, ChargeFailure};
 use super::payments::{self, NewPayment, Recorded};
 use super::{Billing, Error, Result, charges, refunds};
 use crate::store::charge_attempts::{self as attempts, AttemptRow};
+use crate::store::refunds as refund_rows;
 use crate::store::{
     Tx, customers, invoices, ms, payments as payment_rows, wall_ms, webhook_events, work_failures,
 };
@@ -120,6 +122,7 @@ async fn apply_row(
         Ok(body) => match crate::gateway::parse_event(&row.source, &body, &row.event_id) {
             Parsed::Event(event) => apply(b, tx, &row.source, &event).await,
             Parsed::Ignored(reason) => Ok(EventOutcome::Ignored(reason)),
+            Parsed::Malformed(reason) => Err(Error::permanent(reason)),
         },
         Err(e) => Err(Error::permanent(format!(
             "the stored body is not JSON: {e}"
@@ -142,7 +145,7 @@ pub async fn apply(
             refunds::refunded(b, tx, source, r, now).await?;
             Ok(EventOutcome::Processed)
         }
-        GatewayEvent::Dispute(d) => dispute(tx, source, d).await,
+        GatewayEvent::Dispute(d) => dispute(tx, source, d, now).await,
         GatewayEvent::PaymentReceived(p) => received(tx, source, p, now).await,
     }
 }
@@ -260,17 +263,77 @@ async fn failed(
     Ok(EventOutcome::Processed)
 }
 
-async fn dispute(tx: &mut Tx, source: &str, d: &Dispute) -> Result<EventOutcome> {
+/// A dispute opened or closed. Lost, the money went back to the cardholder: the payment stays
+/// marked disputed and is reversed by the disputed amount, once (keyed by the dispute's id among
+/// the payment's refunds): the invoices it paid are due again and the ledger says so.
+async fn dispute(
+    tx: &mut Tx,
+    source: &str,
+    d: &Dispute,
+    now: DateTime<Utc>,
+) -> Result<EventOutcome> {
     let Some(pi_id) = d.gateway_payment_id.as_deref() else {
         return Ok(EventOutcome::Ignored(format!(
             "dispute on charge {} names no PaymentIntent",
             d.charge_id.as_deref().unwrap_or("?")
         )));
     };
-    // Lost: the money went back to the cardholder; the payment stays marked disputed.
     let disputed = !matches!(d.phase, DisputePhase::Won);
-    if !payment_rows::set_disputed(tx, source, pi_id, disputed).await? {
+    let Some(payment) = payment_rows::lock_by_gateway_id(tx, source, pi_id).await? else {
         return Err(Error::WaitingFor(pi_id.to_string()));
+    };
+    payment_rows::set_disputed(tx, source, pi_id, disputed).await?;
+    if d.phase == DisputePhase::Lost {
+        let amount = d
+            .amount
+            .min(payment.amount - payment.amount_refunded)
+            .max(0);
+        let key =
+            d.id.clone()
+                .unwrap_or_else(|| format!("dispute:{}", d.charge_id.as_deref().unwrap_or(pi_id)));
+        let id = new_id(prefix::REFUND);
+        let recorded = amount > 0
+            && refund_rows::insert(
+                tx,
+                &refund_rows::NewRefund {
+                    id: &id,
+                    payment_id: &payment.id,
+                    amount,
+                    currency: &payment.currency,
+                    gateway: source,
+                    gateway_refund_id: Some(&key),
+                    to_credit: false,
+                    reason: Some("dispute lost"),
+                    at: now,
+                    status: refund_rows::status::SUCCEEDED,
+                    idempotency_key: None,
+                    retainer_id: None,
+                },
+            )
+            .await?;
+        if recorded {
+            payment_rows::add_refunded(tx, &payment.id, amount).await?;
+            refunds::reverse_payment(
+                tx,
+                &payment.id,
+                &payment.customer_id,
+                &payment.currency,
+                amount,
+                false,
+                &id,
+                "dispute_lost",
+                now,
+            )
+            .await?;
+            tracing::error!(
+                payment_id = %payment.id,
+                customer_id = %payment.customer_id,
+                payment_intent = pi_id,
+                amount,
+                "dispute lost: the payment is reversed and what it paid is due again"
+            );
+            crate::metrics::dispute_lost(&payment.currency, amount);
+        }
     }
     if d.phase == DisputePhase::Opened {
         tracing::warn!(

@@ -142,6 +142,8 @@ pub async fn void(b: &Billing, invoice_id: &str) -> Result<()> {
             ),
         ));
     }
+    // A paid retainer invoice's deposit goes with it (from the invoices it paid, if spent).
+    super::retainers::reverse_deposit(&mut tx, invoice_id, inv.total, None, now).await?;
     for pool in [Pool::Credit, Pool::Retainer] {
         credits::release(
             &mut tx,

@@ -12,7 +12,7 @@ use settled_jobs::status::{Account, CreditSource, InvoiceKind, InvoiceStatus};
 use super::ledger::{self, Entry};
 use super::{Billing, Error, Result, credits};
 use crate::store::payments::{self as rows, NewRow, PaymentRow};
-use crate::store::{Tx, balances, charge_attempts, customers, invoices, webhook_events};
+use crate::store::{Tx, charge_attempts, customers, invoices, webhook_events};
 
 /// The `gateway` of payments recorded by an operator (wire, cheque, cash).
 pub const OFFLINE: &str = "offline";
@@ -54,8 +54,26 @@ impl Recorded {
     }
 }
 
-/// Records a payment and applies it. Idempotent on (gateway, gateway payment id).
+/// Records a payment and applies it. Idempotent on (gateway, gateway payment id). Refused (and
+/// nothing written): money from a gateway without the gateway's id for it (it could not be
+/// told apart from a second delivery), and money for an invoice in another currency (it would
+/// become credit in a currency nothing is billed in).
 pub async fn record(tx: &mut Tx, p: &NewPayment<'_>, now: DateTime<Utc>) -> Result<Recorded> {
+    if p.gateway != OFFLINE && p.gateway_payment_id.is_none_or(str::is_empty) {
+        return Err(Error::permanent(format!(
+            "a payment from {} carries no id of its own; it is not recorded",
+            p.gateway
+        )));
+    }
+    if let Some(invoice_id) = p.invoice_id
+        && let Some(inv) = invoices::get_in(tx, invoice_id).await?
+        && inv.currency != p.currency
+    {
+        return Err(Error::permanent(format!(
+            "the payment is in {} but invoice {invoice_id} is in {}; it is not recorded",
+            p.currency, inv.currency
+        )));
+    }
     let id = new_id(prefix::PAYMENT);
     let row = NewRow {
         id: &id,
@@ -158,7 +176,7 @@ async fn allocate(
 }
 
 /// Adds `applied` of a payment to an invoice: it is `paid` once nothing is due (a paid retainer
-/// invoice adds to the retainer balance), otherwise `partially_paid`. Scheduled automatic
+/// invoice makes its deposit), otherwise `partially_paid`. Scheduled automatic
 /// attempts that never started are dropped once it is paid.
 pub async fn apply_to_invoice(
     tx: &mut Tx,
@@ -171,36 +189,9 @@ pub async fn apply_to_invoice(
     rows::allocate(tx, payment_id, invoice_id, applied).await?;
     if paid.status == InvoiceStatus::Paid {
         charge_attempts::drop_unsent_of(tx, invoice_id).await?;
-    }
-    if paid.kind == InvoiceKind::Retainer.as_str() {
-        let retainer_id = new_id(prefix::RETAINER);
-        balances::insert_deposit(
-            tx,
-            &retainer_id,
-            &paid.customer_id,
-            invoice_id,
-            Some(payment_id),
-            &paid.currency,
-            applied,
-            now,
-        )
-        .await?;
-        ledger::record(
-            tx,
-            &[Entry {
-                customer_id: &paid.customer_id,
-                currency: &paid.currency,
-                account: Account::Retainer,
-                kind: "retainer_deposit",
-                amount: applied,
-                invoice_id: Some(invoice_id),
-                payment_id: Some(payment_id),
-                object_id: Some(&retainer_id),
-                memo: None,
-                at: now,
-            }],
-        )
-        .await?;
+        if paid.kind == InvoiceKind::Retainer.as_str() {
+            super::retainers::deposit_if_paid(tx, invoice_id, Some(payment_id), now).await?;
+        }
     }
     Ok(())
 }

@@ -1,18 +1,19 @@
-//! Retainer deposits: a paid retainer invoice adds to the customer's retainer balance
-//! (`payments::apply_to_invoice`); it is spent on invoices (automatically on finalising when the
+//! Retainer deposits: a paid retainer invoice, whatever paid it, holds one deposit
+//! ([`deposit_if_paid`]); it is spent on invoices (automatically on finalising when the
 //! customer opted in, or on demand) and unused deposits can be refunded, newest first, through
-//! the gateway that took them or by record.
+//! the payments that funded them.
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use settled_jobs::ids::{new_id, prefix};
 use settled_jobs::money::decimal_text;
-use settled_jobs::status::Account;
+use settled_jobs::status::{Account, InvoiceKind, InvoiceStatus};
 
 use super::ledger::{self, Entry};
 use super::{Billing, Error, Result, credits};
 use crate::store::balances::{self, Pool};
 use crate::store::refunds::{self, NewRefund};
-use crate::store::{invoices, payments};
+use crate::store::{Tx, invoices, payments};
 
 /// Applies up to `limit` (all that fits when None) of the customer's retainer to one of its
 /// open invoices.
@@ -29,6 +30,15 @@ pub async fn apply(
         return Err(Error::invalid(
             "invoice_id",
             format!("invoice {} belongs to another customer", inv.id),
+        ));
+    }
+    if inv.kind == InvoiceKind::Retainer.as_str() {
+        return Err(Error::conflict(
+            "retainer_invoice",
+            format!(
+                "invoice {} is a retainer invoice; it cannot be paid from the retainer",
+                inv.id
+            ),
         ));
     }
     if !inv.status().is_collectible() {
@@ -76,18 +86,25 @@ pub async fn apply(
     Ok(())
 }
 
-/// One deposit's part of a retainer refund.
+/// One part of a retainer refund: a refund of one payment that funded a deposit (through its
+/// gateway, or recorded for an offline payment), or, with no `id`, what of the deposit no
+/// payment funded (credit it was paid with), paid back by other means.
 #[derive(Debug, Clone, Serialize)]
 pub struct RefundPart {
-    pub id: String,
+    pub id: Option<String>,
     pub retainer_id: String,
     pub amount: i64,
     pub gateway_refund_id: Option<String>,
+    /// pending, succeeded or failed.
+    pub status: String,
+    pub failure_reason: Option<String>,
 }
 
-/// Refunds `amount` of the customer's unused retainer, newest deposit first: through the gateway
-/// when the deposit was paid there (under a key derived from the deposit and its remaining
-/// balance, so a retried request never refunds twice), by record otherwise.
+/// Refunds `amount` of the customer's unused retainer, newest deposit first, each through the
+/// payments that funded it (newest first): a gateway payment through its gateway, an offline one
+/// by record. The balance is taken and the refunds committed (gateway ones `pending`, with their
+/// keys) before any gateway is called; then each is sent and recorded, and one that fails gives
+/// its amount back to the deposit. No transaction is open during a call.
 pub async fn refund(b: &Billing, customer_id: &str, amount: i64) -> Result<Vec<RefundPart>> {
     let customer = crate::store::customers::get_row(&b.db, customer_id)
         .await?
@@ -95,6 +112,7 @@ pub async fn refund(b: &Billing, customer_id: &str, amount: i64) -> Result<Vec<R
     let currency = customer.currency.as_str();
     let now = b.now();
     let mut tx = b.db.begin().await?;
+    crate::store::customers::lock(&mut tx, customer_id).await?;
     let deposits = balances::lock_deposits_newest_first(&mut tx, customer_id, currency).await?;
     let available: i64 = deposits.iter().map(|d| d.2).sum();
     if available < amount {
@@ -108,54 +126,17 @@ pub async fn refund(b: &Billing, customer_id: &str, amount: i64) -> Result<Vec<R
     }
     let mut left = amount;
     let mut parts = Vec::new();
-    for (retainer_id, payment_id, remaining, gateway_name) in deposits {
+    let mut to_send = Vec::new();
+    for (retainer_id, invoice_id, remaining) in deposits {
         if left == 0 {
             break;
         }
         let take = remaining.min(left);
         left -= take;
-        let gateway = b.gateways.get(&gateway_name).cloned();
-        let mut gateway_refund = None;
-        if payment_id.is_some() && crate::gateway::supports(&gateway_name) {
-            let gw = gateway.ok_or_else(|| {
-                Error::conflict(
-                    "gateway_not_configured",
-                    format!(
-                        "the retainer was paid through {gateway_name}, which is not configured"
-                    ),
-                )
-            })?;
-            let (remaining, pi) = balances::deposit_facts(&mut tx, &retainer_id).await?;
-            let key = format!("settled:{retainer_id}:refund:{remaining}:{take}");
-            let refund = gw
-                .refund(pi.as_deref().unwrap_or_default(), take, &key)
-                .await?;
-            gateway_refund = Some(refund);
-        }
-        balances::take(&mut tx, Pool::Retainer, &retainer_id, take).await?;
-        let refund_id = new_id(prefix::REFUND);
-        if let Some(payment_id) = payment_id.as_deref() {
-            let recorded_by = if gateway_refund.is_some() {
-                gateway_name.as_str()
-            } else {
-                super::payments::OFFLINE
-            };
-            refunds::insert(
-                &mut tx,
-                &NewRefund {
-                    id: &refund_id,
-                    payment_id,
-                    amount: take,
-                    currency,
-                    gateway: recorded_by,
-                    gateway_refund_id: gateway_refund.as_deref(),
-                    to_credit: false,
-                    reason: Some("retainer refund"),
-                    at: now,
-                },
-            )
-            .await?;
-            payments::add_refunded(&mut tx, payment_id, take).await?;
+        if !balances::take(&mut tx, Pool::Retainer, &retainer_id, take).await? {
+            return Err(Error::permanent(format!(
+                "retainer {retainer_id} holds less than it did a moment ago"
+            )));
         }
         ledger::record(
             &mut tx,
@@ -166,24 +147,201 @@ pub async fn refund(b: &Billing, customer_id: &str, amount: i64) -> Result<Vec<R
                 kind: "retainer_refunded",
                 amount: -take,
                 invoice_id: None,
-                payment_id: payment_id.as_deref(),
+                payment_id: None,
                 object_id: Some(&retainer_id),
                 memo: None,
                 at: now,
             }],
         )
         .await?;
-        if payment_id.is_some() {
-            crate::outbox::refund(&mut tx, &refund_id, now).await?;
+        let funding = match &invoice_id {
+            Some(inv) => payments::funding_of(&mut tx, inv).await?,
+            None => Vec::new(),
+        };
+        let mut rest = take;
+        for (payment_id, gateway, gateway_payment_id, allocated, refundable) in funding {
+            let part = rest.min(allocated).min(refundable);
+            if part <= 0 {
+                continue;
+            }
+            rest -= part;
+            let through_gateway =
+                gateway_payment_id.is_some() && crate::gateway::supports(&gateway);
+            if through_gateway && b.gateways.get(&gateway).is_none() {
+                return Err(Error::conflict(
+                    "gateway_not_configured",
+                    format!("the retainer was paid through {gateway}, which is not configured"),
+                ));
+            }
+            let refund_id = new_id(prefix::REFUND);
+            let key = super::refunds::outgoing::key(&refund_id);
+            let recorded_by = if through_gateway {
+                gateway.as_str()
+            } else {
+                super::payments::OFFLINE
+            };
+            refunds::insert(
+                &mut tx,
+                &NewRefund {
+                    id: &refund_id,
+                    payment_id: &payment_id,
+                    amount: part,
+                    currency,
+                    gateway: recorded_by,
+                    gateway_refund_id: None,
+                    to_credit: false,
+                    reason: Some("retainer refund"),
+                    at: now,
+                    status: if through_gateway {
+                        refunds::status::PENDING
+                    } else {
+                        refunds::status::SUCCEEDED
+                    },
+                    idempotency_key: through_gateway.then_some(key.as_str()),
+                    retainer_id: Some(&retainer_id),
+                },
+            )
+            .await?;
+            payments::add_refunded(&mut tx, &payment_id, part).await?;
+            if through_gateway {
+                // Sent by this request: the refunds' drain leaves it alone meanwhile.
+                let wall = crate::store::wall_ms();
+                let until = wall + super::refunds::outgoing::in_flight_ms(b);
+                refunds::mark_sent(&mut tx, &refund_id, wall, Some(until)).await?;
+                to_send.push(refund_id.clone());
+            } else {
+                crate::outbox::refund(&mut tx, &refund_id, now).await?;
+            }
+            parts.push(RefundPart {
+                id: Some(refund_id),
+                retainer_id: retainer_id.clone(),
+                amount: part,
+                gateway_refund_id: None,
+                status: if through_gateway {
+                    refunds::status::PENDING.into()
+                } else {
+                    refunds::status::SUCCEEDED.into()
+                },
+                failure_reason: None,
+            });
         }
-        parts.push(RefundPart {
-            id: refund_id,
-            retainer_id,
-            amount: take,
-            gateway_refund_id: gateway_refund,
-        });
+        if rest > 0 {
+            parts.push(RefundPart {
+                id: None,
+                retainer_id: retainer_id.clone(),
+                amount: rest,
+                gateway_refund_id: None,
+                status: refunds::status::SUCCEEDED.into(),
+                failure_reason: None,
+            });
+        }
     }
     tx.commit().await?;
-    tracing::info!(customer_id, amount, "retainer refunded");
+    tracing::info!(customer_id, amount, "retainer refund committed");
+    for (id, sent) in super::refunds::outgoing::send_now(b, &to_send).await? {
+        let Some(part) = parts.iter_mut().find(|p| p.id.as_deref() == Some(&id)) else {
+            continue;
+        };
+        use super::refunds::outgoing::Sent;
+        match sent {
+            Sent::Succeeded { gateway_refund_id } => {
+                part.status = refunds::status::SUCCEEDED.into();
+                part.gateway_refund_id = Some(gateway_refund_id).filter(|g| !g.is_empty());
+            }
+            Sent::Failed { reason } => {
+                part.status = refunds::status::FAILED.into();
+                part.failure_reason = Some(reason);
+            }
+            Sent::Pending => {}
+        }
+    }
     Ok(parts)
+}
+
+/// A retainer invoice that is paid, whatever paid it (payments, credit), holds one deposit of
+/// what it charged for the retainer: its total less any late fee. Called where an invoice may
+/// have become paid; does nothing for other invoices. Paid again after part of its deposit was
+/// taken back, the deposit grows back.
+pub async fn deposit_if_paid(
+    tx: &mut Tx,
+    invoice_id: &str,
+    payment_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let Some(inv) = invoices::get_in(tx, invoice_id).await? else {
+        return Ok(());
+    };
+    if inv.kind != InvoiceKind::Retainer.as_str() || inv.status() != InvoiceStatus::Paid {
+        return Ok(());
+    }
+    let deposit = inv.total - invoices::late_fees_of(tx, invoice_id).await?;
+    if deposit <= 0 {
+        return Ok(());
+    }
+    let (retainer_id, grew) = balances::set_deposit(
+        tx,
+        &inv.customer_id,
+        invoice_id,
+        payment_id,
+        &inv.currency,
+        deposit,
+        now,
+    )
+    .await?;
+    if grew > 0 {
+        ledger::record(
+            tx,
+            &[Entry {
+                customer_id: &inv.customer_id,
+                currency: &inv.currency,
+                account: Account::Retainer,
+                kind: "retainer_deposit",
+                amount: grew,
+                invoice_id: Some(invoice_id),
+                payment_id,
+                object_id: Some(&retainer_id),
+                memo: None,
+                at: now,
+            }],
+        )
+        .await?;
+        tracing::info!(invoice_id, retainer_id = %retainer_id, amount = grew, "retainer deposit made");
+    }
+    Ok(())
+}
+
+/// A retainer invoice was reopened by `amount` (a payment on it refunded or reversed, or it was
+/// voided): that much of its deposit goes, from what is left of it first, then from the invoices
+/// it paid, which are due again.
+pub async fn reverse_deposit(
+    tx: &mut Tx,
+    invoice_id: &str,
+    amount: i64,
+    payment_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let Some((retainer_id, had, _)) = balances::deposit_of_invoice(tx, invoice_id).await? else {
+        return Ok(());
+    };
+    let take = amount.min(had);
+    if take <= 0 {
+        return Ok(());
+    }
+    let Some(inv) = invoices::get_in(tx, invoice_id).await? else {
+        return Ok(());
+    };
+    let _taken = credits::take_back(
+        tx,
+        Pool::Retainer,
+        &retainer_id,
+        &inv.customer_id,
+        &inv.currency,
+        take,
+        "retainer_reversed",
+        payment_id,
+        now,
+    )
+    .await?;
+    tracing::info!(invoice_id, retainer_id = %retainer_id, amount = take, "retainer deposit reversed");
+    Ok(())
 }

@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use settled_jobs::job::WorkKind;
 
 use super::statements;
-use super::{Billing, Result, charges, dunning, gateway_events, generation, invoices, reminders};
+use super::{
+    Billing, Result, charges, dunning, gateway_events, generation, invoices, refunds, reminders,
+};
 use crate::outbox::send::Sender;
 use crate::store::{self, charge_attempts, emails, subscriptions, wall_ms, webhook_events};
 
@@ -22,6 +24,7 @@ pub async fn drain(b: &Billing, kind: WorkKind) -> Result<usize> {
         WorkKind::LateFees => dunning::drain_late_fees(b).await,
         WorkKind::Reminders => reminders::drain(b).await,
         WorkKind::Statements => statements::drain(b).await,
+        WorkKind::Refunds => refunds::outgoing::drain(b).await,
     }
 }
 
@@ -61,6 +64,10 @@ pub async fn claimable(b: &Billing, kind: WorkKind, now: DateTime<Utc>) -> Resul
         }
         WorkKind::Reminders => reminders::claimable(b, now).await?,
         WorkKind::Statements => statements::claimable(b, now).await?,
+        WorkKind::Refunds => {
+            store::refunds::claimable(&b.db, wall - refunds::outgoing::in_flight_ms(b), wall)
+                .await?
+        }
     })
 }
 
@@ -93,5 +100,9 @@ pub async fn pending(b: &Billing, now: DateTime<Utc>) -> Result<Vec<(WorkKind, i
         ),
         (WorkKind::Reminders, reminders::due_count(b, now).await?),
         (WorkKind::Statements, statements::due_count(b, now).await?),
+        (
+            WorkKind::Refunds,
+            store::refunds::pending_count(&b.db).await?,
+        ),
     ])
 }

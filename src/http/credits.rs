@@ -163,14 +163,25 @@ async fn refund_retainer(
         .map(|p| {
             json!({"id": p.id, "retainer_id": p.retainer_id,
                    "amount": amount(p.amount, &customer.currency),
-                   "gateway_refund_id": p.gateway_refund_id})
+                   "gateway_refund_id": p.gateway_refund_id,
+                   "status": p.status, "failure_reason": p.failure_reason})
         })
         .collect();
+    let status = if !parts.is_empty() && parts.iter().all(|p| p.status == "failed") {
+        "failed"
+    } else if parts.iter().any(|p| p.status == "pending") {
+        "pending"
+    } else if parts.iter().any(|p| p.status == "failed") {
+        "partially_failed"
+    } else {
+        "succeeded"
+    };
     let c = customers::get(&state.billing.db, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("customer", &id))?;
     Ok(Json(json!({
         "object": "retainer_refund",
+        "status": status,
         "customer_id": id,
         "amount": amount(requested, &customer.currency),
         "currency": customer.currency,

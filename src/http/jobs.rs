@@ -53,6 +53,7 @@ fn field(kind: Option<WorkKind>) -> &'static str {
         Some(WorkKind::Events) => "event_id",
         Some(WorkKind::Emails) => "email_id",
         Some(WorkKind::Statements) => "customer_id",
+        Some(WorkKind::Refunds) => "refund_id",
         None => "item_id",
     }
 }

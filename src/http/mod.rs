@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 pub mod format;
 pub mod health;
+pub mod idempotency;
 pub mod invoices;
 pub mod jobs;
 pub mod payments;
@@ -43,6 +44,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(jobs::router())
         .merge(webhooks::admin_router())
         .merge(emails::router())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::guard,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_admin,

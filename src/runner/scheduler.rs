@@ -128,6 +128,14 @@ impl Scheduler {
                 Ok(n) => tracing::info!(deleted = n, "deleted finished jobs older than 7 days"),
                 Err(e) => tracing::warn!(error = %e, "cannot delete old finished jobs"),
             }
+            let keys_before = crate::store::wall_ms() - crate::store::idempotency_keys::KEEP_MS;
+            match crate::store::idempotency_keys::vacuum(&self.billing.db, keys_before).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(deleted = n, "deleted idempotency keys older than 48 hours")
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot delete old idempotency keys"),
+            }
         }
         Ok(due)
     }

@@ -71,7 +71,7 @@ pub async fn payment_refunds(db: &Db) -> Result<Vec<(String, i64, i64, i64)>> {
     Ok(on_db!(db, p => {
         sqlx::query_as(
             "SELECT p.id, p.amount, p.amount_refunded, \
-             CAST(COALESCE((SELECT SUM(r.amount) FROM refunds r WHERE r.payment_id = p.id), 0) AS BIGINT) \
+             CAST(COALESCE((SELECT SUM(r.amount) FROM refunds r WHERE r.payment_id = p.id AND r.status <> 'failed'), 0) AS BIGINT) \
              FROM payments p",
         )
         .fetch_all(p)

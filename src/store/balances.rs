@@ -80,24 +80,58 @@ pub async fn insert_credit_note(
     Ok(())
 }
 
-/// Records a retainer deposit of `amount` paid on `invoice_id` by `payment_id`.
-#[allow(clippy::too_many_arguments)]
-pub async fn insert_deposit(
+/// The deposit a retainer invoice made, locked: (id, amount, remaining).
+pub async fn deposit_of_invoice(
     tx: &mut Tx,
-    id: &str,
+    invoice_id: &str,
+) -> Result<Option<(String, i64, i64)>> {
+    let sql = format!(
+        "SELECT id, amount, remaining FROM retainers WHERE invoice_id = $1{}",
+        tx.lock_rows()
+    );
+    Ok(on_tx!(tx, c => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(invoice_id)
+            .fetch_optional(&mut *c)
+            .await?
+    }))
+}
+
+/// Makes the deposit of a paid retainer invoice `amount`: a new one, or (after part of it was
+/// taken back and the invoice paid again) the existing one grown back. Returns the deposit's id
+/// and how much it grew (0: it was that much already).
+#[allow(clippy::too_many_arguments)]
+pub async fn set_deposit(
+    tx: &mut Tx,
     customer_id: &str,
     invoice_id: &str,
     payment_id: Option<&str>,
     currency: &str,
     amount: i64,
     now: DateTime<Utc>,
-) -> Result<()> {
+) -> Result<(String, i64)> {
+    if let Some((id, had, _)) = deposit_of_invoice(tx, invoice_id).await? {
+        let grow = amount - had;
+        if grow > 0 {
+            on_tx!(tx, c => {
+                sqlx::query(
+                    "UPDATE retainers SET amount = amount + $2, remaining = remaining + $2 WHERE id = $1",
+                )
+                .bind(&id)
+                .bind(grow)
+                .execute(&mut *c)
+                .await?;
+            });
+        }
+        return Ok((id, grow.max(0)));
+    }
+    let id = new_id(settled_jobs::ids::prefix::RETAINER);
     on_tx!(tx, c => {
         sqlx::query(
             "INSERT INTO retainers (id, customer_id, invoice_id, payment_id, amount, remaining, currency, created_at) \
              VALUES ($1, $2, $3, $4, $5, $5, $6, $7)",
         )
-        .bind(id)
+        .bind(&id)
         .bind(customer_id)
         .bind(invoice_id)
         .bind(payment_id)
@@ -106,6 +140,120 @@ pub async fn insert_deposit(
         .bind(ms(now))
         .execute(&mut *c)
         .await?;
+    });
+    Ok((id, amount))
+}
+
+/// Takes `amount` away from one entry for good (a refund of what it came from, a payment
+/// reversed): first what is left of it, then, newest first, what of it was applied to invoices.
+/// A retainer deposit also shrinks by what is taken. Returns how much was taken (less than
+/// `amount` when the entry holds less) and each invoice that lost an application and by how
+/// much; the caller reopens them.
+pub async fn take_back(
+    tx: &mut Tx,
+    pool: Pool,
+    entry_id: &str,
+    amount: i64,
+    now: DateTime<Utc>,
+) -> Result<(i64, Vec<(String, i64)>)> {
+    let table = pool.table();
+    let select = format!(
+        "SELECT remaining FROM {table} WHERE id = $1{}",
+        tx.lock_rows()
+    );
+    let remaining: i64 = on_tx!(tx, c => {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(select.as_str()))
+            .bind(entry_id)
+            .fetch_one(&mut *c)
+            .await?
+    });
+    let from_remaining = remaining.min(amount).max(0);
+    let shrink = match pool {
+        Pool::Retainer => ", amount = amount - $2",
+        Pool::Credit => "",
+    };
+    let update = format!("UPDATE {table} SET remaining = remaining - $2{shrink} WHERE id = $1");
+    if from_remaining > 0 {
+        on_tx!(tx, c => {
+            sqlx::query(sqlx::AssertSqlSafe(update.as_str()))
+                .bind(entry_id)
+                .bind(from_remaining)
+                .execute(&mut *c)
+                .await?;
+        });
+    }
+    let mut left = amount - from_remaining;
+    let mut released = Vec::new();
+    if left <= 0 {
+        return Ok((from_remaining, released));
+    }
+    let applications = format!(
+        "SELECT id, invoice_id, amount FROM {} WHERE {} = $1 AND released_at IS NULL \
+         ORDER BY created_at DESC, id DESC{}",
+        pool.applications(),
+        pool.source_column(),
+        tx.lock_rows()
+    );
+    let applied: Vec<(String, String, i64)> = on_tx!(tx, c => {
+        sqlx::query_as(sqlx::AssertSqlSafe(applications.as_str()))
+            .bind(entry_id)
+            .fetch_all(&mut *c)
+            .await?
+    });
+    let whole = format!(
+        "UPDATE {} SET released_at = $2 WHERE id = $1",
+        pool.applications()
+    );
+    let part = format!(
+        "UPDATE {} SET amount = amount - $2 WHERE id = $1",
+        pool.applications()
+    );
+    let shrink_entry = format!("UPDATE {table} SET amount = amount - $2 WHERE id = $1");
+    for (application, invoice_id, applied) in applied {
+        if left == 0 {
+            break;
+        }
+        let take = applied.min(left);
+        on_tx!(tx, c => {
+            if take == applied {
+                sqlx::query(sqlx::AssertSqlSafe(whole.as_str()))
+                    .bind(&application)
+                    .bind(ms(now))
+                    .execute(&mut *c)
+                    .await?;
+            } else {
+                sqlx::query(sqlx::AssertSqlSafe(part.as_str()))
+                    .bind(&application)
+                    .bind(take)
+                    .execute(&mut *c)
+                    .await?;
+            }
+            if pool == Pool::Retainer {
+                sqlx::query(sqlx::AssertSqlSafe(shrink_entry.as_str()))
+                    .bind(entry_id)
+                    .bind(take)
+                    .execute(&mut *c)
+                    .await?;
+            }
+        });
+        released.push((invoice_id, take));
+        left -= take;
+    }
+    Ok((amount - left, released))
+}
+
+/// Gives `amount` back to an entry (a refund of it that failed).
+pub async fn give_back(tx: &mut Tx, pool: Pool, entry_id: &str, amount: i64) -> Result<()> {
+    let sql = format!(
+        "UPDATE {} SET remaining = remaining + $2 WHERE id = $1",
+        pool.table()
+    );
+    on_tx!(tx, c => {
+        sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(entry_id)
+            .bind(amount)
+            .execute(&mut *c)
+            .await?;
     });
     Ok(())
 }
@@ -281,19 +429,18 @@ pub async fn lock_overpayment_credit(tx: &mut Tx, payment_id: &str) -> Result<Ve
     }))
 }
 
-/// The customer's unused deposits in `currency`, newest first, locked, with the gateway the
-/// deposit was paid through: (retainer id, payment id, remaining, gateway or "offline").
+/// The customer's unused deposits in `currency`, newest first, locked: (retainer id, the
+/// retainer invoice that made it, remaining).
 pub async fn lock_deposits_newest_first(
     tx: &mut Tx,
     customer_id: &str,
     currency: &str,
-) -> Result<Vec<(String, Option<String>, i64, String)>> {
+) -> Result<Vec<(String, Option<String>, i64)>> {
     let sql = format!(
-        "SELECT r.id, r.payment_id, r.remaining, COALESCE(p.gateway, 'offline') FROM retainers r \
-         LEFT JOIN payments p ON p.id = r.payment_id \
+        "SELECT r.id, r.invoice_id, r.remaining FROM retainers r \
          WHERE r.customer_id = $1 AND r.currency = $2 AND r.remaining > 0 \
          ORDER BY r.created_at DESC, r.id DESC{}",
-        tx.lock_rows_of("r")
+        tx.lock_rows()
     );
     Ok(on_tx!(tx, c => {
         sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
@@ -344,18 +491,4 @@ pub async fn credit_notes_of(db: &Db, customer_id: &str) -> Result<Vec<CreditNot
     Ok(
         on_db!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(customer_id).fetch_all(p).await?),
     )
-}
-
-/// A retainer's remaining balance and the gateway payment that paid it: (remaining, payment's
-/// gateway payment id).
-pub async fn deposit_facts(tx: &mut Tx, retainer_id: &str) -> Result<(i64, Option<String>)> {
-    Ok(on_tx!(tx, c => {
-        sqlx::query_as(
-            "SELECT r.remaining, p.gateway_payment_id FROM retainers r \
-             LEFT JOIN payments p ON p.id = r.payment_id WHERE r.id = $1",
-        )
-        .bind(retainer_id)
-        .fetch_one(&mut *c)
-        .await?
-    }))
 }

@@ -35,6 +35,14 @@ impl Tx {
         }
     }
 
+    /// [`Tx::skip_locked`] for one table of a join.
+    pub fn skip_locked_of(&self, alias: &str) -> String {
+        match self {
+            Tx::Sqlite(_) => String::new(),
+            Tx::Postgres(_) => format!(" FOR NO KEY UPDATE OF {alias} SKIP LOCKED"),
+        }
+    }
+
     /// Marks a point to return to when one item of a batch fails, so its batch can go on.
     pub async fn savepoint(&mut self) -> super::Result<()> {
         self.raw("SAVEPOINT item").await

@@ -19,6 +19,7 @@ pub mod customers;
 pub mod dialect;
 pub mod emails;
 pub mod error;
+pub mod idempotency_keys;
 pub mod invoices;
 pub mod ledger;
 pub mod payment_methods;
@@ -171,12 +172,16 @@ impl Db {
     }
 
     /// A write transaction. On SQLite it takes the write lock up front (BEGIN IMMEDIATE) so two
-    /// writers wait on the busy timeout instead of failing on a lock upgrade.
+    /// writers wait on the busy timeout instead of failing on a lock upgrade. Inside a request
+    /// served under an Idempotency-Key, the transaction first writes the key's row
+    /// (`idempotency_keys`), so the key is stored exactly when an effect is.
     pub async fn begin(&self) -> Result<Tx> {
-        match self {
-            Db::Sqlite(p) => Ok(Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?)),
-            Db::Postgres(p) => Ok(Tx::Postgres(p.begin().await?)),
-        }
+        let mut tx = match self {
+            Db::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Db::Postgres(p) => Tx::Postgres(p.begin().await?),
+        };
+        idempotency_keys::claim_in(&mut tx).await?;
+        Ok(tx)
     }
 
     /// True when the database answers a query.

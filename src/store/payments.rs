@@ -108,6 +108,20 @@ pub async fn lock_by_gateway_id(
     }))
 }
 
+/// One payment by id, locked.
+pub async fn lock(tx: &mut Tx, id: &str) -> Result<Option<PaymentRow>> {
+    let sql = format!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1{}",
+        tx.lock_rows()
+    );
+    Ok(on_tx!(tx, c => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(id)
+            .fetch_optional(&mut *c)
+            .await?
+    }))
+}
+
 /// Adds `amount` to an invoice's share of a payment.
 pub async fn allocate(tx: &mut Tx, payment_id: &str, invoice_id: &str, amount: i64) -> Result<()> {
     on_tx!(tx, c => {
@@ -193,13 +207,13 @@ pub async fn allocations_to(tx: &mut Tx, invoice_id: &str) -> Result<i64> {
     }))
 }
 
-/// Counts `amount` more as refunded on the payment.
+/// Counts `amount` more as refunded on the payment (less, when negative: a refund that failed).
 pub async fn add_refunded(tx: &mut Tx, payment_id: &str, amount: i64) -> Result<()> {
     on_tx!(tx, c => {
         sqlx::query(
             "UPDATE payments SET amount_refunded = amount_refunded + $2, \
              status = CASE WHEN disputed THEN 'disputed' WHEN amount_refunded + $2 >= amount THEN 'refunded' \
-             ELSE 'partially_refunded' END WHERE id = $1",
+             WHEN amount_refunded + $2 <= 0 THEN 'succeeded' ELSE 'partially_refunded' END WHERE id = $1",
         )
         .bind(payment_id)
         .bind(amount)
@@ -290,6 +304,26 @@ pub async fn get_in(tx: &mut Tx, id: &str) -> Result<Option<PaymentRow>> {
         sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(id)
             .fetch_optional(&mut *c)
+            .await?
+    }))
+}
+
+/// What paid an invoice, newest first, locked: (payment id, gateway, gateway payment id, amount
+/// allocated to the invoice, amount of the payment not refunded yet).
+pub async fn funding_of(
+    tx: &mut Tx,
+    invoice_id: &str,
+) -> Result<Vec<(String, String, Option<String>, i64, i64)>> {
+    let sql = format!(
+        "SELECT p.id, p.gateway, p.gateway_payment_id, a.amount, p.amount - p.amount_refunded \
+         FROM payment_allocations a JOIN payments p ON p.id = a.payment_id \
+         WHERE a.invoice_id = $1 ORDER BY p.at DESC, p.id DESC{}",
+        tx.lock_rows_of("p")
+    );
+    Ok(on_tx!(tx, c => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(invoice_id)
+            .fetch_all(&mut *c)
             .await?
     }))
 }

@@ -24,11 +24,12 @@ fn now_secs() -> i64 {
         .as_secs() as i64
 }
 
-async fn world(backend: Backend) -> (StripeGateway, World) {
+pub(crate) async fn world(backend: Backend) -> (StripeGateway, World) {
     let gateway = StripeGateway::start().await;
     let options = DaemonOptions::default()
         .env("SETTLED__STRIPE__API_KEY", "sk_test_settled")
         .env("SETTLED__STRIPE__API_BASE", gateway.base_url())
+        .env("SETTLED__STRIPE__REQUEST_TIMEOUT_SECONDS", "3")
         .env(
             "SETTLED__STRIPE__WEBHOOK_SECRETS",
             format!("[\"{SECRET}\"]"),
@@ -41,7 +42,7 @@ async fn world(backend: Backend) -> (StripeGateway, World) {
 }
 
 /// A customer with a card saved at the gateway; returns (customer, gateway customer, card token).
-async fn card_customer(d: &Daemon, auto_charge: bool) -> (String, String, String) {
+pub(crate) async fn card_customer(d: &Daemon, auto_charge: bool) -> (String, String, String) {
     let (status, c) = d
         .post(
             "/v1/customers",
@@ -65,7 +66,7 @@ async fn card_customer(d: &Daemon, auto_charge: bool) -> (String, String, String
     )
 }
 
-async fn invoice(d: &Daemon, customer: &str, amount: &str) -> String {
+pub(crate) async fn invoice(d: &Daemon, customer: &str, amount: &str) -> String {
     let (status, inv) = d
         .post(
             "/v1/invoices",
@@ -77,7 +78,7 @@ async fn invoice(d: &Daemon, customer: &str, amount: &str) -> String {
 }
 
 /// A payment made at the gateway outside the daemon (a portal's "Pay Now").
-async fn portal_payment(
+pub(crate) async fn portal_payment(
     gateway: &StripeGateway,
     customer: &str,
     token: &str,
@@ -108,7 +109,33 @@ async fn portal_payment(
     pi
 }
 
-async fn deliver(d: &Daemon, body: &str) {
+/// Delivers a signed Standard Webhooks message from the `bank` source; expects 200.
+pub(crate) async fn deliver_standard(d: &Daemon, webhook_id: &str, body: &str) {
+    let key = BASE64
+        .decode(BANK_SECRET.trim_start_matches("whsec_"))
+        .unwrap();
+    let ts = now_secs().to_string();
+    let sig = format!(
+        "v1,{}",
+        BASE64.encode(hmac_sha256(
+            &key,
+            format!("{webhook_id}.{ts}.{body}").as_bytes()
+        ))
+    );
+    let r = d
+        .http
+        .post(d.url("/webhooks/standard/bank"))
+        .header("webhook-id", webhook_id)
+        .header("webhook-timestamp", &ts)
+        .header("webhook-signature", sig)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+}
+
+pub(crate) async fn deliver(d: &Daemon, body: &str) {
     let r = d
         .http
         .post(d.url("/webhooks/stripe"))
@@ -121,7 +148,7 @@ async fn deliver(d: &Daemon, body: &str) {
 }
 
 /// Waits until every stored event is processed (or ignored) and all work is done.
-async fn settle(d: &Daemon) -> Vec<Value> {
+pub(crate) async fn settle(d: &Daemon) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, list) = d.get("/v1/webhook_events?limit=1000").await;
@@ -142,11 +169,11 @@ async fn settle(d: &Daemon) -> Vec<Value> {
     }
 }
 
-async fn show(d: &Daemon, id: &str) -> Value {
+pub(crate) async fn show(d: &Daemon, id: &str) -> Value {
     d.get(&format!("/v1/invoices/{id}")).await.1
 }
 
-async fn payments_of(d: &Daemon, customer: &str) -> Vec<Value> {
+pub(crate) async fn payments_of(d: &Daemon, customer: &str) -> Vec<Value> {
     let (_, p) = d.get(&format!("/v1/payments?customer_id={customer}")).await;
     p["data"].as_array().unwrap().clone()
 }

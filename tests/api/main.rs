@@ -17,6 +17,7 @@ mod generation;
 mod invoices;
 mod lifecycle;
 mod metrics;
+mod money_paths;
 mod money_safety;
 mod operator_cli;
 mod statements;

@@ -1001,3 +1001,95 @@ both!(
         assert_eq!(event["status"], "ignored");
     }
 );
+
+both!(
+    bodies_processing_could_not_read_are_refused_at_the_door,
+    |backend| async move {
+        let w =
+            World::start_with(backend, stripe_secrets(DaemonOptions::default(), &[SECRET])).await;
+        let d = &w.daemon;
+        // Nested deeper than the JSON reader goes.
+        let deep = format!(
+            "{{\"id\": \"evt_deep\", \"type\": \"customer.created\", \"data\": {{\"object\": {}1{}}}}}",
+            "[".repeat(130),
+            "]".repeat(130)
+        );
+        let (status, answer) = post_signed(d, SECRET, &deep).await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error"]["code"], "invalid_body");
+        // A NUL in the event id (no text column stores it).
+        let nul = event_body("evt_nulX", "customer.created").replace("evt_nulX", "evt_nul\\u0000x");
+        assert!(nul.contains("evt_nul\\u0000x"), "{nul}");
+        let (status, answer) = post_signed(d, SECRET, &nul).await;
+        assert_eq!(status, 400, "{answer}");
+        // A PaymentIntent whose id is not a string: it could never be told apart from another.
+        let odd = json!({"id": "evt_odd", "object": "event", "type": "payment_intent.succeeded",
+                         "data": {"object": {"id": 42, "object": "payment_intent",
+                                             "amount_received": 100, "currency": "usd"}}})
+        .to_string();
+        let (status, answer) = post_signed(d, SECRET, &odd).await;
+        assert_eq!(status, 400, "{answer}");
+        assert!(events(d, "").await.is_empty(), "nothing stored");
+        // A body just within the limits is taken.
+        let fine = format!(
+            "{{\"id\": \"evt_fine\", \"type\": \"customer.created\", \"data\": {{\"object\": {}1{}}}}}",
+            "[".repeat(100),
+            "]".repeat(100)
+        );
+        let (status, answer) = post_signed(d, SECRET, &fine).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+);
+
+both!(
+    a_delivery_the_database_cannot_take_is_answered_503_within_seconds,
+    |backend| async move {
+        let w =
+            World::start_with(backend, stripe_secrets(DaemonOptions::default(), &[SECRET])).await;
+        let d = &w.daemon;
+        // Something holds the table the events go into (a long migration, a stuck session).
+        let body = event_body("evt_blocked", "customer.created");
+        let started;
+        let (status, answer) = match backend {
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&w.db.url).await.unwrap();
+                let mut tx = pool.begin().await.unwrap();
+                sqlx::query("LOCK TABLE webhook_events IN ACCESS EXCLUSIVE MODE")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                started = Instant::now();
+                let answer = post_signed(d, SECRET, &body).await;
+                tx.rollback().await.unwrap();
+                answer
+            }
+            Backend::Sqlite => {
+                let pool = sqlx::SqlitePool::connect(&w.db.url).await.unwrap();
+                let mut conn = pool.acquire().await.unwrap();
+                sqlx::query("BEGIN IMMEDIATE")
+                    .execute(&mut *conn)
+                    .await
+                    .unwrap();
+                started = Instant::now();
+                let answer = post_signed(d, SECRET, &body).await;
+                sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
+                answer
+            }
+        };
+        let took = started.elapsed();
+        assert_eq!(status, 503, "{answer}");
+        assert!(took < Duration::from_secs(4), "answered after {took:?}");
+        // Delivered again once the database takes writes: stored once.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, answer) = post_signed(d, SECRET, &body).await;
+            if status == 200 {
+                break;
+            }
+            assert_eq!(status, 503, "{answer}");
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(events(d, "").await.len(), 1);
+    }
+);

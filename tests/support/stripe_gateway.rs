@@ -86,6 +86,14 @@ impl FailMode {
     }
 }
 
+/// A failure for one request: instead of the work (`Before`) or after it, instead of its answer
+/// (`After`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    Before(FailMode),
+    After(FailMode),
+}
+
 /// One request as the gateway received it (recorded before authentication and failure injection).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordedRequest {
@@ -203,6 +211,12 @@ impl StripeGateway {
         self.shared.lock().fail_before = Some(mode);
     }
 
+    /// Failures for the next refund requests (`POST /v1/refunds`), one per request in order
+    /// (`None`: that one goes through).
+    pub fn queue_refund_faults(&self, faults: Vec<Option<Fault>>) {
+        self.shared.lock().refund_faults = faults.into();
+    }
+
     /// An outage of the money endpoints (PaymentIntents, refunds, their search) until cleared with
     /// None: every such request fails with `mode` before any work is done.
     pub fn set_outage(&self, mode: Option<FailMode>) {
@@ -283,6 +297,7 @@ struct GatewayState {
     fail_before: Option<FailMode>,
     fail_after: Option<FailMode>,
     outage: Option<FailMode>,
+    refund_faults: std::collections::VecDeque<Option<Fault>>,
     api_version: Option<String>,
     requests: Vec<RecordedRequest>,
     customers: Vec<Value>,
@@ -688,15 +703,29 @@ async fn process(shared: Arc<Shared>, req: Incoming) -> Outcome {
         return Outcome::Answer(Answer::new(401, &err.body(&req.request_id)));
     }
     let charge = is_charge_request(&req.method, &req.path, &req.params);
-    let before = {
+    let refund = req.method == Method::POST && req.path == "/v1/refunds";
+    let (before, refund_after) = {
         let mut state = shared.lock();
         let money =
             req.path.starts_with("/v1/payment_intents") || req.path.starts_with("/v1/refunds");
-        match state.outage {
+        let refund_fault = if refund {
+            state.refund_faults.pop_front().flatten()
+        } else {
+            None
+        };
+        let before = match state.outage {
             Some(mode) if money => Some(mode),
             _ if charge => state.fail_before.take(),
+            _ => match refund_fault {
+                Some(Fault::Before(mode)) => Some(mode),
+                _ => None,
+            },
+        };
+        let after = match refund_fault {
+            Some(Fault::After(mode)) => Some(mode),
             _ => None,
-        }
+        };
+        (before, after)
     };
     match before {
         None => {}
@@ -718,7 +747,7 @@ async fn process(shared: Arc<Shared>, req: Incoming) -> Outcome {
         let after = if charge {
             state.fail_after.take()
         } else {
-            None
+            refund_after
         };
         (answer, after, state.latency)
     };

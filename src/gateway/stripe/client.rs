@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use settled_jobs::gateway::{
     CardSummary, ChargeRequest, ChargeResult, ChargeStatus, Gateway, GatewayError,
-    NewGatewayCustomer,
+    NewGatewayCustomer, RefundRequest, RefundResult, RefundStatus,
 };
 use stripe::{
     ApiErrorsType, Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError,
@@ -16,7 +16,6 @@ use stripe::{
 use stripe_client_core::{RequestBuilder, StripeMethod};
 use stripe_core::customer::CreateCustomer;
 use stripe_core::payment_intent::SearchPaymentIntent;
-use stripe_core::refund::CreateRefund;
 use stripe_core::{PaymentIntent, PaymentIntentStatus};
 use stripe_payment::payment_method::{AttachPaymentMethod, DetachPaymentMethod};
 
@@ -78,6 +77,42 @@ impl<'a> CreateCharge<'a> {
                 payment_method: &r.payment_method,
             },
         }
+    }
+}
+
+/// A refund, in a fixed order for the same reason as [`ChargeParams`].
+#[derive(Debug, serde::Serialize)]
+struct RefundParams<'a> {
+    amount: i64,
+    metadata: std::collections::BTreeMap<&'a str, &'a str>,
+    payment_intent: &'a str,
+}
+
+struct CreateRefund<'a> {
+    params: RefundParams<'a>,
+}
+
+impl<'a> CreateRefund<'a> {
+    fn of(r: &'a RefundRequest) -> Self {
+        CreateRefund {
+            params: RefundParams {
+                amount: r.amount,
+                metadata: r
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect(),
+                payment_intent: &r.payment_intent_id,
+            },
+        }
+    }
+}
+
+impl StripeRequest for CreateRefund<'_> {
+    type Output = stripe_core::Refund;
+
+    fn build(&self) -> RequestBuilder {
+        RequestBuilder::new(StripeMethod::Post, "/refunds").form(&self.params)
     }
 }
 
@@ -196,23 +231,25 @@ impl Gateway for StripeGateway {
         }
     }
 
-    async fn refund(
-        &self,
-        payment_intent_id: &str,
-        amount: i64,
-        idempotency_key: &str,
-    ) -> Result<String, GatewayError> {
-        let key = IdempotencyKey::new(idempotency_key)
+    async fn refund(&self, r: &RefundRequest) -> Result<RefundResult, GatewayError> {
+        let key = IdempotencyKey::new(&r.idempotency_key)
             .map_err(|e| GatewayError::Unknown(format!("unusable idempotency key: {e}")))?;
-        let refund = CreateRefund::new()
-            .payment_intent(payment_intent_id)
-            .amount(amount)
+        let refund = CreateRefund::of(r)
             .customize()
             .request_strategy(RequestStrategy::Idempotent(key))
             .send(&self.client)
             .await
             .map_err(classify)?;
-        Ok(refund.id.to_string())
+        let status = match refund.status.as_deref() {
+            Some("succeeded") => RefundStatus::Succeeded,
+            Some("failed" | "canceled") => RefundStatus::Failed,
+            _ => RefundStatus::Pending,
+        };
+        Ok(RefundResult {
+            refund_id: refund.id.to_string(),
+            status,
+            failure_reason: refund.failure_reason.map(|f| f.to_string()),
+        })
     }
 
     async fn find_charge(

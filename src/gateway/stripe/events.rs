@@ -55,7 +55,7 @@ fn attempt_ref(pi: &Value) -> Option<AttemptRef> {
 
 fn succeeded(pi: &Value) -> Parsed {
     let Some(pi_id) = text(pi, "id") else {
-        return Parsed::Ignored("the PaymentIntent has no id".into());
+        return Parsed::Malformed("the PaymentIntent has no string id".into());
     };
     let amount = pi["amount_received"].as_i64().unwrap_or(0);
     let currency = text(pi, "currency").unwrap_or("").to_uppercase();
@@ -76,7 +76,7 @@ fn succeeded(pi: &Value) -> Parsed {
 
 fn failed(pi: &Value) -> Parsed {
     let Some(pi_id) = text(pi, "id") else {
-        return Parsed::Ignored("the PaymentIntent has no id".into());
+        return Parsed::Malformed("the PaymentIntent has no string id".into());
     };
     let err = &pi["last_payment_error"];
     Parsed::Event(GatewayEvent::PaymentFailed(PaymentFailed {
@@ -105,6 +105,7 @@ fn refunded(charge: &Value) -> Parsed {
                         id: text(r, "id")?.to_string(),
                         amount: r["amount"].as_i64()?,
                         status: text(r, "status").map(str::to_string),
+                        ours: r["metadata"]["refund_id"].as_str().map(str::to_string),
                     })
                 })
                 .collect()
@@ -136,6 +137,7 @@ fn dispute(d: &Value, opened: bool) -> Parsed {
         DisputePhase::Lost
     };
     Parsed::Event(GatewayEvent::Dispute(Dispute {
+        id: text(d, "id").map(str::to_string),
         gateway_payment_id: pi.map(str::to_string),
         charge_id: charge.map(str::to_string),
         phase,

@@ -1,8 +1,9 @@
 //! Durable intake with group commits. A verified delivery is handed to a small pool of writer
-//! tasks; each takes every delivery waiting at that moment and stores them, with their
-//! process_event jobs, in one transaction. Each request is answered only after the transaction
-//! holding its event committed (a 2xx means the event is durable), but concurrent deliveries share one commit (one fsync)
-//! instead of paying for one each.
+//! tasks; each takes every delivery waiting at that moment and stores them in one transaction.
+//! Each request is answered only after the transaction holding its event committed (a 2xx means
+//! the event is durable), but concurrent deliveries share one commit (one fsync) instead of
+//! paying for one each. A delivery not stored within [`ANSWER_WITHIN`] (the database is away or
+//! stuck) is answered 503 so the gateway delivers it again, rather than held until it times out.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -22,11 +23,13 @@ const MAX_BATCH: usize = 256;
 const WRITERS: usize = 2;
 /// Deliveries waiting for a writer before new ones wait for room (back-pressure, bounded memory).
 const QUEUE_DEPTH: usize = 4096;
+/// The longest a delivery waits for its commit before it is answered 503.
+pub const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What became of a verified delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stored {
-    /// Stored now, with its process_event job.
+    /// Stored now.
     New,
     /// This (source, event id) was stored before; nothing new was written.
     Duplicate,
@@ -115,13 +118,24 @@ impl Intake {
             .sender
             .get_or_init(|| spawn_writers(self.billing.clone(), self.scheduler.clone()));
         let (reply, answer) = oneshot::channel();
-        sender
-            .send(Pending { event, reply })
+        let stored = async {
+            sender
+                .send(Pending { event, reply })
+                .await
+                .map_err(|_| "the intake writer has stopped".to_string())?;
+            answer
+                .await
+                .map_err(|_| "the intake writer stopped before answering".to_string())?
+        };
+        // If the commit comes after all, the gateway's next delivery is a duplicate: 200.
+        tokio::time::timeout(ANSWER_WITHIN, stored)
             .await
-            .map_err(|_| "the intake writer has stopped".to_string())?;
-        answer
-            .await
-            .map_err(|_| "the intake writer stopped before answering".to_string())?
+            .map_err(|_| {
+                format!(
+                    "the event was not stored within {} s; the database is not answering",
+                    ANSWER_WITHIN.as_secs()
+                )
+            })?
     }
 }
 

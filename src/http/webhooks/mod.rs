@@ -33,6 +33,7 @@ use intake::{Intake, Stored};
 use signature::Refusal;
 
 pub mod intake;
+mod shape;
 pub mod signature;
 
 /// Longest event id accepted (Stripe's are about 30 characters).
@@ -184,8 +185,16 @@ fn short_string(v: Option<serde_json::Value>) -> Option<String> {
 }
 
 /// The body as text, its `id` and its `type`; `id_required` for Stripe (Standard Webhooks carry
-/// the event id in `webhook-id`).
-fn parse_body(raw: Vec<u8>, id_required: bool) -> Result<(String, Option<String>, String), String> {
+/// the event id in `webhook-id`). Refused here, before anything is stored, is every body that
+/// processing could not read: not UTF-8 or JSON, nested too deep, holding a NUL (no text column
+/// stores one), or of a handled type its source's adapter finds malformed.
+fn parse_body(
+    raw: Vec<u8>,
+    id_required: bool,
+    source: &str,
+    delivery_id: &str,
+) -> Result<(String, Option<String>, String), String> {
+    shape::check(&raw)?;
     let text = String::from_utf8(raw).map_err(|_| "the webhook body is not UTF-8".to_string())?;
     let head: Head = serde_json::from_str(&text).map_err(|e| {
         if e.is_data() {
@@ -199,6 +208,20 @@ fn parse_body(raw: Vec<u8>, id_required: bool) -> Result<(String, Option<String>
     let id = short_string(head.id);
     if id.is_none() && id_required {
         return Err("the webhook body has no string \"id\"".into());
+    }
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("the webhook body is not valid JSON: {e}"))?;
+    let delivery = if delivery_id.is_empty() {
+        id.as_deref().unwrap_or("")
+    } else {
+        delivery_id
+    };
+    if let settled_jobs::event::Parsed::Malformed(why) =
+        crate::gateway::parse_event(source, &value, delivery)
+    {
+        return Err(format!(
+            "the webhook body is a {kind} that cannot be read: {why}"
+        ));
     }
     Ok((text, id, kind))
 }
@@ -275,7 +298,7 @@ async fn stripe(AxState(intake): AxState<Arc<Intake>>, headers: HeaderMap, body:
     ) {
         return signature_refusal(STRIPE, refusal);
     }
-    match parse_body(raw, true) {
+    match parse_body(raw, true, STRIPE, "") {
         Ok((text, Some(id), kind)) => accept(&intake, STRIPE, id, kind, text).await,
         Ok((_, None, _)) => body_refusal(STRIPE, "the webhook body has no string \"id\""),
         Err(message) => body_refusal(STRIPE, &message),
@@ -330,7 +353,7 @@ async fn standard(
     if event_id.len() > MAX_EVENT_ID {
         return body_refusal(&source, "the webhook-id header is too long");
     }
-    match parse_body(raw, false) {
+    match parse_body(raw, false, &source, &event_id) {
         Ok((text, _, kind)) => accept(&intake, &source, event_id, kind, text).await,
         Err(message) => body_refusal(&source, &message),
     }

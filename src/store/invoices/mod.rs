@@ -467,6 +467,47 @@ pub async fn reduce_due(
     Ok(InvoiceStatus::parse(&status).unwrap_or(InvoiceStatus::Open))
 }
 
+/// Gives `amount` of credit or retainer applied to the invoice back (the balance it came from is
+/// being taken away): it is due again, and reopens (partly paid when something else is left on
+/// it). A void or uncollectible invoice keeps its status.
+pub async fn unapply(
+    tx: &mut Tx,
+    id: &str,
+    from: AppliedFrom,
+    amount: i64,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let column = from.column();
+    let sql = format!(
+        "UPDATE invoices SET {column} = {column} - $2, amount_due = amount_due + $2, \
+         status = CASE WHEN status IN ('void', 'uncollectible') THEN status \
+         WHEN amount_paid + credits_applied + retainer_applied - $2 > 0 THEN 'partially_paid' \
+         ELSE 'open' END, paid_at = NULL, updated_at = $3 WHERE id = $1"
+    );
+    on_tx!(tx, c => {
+        sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(id)
+            .bind(amount)
+            .bind(ms(now))
+            .execute(&mut *c)
+            .await?;
+    });
+    Ok(())
+}
+
+/// The late fees added to an invoice, in minor units.
+pub async fn late_fees_of(tx: &mut Tx, id: &str) -> Result<i64> {
+    Ok(on_tx!(tx, c => {
+        sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM invoice_lines \
+             WHERE invoice_id = $1 AND kind = 'late_fee'",
+        )
+        .bind(id)
+        .fetch_one(&mut *c)
+        .await?
+    }))
+}
+
 /// Voids the invoice: nothing is due and no balance stays applied to it.
 pub async fn set_void(tx: &mut Tx, id: &str, now: DateTime<Utc>) -> Result<()> {
     on_tx!(tx, c => {

@@ -2,7 +2,11 @@
 //! paid reopen (newest first, and what was left over as credit is taken back from there); with
 //! `billing.refunds = "credit"` the invoices stay settled and the customer gets the amount as
 //! credit instead. Each refund is unique on the gateway's refund id, so hearing of it twice
-//! (the gateway's event listing it again, a replayed webhook) records it once.
+//! (the gateway's event listing it again, a replayed webhook) records it once; one the daemon
+//! asked for itself (`outgoing`) is known by its own id in the refund's metadata. Only
+//! refunds that succeeded count.
+
+pub mod outgoing;
 
 use chrono::{DateTime, Utc};
 use settled_jobs::allocation::{Reversal, reverse};
@@ -30,14 +34,32 @@ pub async fn refunded(
         // The refund overtook its payment: try again once the payment is recorded.
         return Err(Error::WaitingFor(pi_id.to_string()));
     };
+    let mut refunds: Vec<(String, i64)> = Vec::new();
+    for r in &event.refunds {
+        // A refund still pending, failed or canceled moved no money (yet).
+        if r.status.as_deref().is_some_and(|s| s != "succeeded") {
+            continue;
+        }
+        if let Some(ours) = &r.ours
+            && rows::ours_of_payment(tx, ours, &payment.id)
+                .await?
+                .is_some()
+        {
+            // One the daemon sent: the gateway tells its outcome before our call's answer did.
+            if let Some(o) = rows::lock_outgoing(tx, ours).await? {
+                outgoing::succeeded(tx, &o, &r.id, now).await?;
+            }
+            continue;
+        }
+        refunds.push((r.id.clone(), r.amount));
+    }
+    // What counts as refunded already includes the daemon's own refunds still pending.
+    let payment = payments::lock_by_gateway_id(tx, source, pi_id)
+        .await?
+        .unwrap_or(payment);
     let already = payment.amount_refunded;
     let total_refunded = event.amount_refunded.min(payment.amount);
-    let mut refunds: Vec<(String, i64)> = event
-        .refunds
-        .iter()
-        .map(|r| (r.id.clone(), r.amount))
-        .collect();
-    if refunds.is_empty() && total_refunded > already {
+    if event.refunds.is_empty() && total_refunded > already {
         // An event without the refund list: one refund for the difference, keyed by the charge.
         let key = format!(
             "{}:{total_refunded}",
@@ -62,6 +84,9 @@ pub async fn refunded(
             to_credit,
             reason: None,
             at: now,
+            status: rows::status::SUCCEEDED,
+            idempotency_key: None,
+            retainer_id: None,
         };
         if !rows::insert(tx, &new).await? {
             continue;
@@ -75,6 +100,7 @@ pub async fn refunded(
             amount,
             to_credit,
             &id,
+            "refund",
             now,
         )
         .await?;
@@ -89,7 +115,7 @@ pub async fn refunded(
 
 /// Undoes `amount` of a payment (see the module's description).
 #[allow(clippy::too_many_arguments)]
-async fn reverse_payment(
+pub(crate) async fn reverse_payment(
     tx: &mut Tx,
     payment_id: &str,
     customer_id: &str,
@@ -97,6 +123,7 @@ async fn reverse_payment(
     amount: i64,
     to_credit: bool,
     refund_id: &str,
+    kind: &str,
     now: DateTime<Utc>,
 ) -> Result<()> {
     let allocations = payments::allocations_newest_first(tx, payment_id).await?;
@@ -122,6 +149,9 @@ async fn reverse_payment(
         Reversal::Reopen { parts, from_credit } => {
             for part in &parts {
                 invoices::take_back_payment(tx, &part.id, part.amount, now).await?;
+                // A retainer invoice paid by this payment loses that much of its deposit.
+                super::retainers::reverse_deposit(tx, &part.id, part.amount, Some(payment_id), now)
+                    .await?;
                 let whole = allocations
                     .iter()
                     .any(|(id, a)| *id == part.id && *a == part.amount);
@@ -132,7 +162,7 @@ async fn reverse_payment(
                         customer_id,
                         currency,
                         account: Account::Receivable,
-                        kind: "refund",
+                        kind,
                         amount: part.amount,
                         invoice_id: Some(&part.id),
                         payment_id: Some(payment_id),
@@ -145,36 +175,31 @@ async fn reverse_payment(
             }
             if from_credit > 0 {
                 // The rest of the payment had become credit (an overpayment): the refund takes
-                // it back.
-                ledger::record(
-                    tx,
-                    &[Entry {
+                // it back, from the invoices it paid since if it was spent.
+                let mut left = from_credit;
+                for (note, _) in balances::lock_overpayment_credit(tx, payment_id).await? {
+                    if left == 0 {
+                        break;
+                    }
+                    left -= credits::take_back(
+                        tx,
+                        Pool::Credit,
+                        &note,
                         customer_id,
                         currency,
-                        account: Account::Credit,
-                        kind: "refund",
-                        amount: -from_credit,
-                        invoice_id: None,
-                        payment_id: Some(payment_id),
-                        object_id: Some(refund_id),
-                        memo: None,
-                        at: now,
-                    }],
-                )
-                .await?;
-                take_back_overpayment(tx, payment_id, from_credit).await?;
+                        left,
+                        kind,
+                        Some(payment_id),
+                        now,
+                    )
+                    .await?;
+                }
+                if left > 0 {
+                    return Err(Error::permanent(format!(
+                        "refund {refund_id}: the credit payment {payment_id} left is short by {left}"
+                    )));
+                }
             }
-        }
-    }
-    Ok(())
-}
-
-/// Takes `amount` back out of the credit a payment's excess became.
-async fn take_back_overpayment(tx: &mut Tx, payment_id: &str, amount: i64) -> Result<()> {
-    for (note, remaining) in balances::lock_overpayment_credit(tx, payment_id).await? {
-        if remaining >= amount {
-            balances::take(tx, Pool::Credit, &note, amount).await?;
-            return Ok(());
         }
     }
     Ok(())
