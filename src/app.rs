@@ -51,6 +51,7 @@ impl Context {
             scheduler: runner.scheduler.clone(),
             manual_clock,
             tokens,
+            ready: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(Context {
             billing,
@@ -122,14 +123,13 @@ impl Application {
                 crate::http::ops_router(state.clone())
             };
             let token = shutdown.clone();
-            tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { token.cancelled().await })
-                    .await
-            })
+            let limits = crate::http::listener::Limits::of(&config.server);
+            raise_open_file_limit(limits.max_connections);
+            tokio::spawn(crate::http::listener::serve(listener, app, limits, token))
         });
         prepare_database(&billing, &shutdown).await;
         resume_manual_clock(&state).await;
+        state.set_ready();
         let workers = if config.daemon.role.runs_workers() && !shutdown.is_cancelled() {
             Some(crate::runner::start(runner.clone()))
         } else {
@@ -153,6 +153,29 @@ impl Application {
         billing.db.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Raises the soft open-file limit towards the hard one so `server.max_connections` sockets fit
+/// beside the database pool and the files the daemon writes (systemd sets the hard limit with
+/// `LimitNOFILE=`).
+fn raise_open_file_limit(connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let wanted = (connections as libc::rlim_t + 256).min(limit.rlim_max);
+        if wanted > limit.rlim_cur {
+            limit.rlim_cur = wanted;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!("cannot raise the open-file limit; fewer connections fit");
+            }
+        }
     }
 }
 

@@ -139,6 +139,10 @@ fn describe() {
         "Time one job run took, by kind and outcome (done, retry, failed)."
     );
     describe_counter!(
+        "settled_http_connections_refused_total",
+        "Connections answered 503 and closed because server.max_connections were being served."
+    );
+    describe_counter!(
         "settled_work_items_total",
         "Items of due work taken by drain batches, by kind."
     );
@@ -511,6 +515,11 @@ impl ChargeOutcome {
                 .increment(minor);
         }
     }
+}
+
+/// A connection over `server.max_connections` was refused.
+pub fn connection_refused() {
+    metrics::counter!("settled_http_connections_refused_total").increment(1);
 }
 
 /// One try at an outbox row ended: sent, failed for good, or to be tried again.

@@ -48,6 +48,8 @@ pub struct RefundRequest {
     pub payment_intent_id: String,
     /// Minor units.
     pub amount: i64,
+    /// The payment's currency (ISO 4217, upper case).
+    pub currency: String,
     /// Sent as the refund's metadata (`refund_id`: ours), sorted by key.
     pub metadata: Vec<(String, String)>,
 }

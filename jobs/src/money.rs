@@ -58,7 +58,8 @@ pub enum MoneyError {
 
 /// An ISO 4217 currency and the number of decimal places of its minor unit.
 ///
-/// Only currencies Stripe can charge are known, with the exponents Stripe uses for them.
+/// Only currencies Stripe can charge are known, each with its ISO 4217 exponent; where Stripe
+/// counts one differently (ISK, UGX, MGA), the Stripe adapter converts at its boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Currency {
     code: &'static str,

@@ -291,6 +291,27 @@ pub async fn payments(state: &Arc<AppState>, cmd: PaymentsCommand) -> anyhow::Re
         PaymentsCommand::Show { id } => {
             call(state, Method::GET, &format!("/v1/payments/{id}"), None).await
         }
+        PaymentsCommand::Refund {
+            id,
+            amount,
+            reason,
+            as_credit,
+        } => {
+            let mut body = json!({"as_credit": as_credit});
+            if let Some(a) = amount {
+                body["amount"] = json!(a);
+            }
+            if let Some(r) = reason {
+                body["reason"] = json!(r);
+            }
+            call(
+                state,
+                Method::POST,
+                &format!("/v1/payments/{id}/refunds"),
+                Some(body),
+            )
+            .await
+        }
     }
 }
 
@@ -349,49 +370,14 @@ pub async fn emails(state: &Arc<AppState>, cmd: EmailsCommand) -> anyhow::Result
     }
 }
 
-pub async fn webhooks(state: &Arc<AppState>, cmd: WebhooksCommand) -> anyhow::Result<Answer> {
-    match cmd {
-        WebhooksCommand::List { status, source } => {
-            let q = query(&[("status", &status), ("source", &source)]);
-            call(state, Method::GET, &format!("/v1/webhook_events{q}"), None).await
-        }
-        WebhooksCommand::Show { id } => {
-            call(
-                state,
-                Method::GET,
-                &format!("/v1/webhook_events/{id}"),
-                None,
-            )
-            .await
-        }
-        WebhooksCommand::Replay {
-            id,
-            status,
-            source,
-            wait,
-            timeout,
-        } => match (id, status) {
-            (Some(id), _) => {
-                call(
-                    state,
-                    Method::POST,
-                    &format!("/v1/webhook_events/{id}/replay"),
-                    Some(json!({})),
-                )
-                .await
-            }
-            (None, Some(status)) => {
-                replay_all(state, status, source, wait, Duration::from_secs(timeout)).await
-            }
-            (None, None) => anyhow::bail!("give an event id or --status"),
-        },
-    }
-}
-
 pub async fn clock(state: &Arc<AppState>, cmd: ClockCommand) -> anyhow::Result<Answer> {
     match cmd {
         ClockCommand::Show => call(state, Method::GET, "/v1/clock", None).await,
         ClockCommand::Advance { to, wait, timeout } => {
+            // Counted before the advance: a running daemon may write invoices at once.
+            let invoices_before = crate::store::invoices::count(&state.billing.db)
+                .await
+                .unwrap_or(0);
             let answer = call(
                 state,
                 Method::POST,
@@ -402,7 +388,7 @@ pub async fn clock(state: &Arc<AppState>, cmd: ClockCommand) -> anyhow::Result<A
             if !wait || answer.status != 202 {
                 return Ok(answer);
             }
-            wait_until_ready(state, Duration::from_secs(timeout)).await
+            wait_until_ready(state, invoices_before, Duration::from_secs(timeout)).await
         }
     }
 }
@@ -414,12 +400,15 @@ pub const TIMED_OUT: u16 = 504;
 /// was done since the wait began (invoices written, and every other item of work that left the
 /// pending count) against that plus what is still pending, so a catch-up of many periods shows a
 /// bar that grows as generation makes charges and emails due.
-async fn wait_until_ready(state: &Arc<AppState>, within: Duration) -> anyhow::Result<Answer> {
+async fn wait_until_ready(
+    state: &Arc<AppState>,
+    invoices_before: i64,
+    within: Duration,
+) -> anyhow::Result<Answer> {
     use settled_jobs::job::WorkKind;
     let deadline = Instant::now() + within;
     let mut progress = Progress::new("catching up", Some(0), Duration::from_secs(5));
     let db = &state.billing.db;
-    let invoices_before = crate::store::invoices::count(db).await.unwrap_or(0);
     let mut other_done: u64 = 0;
     let mut last_other: Option<u64> = None;
     loop {
@@ -518,122 +507,4 @@ pub async fn payment_methods(
             .await
         }
     }
-}
-
-/// Every stored event with `status` (and `source`), following pages.
-async fn event_ids(
-    state: &Arc<AppState>,
-    status: &str,
-    source: &Option<String>,
-) -> anyhow::Result<Result<Vec<String>, Answer>> {
-    let mut ids = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let q = query(&[
-            ("status", &Some(status.to_string())),
-            ("source", source),
-            ("starting_after", &after),
-        ]);
-        let sep = if q.is_empty() { "?" } else { "&" };
-        let answer = call(
-            state,
-            Method::GET,
-            &format!("/v1/webhook_events{q}{sep}limit=1000"),
-            None,
-        )
-        .await?;
-        if answer.status != 200 {
-            return Ok(Err(answer));
-        }
-        let page = answer.body["data"].as_array().cloned().unwrap_or_default();
-        ids.extend(
-            page.iter()
-                .filter_map(|e| e["id"].as_str().map(String::from)),
-        );
-        after = ids.last().cloned();
-        if answer.body["has_more"] != true || page.is_empty() {
-            return Ok(Ok(ids));
-        }
-    }
-}
-
-/// Replays every event with `status`, oldest first, with progress; with `wait`, then waits
-/// until none of them is still waiting to be processed.
-async fn replay_all(
-    state: &Arc<AppState>,
-    status: String,
-    source: Option<String>,
-    wait: bool,
-    within: Duration,
-) -> anyhow::Result<Answer> {
-    let mut ids = match event_ids(state, &status, &source).await? {
-        Ok(ids) => ids,
-        Err(refused) => return Ok(refused),
-    };
-    ids.reverse();
-    let total = ids.len();
-    let mut progress = Progress::new("replaying", Some(total as u64), Duration::from_secs(2));
-    let mut refused = Vec::new();
-    for id in &ids {
-        let answer = call(
-            state,
-            Method::POST,
-            &format!("/v1/webhook_events/{id}/replay"),
-            Some(json!({})),
-        )
-        .await?;
-        if answer.status != 200 {
-            refused.push(json!({"id": id, "status": answer.status, "error": answer.body["error"]}));
-        }
-        progress.inc(id);
-    }
-    progress.finish(&format!(
-        "{} of {total} events replayed",
-        total - refused.len()
-    ));
-    let mut summary = json!({
-        "object": "replay_summary",
-        "status": status,
-        "selected": total,
-        "replayed": total - refused.len(),
-        "refused": refused,
-    });
-    if wait && total > 0 {
-        let deadline = Instant::now() + within;
-        let mut progress = Progress::new("processing", Some(total as u64), Duration::from_secs(5));
-        loop {
-            let mut pending = 0u64;
-            let mut outcomes: std::collections::BTreeMap<String, u64> = Default::default();
-            for id in &ids {
-                let event = crate::store::webhook_events::get(&state.billing.db, id).await?;
-                let s = event.map(|e| e.status).unwrap_or_else(|| "gone".into());
-                if s == "received" {
-                    pending += 1;
-                } else {
-                    *outcomes.entry(s).or_default() += 1;
-                }
-            }
-            progress.set(total as u64 - pending, &format!("{pending} waiting"));
-            if pending == 0 {
-                progress.finish("every replayed event was processed");
-                summary["outcomes"] = json!(outcomes);
-                break;
-            }
-            if Instant::now() >= deadline {
-                progress.finish("gave up waiting");
-                return Ok(Answer {
-                    status: TIMED_OUT,
-                    body: json!({"error": {"code": "timeout", "message": format!(
-                        "{pending} replayed events are still waiting after {} s; is a daemon with workers running on this database?",
-                        within.as_secs()
-                    )}}),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-    Ok(Answer {
-        status: 200,
-        body: summary,
-    })
 }

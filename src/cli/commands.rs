@@ -212,6 +212,21 @@ pub enum PaymentsCommand {
     /// Show one payment with its refunds and allocations.
     #[command(after_help = "Example:\n  settled payments show pay_123")]
     Show { id: String },
+    /// Refund all or part of a payment, through its gateway (offline payments: recorded as paid
+    /// back by other means). The invoice reopens, or the amount becomes credit with --as-credit.
+    #[command(
+        after_help = "Examples:\n  settled payments refund pay_123\n  settled payments refund pay_123 --amount 10.00 --reason \"damaged\" --as-credit"
+    )]
+    Refund {
+        id: String,
+        /// Decimal string; absent = everything not yet refunded.
+        #[arg(long)]
+        amount: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        as_credit: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -14,6 +14,7 @@ pub mod admin;
 pub mod commands;
 pub mod request;
 pub mod table;
+pub mod webhooks;
 
 /// Exit codes that mean something to scripts and systemd.
 pub mod exit {
@@ -205,6 +206,7 @@ pub fn main() -> ExitCode {
             admin => {
                 let state = crate::app::Context::build(config).await?.http;
                 state.billing.db.migrate().await?;
+                state.set_ready();
                 let answer = match admin {
                     Command::Customers(c) => admin::customers(&state, c).await?,
                     Command::PaymentMethods(c) => admin::payment_methods(&state, c).await?,
@@ -214,7 +216,7 @@ pub fn main() -> ExitCode {
                     Command::CreditNotes(c) => admin::credit_notes(&state, c).await?,
                     Command::Jobs(c) => admin::jobs(&state, c).await?,
                     Command::Emails(c) => admin::emails(&state, c).await?,
-                    Command::Webhooks(c) => admin::webhooks(&state, c).await?,
+                    Command::Webhooks(c) => webhooks::webhooks(&state, c).await?,
                     Command::Clock(c) => admin::clock(&state, c).await?,
                     _ => unreachable!("handled above"),
                 };

@@ -69,6 +69,10 @@ pub struct DaemonConfig {
 pub struct ServerConfig {
     pub listen: String,
     pub max_body_bytes: usize,
+    pub header_read_timeout_seconds: u64,
+    pub body_read_timeout_seconds: u64,
+    pub request_timeout_seconds: u64,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -29,7 +29,9 @@ pub fn router() -> Router<Arc<AppState>> {
 struct ChargeBody {
     /// Decimal string; absent = everything due.
     amount: Option<String>,
-    /// One of the customer's saved methods (spm_...); absent = the default one.
+    /// One of the customer's saved methods (spm_...); absent = the default one. The contract
+    /// calls it `payment_method_id`; `payment_method` is read too.
+    #[serde(alias = "payment_method_id")]
     payment_method: Option<String>,
     /// When given, must be the currency charged.
     currency: Option<String>,
@@ -76,7 +78,7 @@ fn requested_amount(given: &Option<String>, currency: &str, max: i64) -> Result<
     Ok(m.minor)
 }
 
-/// `POST /v1/invoices/{id}/charge {amount?, payment_method?}`: 200 with the invoice when the charge
+/// `POST /v1/invoices/{id}/charge {amount?, payment_method_id?}`: 200 with the invoice when the charge
 /// went through, 402 when declined, 202 when the gateway's answer is not known yet (it is asked
 /// again under the same key; the invoice shows the outcome once known).
 async fn charge_invoice(

@@ -20,6 +20,9 @@ pub enum ApiError {
     /// 409: the request conflicts with the object's state.
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// 408: the body did not arrive in time.
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     /// 413
     #[error("the request body is larger than {0} bytes")]
     TooLarge(usize),
@@ -35,6 +38,9 @@ pub enum ApiError {
     /// 502: the payment gateway refused or failed.
     #[error("{0}")]
     Gateway(String),
+    /// 503 with its own code: not ready yet, no answer in time, too busy.
+    #[error("{message}")]
+    Busy { code: &'static str, message: String },
     /// 503: storage unavailable.
     #[error("the database is unavailable")]
     Unavailable(#[source] anyhow::Error),
@@ -70,9 +76,11 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             ApiError::Invalid { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             ApiError::Declined { .. } => (StatusCode::PAYMENT_REQUIRED, "card_declined"),
             ApiError::Gateway(_) => (StatusCode::BAD_GATEWAY, "gateway_error"),
+            ApiError::Busy { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Unexpected(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }

@@ -23,6 +23,8 @@ where
                 return Err(
                     if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                         ApiError::TooLarge(0)
+                    } else if body_timed_out(&rejection) {
+                        ApiError::BodyTimeout
                     } else {
                         ApiError::Malformed(rejection.body_text())
                     },
@@ -31,6 +33,18 @@ where
         };
         parse(&bytes).map(ApiJson)
     }
+}
+
+/// Whether the body stopped because it did not arrive within `server.body_read_timeout_seconds`.
+pub fn body_timed_out(rejection: &axum::extract::rejection::BytesRejection) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(e) = source {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {

@@ -31,13 +31,44 @@ async fn readyz(AxState(state): AxState<Arc<AppState>>) -> impl IntoResponse {
             Json(json!({"status": "unavailable", "reason": "the database does not answer"})),
         );
     }
-    if !db.migrations_applied().await {
+    if !db.migrations_applied().await || !state.is_ready() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "unavailable", "reason": "migrations are not applied"})),
         );
     }
-    (StatusCode::OK, Json(json!({"status": "ready"})))
+    // Work that keeps failing does not make the daemon unready (everything else still runs),
+    // but whoever looks is told, kind by kind, with how long it has been failing.
+    let failing = crate::store::work_failures::summary_from(
+        db,
+        crate::store::work_failures::REPORTED_AFTER_TRIES,
+    )
+    .await
+    .unwrap_or_default();
+    if failing.is_empty() {
+        return (StatusCode::OK, Json(json!({"status": "ready"})));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let warnings: Vec<_> = failing
+        .iter()
+        .map(|(kind, count, since)| {
+            json!({
+                "kind": kind,
+                "failed_items": count,
+                "failing_for_seconds": ((now - since) / 1000).max(0),
+                "message": format!(
+                    "{count} {kind} item(s) keep failing; see GET /v1/jobs?status=failed"
+                ),
+            })
+        })
+        .collect();
+    (
+        StatusCode::OK,
+        Json(json!({"status": "ready", "warnings": warnings})),
+    )
 }
 
 /// `GET /metrics` (Prometheus text format).

@@ -15,6 +15,7 @@ pub mod health;
 pub mod idempotency;
 pub mod invoices;
 pub mod jobs;
+pub mod listener;
 pub mod payments;
 pub mod state;
 pub mod subscriptions;
@@ -56,14 +57,43 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.billing.config.server.max_body_bytes,
         ));
     crate::metrics::install();
+    let serving = Router::new()
+        .merge(webhooks::public_router(&state))
+        .nest("/v1", admin)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_until_ready,
+        ));
     observed(
         Router::new()
             .merge(health::router())
-            .merge(webhooks::public_router(&state))
-            .nest("/v1", admin)
+            .merge(serving)
             .fallback(|| async { ApiError::NotFound("no such route".into()) }),
     )
     .with_state(state)
+}
+
+/// Until the database answers and is migrated, the admin API and intake answer 503 `not_ready`
+/// (with `Retry-After`) rather than failing on tables that do not exist yet.
+async fn refuse_until_ready(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if state.is_ready() {
+        return next.run(req).await;
+    }
+    let mut response = ApiError::Busy {
+        code: "not_ready",
+        message: "the daemon is starting: the database is not ready yet; try again shortly".into(),
+    }
+    .into_response();
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    response
 }
 
 /// What a workers-only daemon (`daemon.role = "worker"`) serves: health, readiness and metrics,

@@ -15,4 +15,17 @@ pub struct AppState {
     pub scheduler: Arc<Scheduler>,
     pub manual_clock: Option<Arc<ManualClock>>,
     pub tokens: Vec<Secret>,
+    /// Set once the database answers and its migrations are applied; until then the admin API
+    /// and webhook intake answer 503 `not_ready`.
+    pub ready: std::sync::atomic::AtomicBool,
+}
+
+impl AppState {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, std::sync::atomic::Ordering::Release);
+    }
 }

@@ -59,7 +59,7 @@ pub async fn impossible_balances(db: &Db) -> Result<i64> {
     Ok(on_db!(db, p => {
         sqlx::query_scalar(
             "SELECT (SELECT COUNT(*) FROM credit_notes WHERE remaining < 0 OR remaining > amount) \
-             + (SELECT COUNT(*) FROM retainers WHERE remaining < 0 OR remaining > amount)",
+             + (SELECT COUNT(*) FROM retainers WHERE remaining < 0 OR remaining > amount - reversed)",
         )
         .fetch_one(p)
         .await?

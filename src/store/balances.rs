@@ -86,7 +86,7 @@ pub async fn deposit_of_invoice(
     invoice_id: &str,
 ) -> Result<Option<(String, i64, i64)>> {
     let sql = format!(
-        "SELECT id, amount, remaining FROM retainers WHERE invoice_id = $1{}",
+        "SELECT id, amount - reversed, remaining FROM retainers WHERE invoice_id = $1{}",
         tx.lock_rows()
     );
     Ok(on_tx!(tx, c => {
@@ -115,7 +115,10 @@ pub async fn set_deposit(
         if grow > 0 {
             on_tx!(tx, c => {
                 sqlx::query(
-                    "UPDATE retainers SET amount = amount + $2, remaining = remaining + $2 WHERE id = $1",
+                    "UPDATE retainers SET \
+                     amount = amount + CASE WHEN $2 > reversed THEN $2 - reversed ELSE 0 END, \
+                     reversed = CASE WHEN $2 > reversed THEN 0 ELSE reversed - $2 END, \
+                     remaining = remaining + $2 WHERE id = $1",
                 )
                 .bind(&id)
                 .bind(grow)
@@ -169,7 +172,7 @@ pub async fn take_back(
     });
     let from_remaining = remaining.min(amount).max(0);
     let shrink = match pool {
-        Pool::Retainer => ", amount = amount - $2",
+        Pool::Retainer => ", reversed = reversed + $2",
         Pool::Credit => "",
     };
     let update = format!("UPDATE {table} SET remaining = remaining - $2{shrink} WHERE id = $1");
@@ -208,7 +211,7 @@ pub async fn take_back(
         "UPDATE {} SET amount = amount - $2 WHERE id = $1",
         pool.applications()
     );
-    let shrink_entry = format!("UPDATE {table} SET amount = amount - $2 WHERE id = $1");
+    let shrink_entry = format!("UPDATE {table} SET reversed = reversed + $2 WHERE id = $1");
     for (application, invoice_id, applied) in applied {
         if left == 0 {
             break;

@@ -216,10 +216,17 @@ pub async fn retry_now(db: &Db, kind: WorkKind, item_id: &str) -> Result<bool> {
 
 /// Per kind: how many items are set aside, and when the longest-failing one first failed.
 pub async fn summary(db: &Db) -> Result<Vec<(String, i64, i64)>> {
+    summary_from(db, 0).await
+}
+
+/// [`summary`] of the items that failed at least `tries` times.
+pub async fn summary_from(db: &Db, tries: i64) -> Result<Vec<(String, i64, i64)>> {
     Ok(on_db!(db, p => {
         sqlx::query_as(
-            "SELECT kind, COUNT(*), MIN(first_failed_at) FROM work_failures GROUP BY kind",
+            "SELECT kind, COUNT(*), MIN(first_failed_at) FROM work_failures \
+             WHERE tries >= $1 GROUP BY kind ORDER BY kind",
         )
+        .bind(tries)
         .fetch_all(p)
         .await?
     }))

@@ -368,7 +368,7 @@ both!(
             (json!({"amount": "1.234"}), 422, "too many decimals"),
             (json!({"currency": "EUR"}), 422, "another currency"),
             (
-                json!({"payment_method": other_pm}),
+                json!({"payment_method_id": other_pm}),
                 422,
                 "another customer's card",
             ),

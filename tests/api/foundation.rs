@@ -223,6 +223,17 @@ async fn readyz_is_503_while_postgres_is_unreachable_and_200_once_it_is_back() {
     assert_eq!(health.status(), 200);
     let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
+    // The admin API and intake say so too, instead of failing on tables not made yet.
+    let early = http
+        .get(format!("{base}/v1/customers"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(early.status(), 503);
+    assert_eq!(early.headers()["retry-after"], "1");
+    let early: serde_json::Value = early.json().await.unwrap();
+    assert_eq!(early["error"]["code"], "not_ready", "{early}");
     assert!(
         child.try_wait().unwrap().is_none(),
         "the daemon keeps running while the database is away"
@@ -336,6 +347,12 @@ both!(
             "{failed}"
         );
         assert!(d.invoices("").await.is_empty());
+        // Readiness still says ready (everything else runs) and warns of what keeps failing.
+        let (status, ready) = d.get("/readyz").await;
+        assert_eq!(status, 200, "{ready}");
+        assert_eq!(ready["status"], "ready", "{ready}");
+        assert_eq!(ready["warnings"][0]["kind"], "generate_invoice", "{ready}");
+        assert_eq!(ready["warnings"][0]["failed_items"], 1, "{ready}");
         let id = failed["id"].as_str().unwrap().to_string();
         let (status, shown) = d.get(&format!("/v1/jobs/{id}")).await;
         assert_eq!(status, 200, "{shown}");
@@ -373,6 +390,8 @@ both!(
         assert_eq!(invoices[0]["subscription_id"], sub_id.as_str());
         let (_, failed) = d.get("/v1/jobs?status=failed").await;
         assert_eq!(failed["data"].as_array().unwrap().len(), 0, "{failed}");
+        let (_, ready) = d.get("/readyz").await;
+        assert!(ready.get("warnings").is_none(), "{ready}");
 
         let (status, body) = d.post("/v1/jobs/nope/retry", json!({})).await;
         assert_eq!(status, 404, "{body}");
@@ -464,6 +483,32 @@ both!(
             out.contains("INV-2027-000001") && out.contains("58.80"),
             "{out}"
         );
+        // A wire recorded and part of it paid back, from the CLI.
+        let inv = d.invoices("").await[0]["id"].as_str().unwrap().to_string();
+        let (code, out, err) = run(&[
+            "payments",
+            "record",
+            "--invoice",
+            &inv,
+            "--amount",
+            "58.80",
+            "--method",
+            "wire",
+            "--reference",
+            "W-1",
+            "--json",
+        ]);
+        assert_eq!(code, Some(0), "{err}");
+        let payment: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let pay = payment["id"].as_str().unwrap();
+        let (code, out, err) = run(&["payments", "refund", pay, "--amount", "8.80", "--json"]);
+        assert_eq!(code, Some(0), "{err}");
+        let refund: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(refund["amount"], "8.80", "{refund}");
+        let (_, shown) = d.get(&format!("/v1/invoices/{inv}")).await;
+        assert_eq!(shown["amount_due"], "8.80", "{shown}");
+        let (code, _, err) = run(&["payments", "refund", pay, "--amount", "100.00"]);
+        assert_eq!(code, Some(3), "more than is left is refused: {err}");
     }
 );
 

@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 use crate::both;
 use crate::credits::assert_ledger;
 use crate::gateway_events::{
-    card_customer, deliver, invoice, payments_of, portal_payment, settle, show, world,
+    card_customer, deliver, invoice, payments_of, portal_payment, portal_payment_in, settle, show,
+    world,
 };
 use crate::helpers::*;
 use crate::support::stripe_gateway::{FailMode, Fault, StripeGateway};
@@ -525,6 +526,101 @@ both!(
         let (s7, refused, _) = send(body.clone(), long).await;
         assert_eq!(s7, 400, "{refused}");
         assert_eq!(refused["error"]["code"], "invalid_idempotency_key");
+        assert_ledger(d).await;
+    }
+);
+
+both!(
+    isk_counts_whole_kronur_and_crosses_to_stripe_in_its_hundredths,
+    |backend| async move {
+        let (gateway, world) = world(backend).await;
+        let d = &world.daemon;
+        let (status, c) = d
+            .post(
+                "/v1/customers",
+                json!({"email": "is@example.com", "name": "Reykjavik ehf", "currency": "ISK"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{c}");
+        let cus = c["id"].as_str().unwrap().to_string();
+        let (status, pm) = d
+            .post(
+                &format!("/v1/customers/{cus}/payment_methods"),
+                json!({"gateway": "stripe", "token": "pm_card_visa"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{pm}");
+        // ISO 4217 gives the krona no minor unit: a fraction is refused and nothing is made.
+        let (status, refused) = d
+            .post(
+                "/v1/invoices",
+                json!({"customer_id": cus, "items": [{"description": "Work", "unit_amount": "1500.50"}]}),
+            )
+            .await;
+        assert_eq!(status, 422, "{refused}");
+        let id = invoice(d, &cus, "1500").await;
+        assert_eq!(show(d, &id).await["amount_due"], "1500");
+
+        let (status, charged) = d
+            .post(&format!("/v1/invoices/{id}/charge"), json!({}))
+            .await;
+        assert!(status == 200 || status == 201, "{status}: {charged}");
+        let sent = gateway
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.path == "/v1/payment_intents")
+            .collect::<Vec<_>>();
+        assert_eq!(sent.len(), 1);
+        let param = |k: &str| {
+            sent[0]
+                .params
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            param("amount").as_deref(),
+            Some("150000"),
+            "Stripe's ISK hundredths"
+        );
+        assert_eq!(param("currency").as_deref(), Some("isk"));
+        let inv = show(d, &id).await;
+        assert_eq!(inv["status"], "paid", "{inv}");
+        assert_eq!(inv["amount_paid"], "1500");
+
+        // A payment made at Stripe arrives in hundredths and settles whole kronur.
+        let (_, c) = d.get(&format!("/v1/customers/{cus}")).await;
+        let gcus = c["gateway_customer_id"].as_str().unwrap().to_string();
+        let token = pm["token"].as_str().unwrap().to_string();
+        let second = invoice(d, &cus, "500").await;
+        let pi = portal_payment_in(&gateway, &gcus, &token, 50_000, "isk", Some(&second)).await;
+        assert_eq!(pi["currency"], "isk");
+        deliver(d, &gateway.event_json("payment_intent.succeeded", pi)).await;
+        settle(d).await;
+        let inv = show(d, &second).await;
+        assert_eq!(inv["status"], "paid", "{inv}");
+        assert_eq!(inv["amount_paid"], "500");
+
+        // An operator's refund of 200 kronur asks Stripe for 20000.
+        let payment = payments_of(d, &cus)
+            .await
+            .into_iter()
+            .find(|p| p["invoice_id"] == id.as_str())
+            .expect("the charge's payment")["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (status, refund) = d
+            .post(
+                &format!("/v1/payments/{payment}/refunds"),
+                json!({"amount": "200"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{refund}");
+        let refunds = gateway.refunds();
+        assert_eq!(refunds.len(), 1);
+        assert_eq!(refunds[0]["amount"], 20_000, "{}", refunds[0]);
+        assert_eq!(show(d, &id).await["amount_due"], "200");
         assert_ledger(d).await;
     }
 );

@@ -1613,6 +1613,15 @@ fn create_payment_intent(state: &mut GatewayState, ctx: &Ctx<'_>) -> Reply {
     ctx.only(PAYMENT_INTENT_PARAMS)?;
     let amount = parse_amount(ctx.get("amount"))?;
     let currency = parse_currency(ctx.get("currency"))?;
+    // Stripe counts ISK and UGX in hundredths it does not charge: the amount must divide by 100.
+    if ["isk", "ugx"].contains(&currency.as_str()) && amount % 100 != 0 {
+        return Err(ApiError::invalid(
+            400,
+            Some("amount_not_divisible"),
+            "Amounts in this currency must be evenly divisible by 100.",
+            Some("amount"),
+        ));
+    }
     let confirm = ctx.bool("confirm")?.unwrap_or(false);
     let off_session = ctx.get("off_session");
     if off_session.is_some() && !confirm {

@@ -10,7 +10,7 @@ fn dec(s: &str) -> Decimal {
 fn currency_table_is_sorted_unique_and_complete() {
     assert!(CURRENCIES.windows(2).all(|w| w[0].code < w[1].code));
     for code in [
-        "BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA", "PYG", "RWF", "UGX", "VND", "VUV",
+        "BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "VND", "VUV",
         "XAF", "XOF", "XPF",
     ] {
         assert_eq!(Currency::parse(code).unwrap().exponent(), 0, "{code}");
@@ -18,7 +18,7 @@ fn currency_table_is_sorted_unique_and_complete() {
     for code in ["BHD", "JOD", "KWD", "OMR", "TND"] {
         assert_eq!(Currency::parse(code).unwrap().exponent(), 3, "{code}");
     }
-    for code in ["USD", "EUR", "GBP", "CHF", "ISK", "HUF", "ZAR"] {
+    for code in ["USD", "EUR", "GBP", "CHF", "HUF", "MGA", "TWD", "ZAR"] {
         assert_eq!(Currency::parse(code).unwrap().exponent(), 2, "{code}");
     }
     for c in Currency::all() {

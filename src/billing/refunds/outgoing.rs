@@ -106,6 +106,7 @@ async fn call(b: &Billing, r: &Outgoing) -> std::result::Result<RefundResult, Ga
             idempotency_key: key.clone(),
             payment_intent_id: pi.clone(),
             amount: r.amount,
+            currency: r.currency.clone(),
             metadata: vec![("refund_id".to_string(), r.id.clone())],
         })
         .await

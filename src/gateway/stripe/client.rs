@@ -59,11 +59,11 @@ struct CreateCharge<'a> {
 }
 
 impl<'a> CreateCharge<'a> {
-    fn of(r: &'a ChargeRequest) -> Self {
-        CreateCharge {
+    fn of(r: &'a ChargeRequest) -> Result<Self, GatewayError> {
+        Ok(CreateCharge {
             params: ChargeParams {
                 allowed_payment_method_types: ["card"],
-                amount: r.amount,
+                amount: stripe_amount(&r.currency, r.amount)?,
                 confirm: true,
                 currency: r.currency.to_lowercase(),
                 customer: &r.gateway_customer_id,
@@ -76,8 +76,17 @@ impl<'a> CreateCharge<'a> {
                 off_session: true,
                 payment_method: &r.payment_method,
             },
-        }
+        })
     }
+}
+
+/// Our amount as Stripe counts it (see `super::amounts`); one Stripe cannot charge is refused
+/// before anything is sent.
+fn stripe_amount(currency: &str, minor: i64) -> Result<i64, GatewayError> {
+    super::amounts::to_stripe(currency, minor).map_err(|message| GatewayError::Invalid {
+        message,
+        param: Some("amount".into()),
+    })
 }
 
 /// A refund, in a fixed order for the same reason as [`ChargeParams`].
@@ -93,10 +102,10 @@ struct CreateRefund<'a> {
 }
 
 impl<'a> CreateRefund<'a> {
-    fn of(r: &'a RefundRequest) -> Self {
-        CreateRefund {
+    fn of(r: &'a RefundRequest) -> Result<Self, GatewayError> {
+        Ok(CreateRefund {
             params: RefundParams {
-                amount: r.amount,
+                amount: stripe_amount(&r.currency, r.amount)?,
                 metadata: r
                     .metadata
                     .iter()
@@ -104,7 +113,7 @@ impl<'a> CreateRefund<'a> {
                     .collect(),
                 payment_intent: &r.payment_intent_id,
             },
-        }
+        })
     }
 }
 
@@ -220,13 +229,13 @@ impl Gateway for StripeGateway {
     async fn charge(&self, r: &ChargeRequest) -> Result<ChargeResult, GatewayError> {
         let key = IdempotencyKey::new(&r.idempotency_key)
             .map_err(|e| GatewayError::Unknown(format!("unusable idempotency key: {e}")))?;
-        let pi = CreateCharge::of(r)
+        let pi = CreateCharge::of(r)?
             .customize()
             .request_strategy(RequestStrategy::Idempotent(key))
             .send(&self.client)
             .await;
         match pi {
-            Ok(pi) => Ok(charge_result(pi)),
+            Ok(pi) => charge_result(pi),
             Err(e) => Err(classify(e)),
         }
     }
@@ -234,7 +243,7 @@ impl Gateway for StripeGateway {
     async fn refund(&self, r: &RefundRequest) -> Result<RefundResult, GatewayError> {
         let key = IdempotencyKey::new(&r.idempotency_key)
             .map_err(|e| GatewayError::Unknown(format!("unusable idempotency key: {e}")))?;
-        let refund = CreateRefund::of(r)
+        let refund = CreateRefund::of(r)?
             .customize()
             .request_strategy(RequestStrategy::Idempotent(key))
             .send(&self.client)
@@ -267,7 +276,11 @@ impl Gateway for StripeGateway {
             .await
             .map_err(classify)?;
         // Several matches cannot come from one key; prefer the one that moved money.
-        let mut results: Vec<ChargeResult> = found.data.into_iter().map(charge_result).collect();
+        let mut results = found
+            .data
+            .into_iter()
+            .map(charge_result)
+            .collect::<Result<Vec<_>, _>>()?;
         results.sort_by_key(|r| match r.status {
             ChargeStatus::Succeeded => 0,
             ChargeStatus::Pending => 1,
@@ -278,7 +291,9 @@ impl Gateway for StripeGateway {
 }
 
 /// Reads a PaymentIntent into what the billing core decides on.
-fn charge_result(pi: PaymentIntent) -> ChargeResult {
+/// An amount Stripe reports that is not a whole number of our minor units cannot be counted: the
+/// answer is unreadable, so the outcome is unknown and is asked again.
+fn charge_result(pi: PaymentIntent) -> Result<ChargeResult, GatewayError> {
     let status = match pi.status {
         PaymentIntentStatus::Succeeded => ChargeStatus::Succeeded,
         PaymentIntentStatus::Processing | PaymentIntentStatus::RequiresCapture => {
@@ -304,14 +319,22 @@ fn charge_result(pi: PaymentIntent) -> ChargeResult {
         ),
         _ => (None, None),
     };
-    ChargeResult {
+    let currency = pi.currency.to_string().to_uppercase();
+    let amount_received =
+        super::amounts::from_stripe(&currency, pi.amount_received).ok_or_else(|| {
+            GatewayError::Unknown(format!(
+                "PaymentIntent {} received {} in Stripe's {currency} units, not a whole amount",
+                pi.id, pi.amount_received
+            ))
+        })?;
+    Ok(ChargeResult {
         payment_intent_id: pi.id.to_string(),
         status,
-        amount_received: pi.amount_received,
-        currency: pi.currency.to_string().to_uppercase(),
+        amount_received,
+        currency,
         decline_code,
         failure_message,
-    }
+    })
 }
 
 /// A search query term for one metadata pair (values are our own ids and numbers, but quote

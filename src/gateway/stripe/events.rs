@@ -13,6 +13,18 @@ fn text<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
 }
 
+/// An amount field of a Stripe object in our minor units (see `super::amounts`), the object's
+/// own `currency` deciding; `None` when absent or not a whole amount of ours.
+fn amount_of(v: &Value, key: &str) -> Option<i64> {
+    let currency = text(v, "currency").unwrap_or("");
+    super::amounts::from_stripe(currency, v.get(key)?.as_i64()?)
+}
+
+/// A bare amount in the currency of `parent` (a refund listed without its own currency).
+fn amount_in(parent: &Value, amount: i64) -> Option<i64> {
+    super::amounts::from_stripe(text(parent, "currency").unwrap_or(""), amount)
+}
+
 /// The id of an expandable field: `"ch_1"` or `{"id": "ch_1", ...}`.
 fn id_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     match v.get(key) {
@@ -57,7 +69,7 @@ fn succeeded(pi: &Value) -> Parsed {
     let Some(pi_id) = text(pi, "id") else {
         return Parsed::Malformed("the PaymentIntent has no string id".into());
     };
-    let amount = pi["amount_received"].as_i64().unwrap_or(0);
+    let amount = amount_of(pi, "amount_received").unwrap_or(0);
     let currency = text(pi, "currency").unwrap_or("").to_uppercase();
     if amount <= 0 || Currency::parse(&currency).is_err() {
         return Parsed::Ignored(format!("PaymentIntent {pi_id} received no usable amount"));
@@ -103,7 +115,8 @@ fn refunded(charge: &Value) -> Parsed {
                 .filter_map(|r| {
                     Some(Refund {
                         id: text(r, "id")?.to_string(),
-                        amount: r["amount"].as_i64()?,
+                        amount: amount_of(r, "amount")
+                            .or_else(|| amount_in(charge, r["amount"].as_i64()?))?,
                         status: text(r, "status").map(str::to_string),
                         ours: r["metadata"]["refund_id"].as_str().map(str::to_string),
                     })
@@ -114,7 +127,7 @@ fn refunded(charge: &Value) -> Parsed {
     Parsed::Event(GatewayEvent::Refunded(Refunded {
         gateway_payment_id: pi_id.to_string(),
         charge_id: text(charge, "id").map(str::to_string),
-        amount_refunded: charge["amount_refunded"].as_i64().unwrap_or(0),
+        amount_refunded: amount_of(charge, "amount_refunded").unwrap_or(0),
         refunds,
     }))
 }
@@ -142,7 +155,7 @@ fn dispute(d: &Value, opened: bool) -> Parsed {
         charge_id: charge.map(str::to_string),
         phase,
         status,
-        amount: d["amount"].as_i64().unwrap_or(0),
+        amount: amount_of(d, "amount").unwrap_or(0),
         reason: text(d, "reason").map(str::to_string),
     }))
 }

@@ -1,6 +1,7 @@
 //! Stripe: the API client (`client`) and the webhook adapter (`events`: Stripe's event JSON
 //! into the daemon's gateway-neutral events).
 
+pub mod amounts;
 pub mod client;
 pub mod events;
 
