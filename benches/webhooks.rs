@@ -1,7 +1,8 @@
 //! Benchmark: signed Stripe webhooks fired at the real daemon (HTTP intake, signature check,
 //! durable storage with its process_event job) at a fixed concurrency with unique event ids, on
 //! SQLite and on PostgreSQL; beside it, in the same run, `pgbench` at the same concurrency on a
-//! one-row-insert script against a scratch PostgreSQL database: the machine's ceiling for one
+//! one-row-insert script against a scratch PostgreSQL database, or the same inserts committed one
+//! at a time into a scratch SQLite file (WAL, synchronous=FULL): the machine's ceiling for one
 //! durable single-row insert per request. Prints accepted events/s and p50/p99 latency.
 //! Each backend runs twice: `http` (intake alone, as a process with `daemon.role = "http"`) and
 //! `all` (workers processing the events meanwhile; it also prints how many were processed within
@@ -10,10 +11,11 @@
 //! BENCH_CONCURRENCY the concurrency, 32; BENCH_ROLES and BENCH_BACKENDS pick runs); under
 //! `cargo test` it runs a small smoke pass so the benchmark keeps working.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+mod common;
 
 use hmac::{Hmac, Mac};
 use settled::app::Application;
@@ -23,40 +25,6 @@ use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "whsec_bench_0123456789abcdef";
-
-fn admin_url() -> String {
-    std::env::var("SETTLED_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-fn database_url(name: &str) -> String {
-    let admin = admin_url();
-    let base = admin
-        .rsplit_once('/')
-        .map(|(b, _)| b.to_string())
-        .unwrap_or(admin);
-    format!("{base}/{name}")
-}
-
-async fn admin_exec(sql: String) {
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(&admin_url())
-        .await
-        .expect("PostgreSQL is required for this benchmark");
-    sqlx::Executor::execute(&mut conn, sqlx::AssertSqlSafe(sql))
-        .await
-        .expect("admin statement");
-}
-
-async fn fresh_postgres(name: &str) -> String {
-    admin_exec(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
-    admin_exec(format!("CREATE DATABASE {name}")).await;
-    database_url(name)
-}
-
-async fn drop_postgres(name: &str) {
-    admin_exec(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
-}
 
 fn sign(body: &str) -> String {
     let t = SystemTime::now()
@@ -208,11 +176,7 @@ async fn daemon_run(
     drain: Duration,
 ) -> Figures {
     let dir = tempfile::tempdir().unwrap();
-    let pg_name = format!("settled_bench_webhooks_{}", std::process::id());
-    let url = match backend {
-        "sqlite" => format!("sqlite://{}", dir.path().join("bench.db").display()),
-        _ => fresh_postgres(&pg_name).await,
-    };
+    let url = common::fresh_database(backend, "webhooks", dir.path()).await;
     let env = vec![
         ("SETTLED__DATABASE__URL".to_string(), url.clone()),
         (
@@ -231,10 +195,6 @@ async fn daemon_run(
         (
             "SETTLED__STRIPE__WEBHOOK_SECRETS".to_string(),
             format!("[\"{SECRET}\"]"),
-        ),
-        (
-            "SETTLED__DATABASE__MAX_CONNECTIONS".to_string(),
-            "24".to_string(),
         ),
         ("SETTLED__LOG__LEVEL".to_string(), "warn".to_string()),
     ];
@@ -278,71 +238,8 @@ async fn daemon_run(
     }
     stop.cancel();
     let _ = handle.await;
-    if backend != "sqlite" {
-        drop_postgres(&pg_name).await;
-    }
+    common::drop_database(&url).await;
     figures
-}
-
-/// The ceiling: pgbench, `concurrency` clients, each transaction one single-row INSERT (with a
-/// body the size of a webhook event) committed on its own, against a scratch database.
-async fn pgbench_ceiling(concurrency: usize, seconds: u64) -> f64 {
-    let name = format!("settled_bench_pgbench_{}", std::process::id());
-    let url = fresh_postgres(&name).await;
-    {
-        use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-        sqlx::Executor::execute(
-            &mut conn,
-            "CREATE TABLE ceiling (id BIGSERIAL PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, body TEXT NOT NULL)",
-        )
-        .await
-        .unwrap();
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("insert.sql");
-    std::fs::write(
-        &script,
-        "INSERT INTO ceiling (event_id, body) VALUES ('evt_' || :client_id || '_' || nextval('ceiling_id_seq'), repeat('x', 400));\n",
-    )
-    .unwrap();
-    let out = Command::new("pgbench")
-        .args([
-            "-n",
-            "-c",
-            &concurrency.to_string(),
-            "-j",
-            "2",
-            "-T",
-            &seconds.to_string(),
-            "-f",
-            &script.display().to_string(),
-            &url,
-        ])
-        .output()
-        .expect("pgbench is installed (it ships with PostgreSQL)");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "pgbench failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let tps: f64 = text
-        .lines()
-        .find(|l| l.starts_with("tps = "))
-        .and_then(|l| l["tps = ".len()..].split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("pgbench printed tps");
-    let latency = text
-        .lines()
-        .find(|l| l.starts_with("latency average"))
-        .unwrap_or("latency average = ?")
-        .to_string();
-    println!(
-        "pgbench ceiling: one single-row INSERT per transaction at concurrency {concurrency}: {tps:.0} tps ({latency})"
-    );
-    drop_postgres(&name).await;
-    tps
 }
 
 fn main() {
@@ -366,11 +263,12 @@ fn main() {
         for backend in backends.split(',') {
             for role in roles.split(',') {
                 // The ceiling is measured right before each run: other load on the machine moves it.
-                let ceiling = pgbench_ceiling(concurrency, if benching { 5 } else { 1 }).await;
+                let ceiling =
+                    common::ceiling(backend, concurrency, if benching { 5 } else { 1 }).await;
                 let figures = daemon_run(backend, n, concurrency, role, drain).await;
                 println!(
-                    "webhooks/{backend} ({role}): {:.0}% of the pgbench ceiling",
-                    figures.rate / ceiling * 100.0
+                    "webhooks/{backend} ({role}): {:.2}x the {backend} ceiling",
+                    figures.rate / ceiling
                 );
             }
         }

@@ -50,7 +50,8 @@ impl Context {
             billing: billing.clone(),
             scheduler: runner.scheduler.clone(),
             manual_clock,
-            tokens,
+            tokens: std::sync::RwLock::new(tokens),
+            intake: std::sync::OnceLock::new(),
             ready: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(Context {
@@ -244,6 +245,15 @@ async fn make_clock(config: &Config, db: &Db) -> (Arc<dyn Clock>, Option<Arc<Man
             (manual.clone(), Some(manual))
         }
     }
+}
+
+/// Re-reads the secrets a running daemon can take without a restart (admin tokens, webhook
+/// signing secrets) from `config`, freshly loaded; on an error nothing changes.
+pub fn reload_secrets(state: &AppState, config: &Config) -> anyhow::Result<()> {
+    config.stripe_webhook_secrets()?;
+    let tokens = admin_tokens(config)?;
+    state.reload_secrets(tokens, config);
+    Ok(())
 }
 
 /// The configured tokens, or one generated into the state directory on first start.

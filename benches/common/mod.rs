@@ -42,3 +42,131 @@ pub async fn drop_database(url: &str) {
         admin_exec(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
     }
 }
+
+/// The SQLite ceiling beside which the daemon's SQLite figures are read: `concurrency` tasks
+/// each committing one single-row INSERT (a body the size of a webhook event) per transaction,
+/// WAL and `synchronous = FULL`, for `seconds`, into a scratch file in `dir`. Prints and returns
+/// commits per second.
+#[allow(dead_code)]
+pub async fn sqlite_ceiling(dir: &std::path::Path, concurrency: usize, seconds: u64) -> f64 {
+    use sqlx::sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+    };
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let options = SqliteConnectOptions::new()
+        .filename(dir.join("ceiling.db"))
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(std::time::Duration::from_secs(30));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(concurrency as u32)
+        .connect_with(options)
+        .await
+        .expect("sqlite");
+    sqlx::query("CREATE TABLE ceiling (id INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, body TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let done = Arc::new(AtomicU64::new(0));
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    let body = "x".repeat(400);
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|c| {
+            let pool = pool.clone();
+            let done = done.clone();
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while std::time::Instant::now() < until {
+                    sqlx::query("INSERT INTO ceiling (event_id, body) VALUES ($1, $2)")
+                        .bind(format!("evt_{c}_{i}"))
+                        .bind(&body)
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                    i += 1;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = done.load(Ordering::Relaxed) as f64 / seconds as f64;
+    println!(
+        "sqlite ceiling: one single-row INSERT per commit (WAL, synchronous=FULL) at concurrency {concurrency}: {rate:.0} commits/s"
+    );
+    pool.close().await;
+    rate
+}
+
+/// The PostgreSQL ceiling: pgbench, `concurrency` clients, each transaction one single-row
+/// INSERT (a body the size of a webhook event) committed on its own, for `seconds`, against a
+/// scratch database. Prints and returns transactions per second.
+#[allow(dead_code)]
+pub async fn pgbench_ceiling(concurrency: usize, seconds: u64) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database("postgres", "pgbench", dir.path()).await;
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::Executor::execute(
+            &mut conn,
+            "CREATE TABLE ceiling (id BIGSERIAL PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, body TEXT NOT NULL)",
+        )
+        .await
+        .unwrap();
+    }
+    let script = dir.path().join("insert.sql");
+    std::fs::write(
+        &script,
+        "INSERT INTO ceiling (event_id, body) VALUES ('evt_' || :client_id || '_' || nextval('ceiling_id_seq'), repeat('x', 400));\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new("pgbench")
+        .args([
+            "-n",
+            "-c",
+            &concurrency.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+            "-f",
+            &script.display().to_string(),
+            &url,
+        ])
+        .output()
+        .expect("pgbench is installed (it ships with PostgreSQL)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "pgbench failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tps: f64 = text
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l["tps = ".len()..].split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("pgbench printed tps");
+    println!(
+        "pgbench ceiling: one single-row INSERT per transaction at concurrency {concurrency}: {tps:.0} tps"
+    );
+    drop_database(&url).await;
+    tps
+}
+
+/// The ceiling of `backend`, measured now.
+#[allow(dead_code)]
+pub async fn ceiling(backend: &str, concurrency: usize, seconds: u64) -> f64 {
+    if backend == "sqlite" {
+        let dir = tempfile::tempdir().unwrap();
+        sqlite_ceiling(dir.path(), concurrency, seconds).await
+    } else {
+        pgbench_ceiling(concurrency, seconds).await
+    }
+}

@@ -43,6 +43,8 @@ pub enum MoneyError {
     },
     #[error("the {what} is too large to represent")]
     Overflow { what: &'static str },
+    #[error("{input} is more than the largest amount accepted ({max})")]
+    AboveLimit { input: String, max: String },
     #[error("cannot combine an amount in {left} with an amount in {right}")]
     CurrencyMismatch {
         left: &'static str,
@@ -173,6 +175,11 @@ pub struct Money {
     pub currency: Currency,
 }
 
+/// The largest amount accepted from outside, in minor units (10^14: a trillion dollars, a hundred
+/// trillion yen). Ninety thousand such amounts still sum within an i64, so totals, balances and
+/// the ledger's sums cannot overflow however a customer's records add up.
+pub const MAX_INPUT_MINOR: i64 = 100_000_000_000_000;
+
 /// The pieces of a plain decimal string. Parsing is done by hand, rather than by
 /// `Decimal::from_str` or `str::parse`, because those accept forms the API must refuse:
 /// exponents, a leading '+', underscores, and more digits than they can hold (silently rounded).
@@ -264,6 +271,19 @@ impl Money {
         let signed = if parts.negative { -signed } else { signed };
         let minor = i64::try_from(signed).map_err(|_| out_of_range())?;
         Ok(Money { minor, currency })
+    }
+
+    /// [`Money::parse`] for amounts that come from outside: also refuses more than
+    /// [`MAX_INPUT_MINOR`] either way, so no sum of what the daemon holds can overflow.
+    pub fn parse_input(s: &str, currency: Currency) -> Result<Money, MoneyError> {
+        let m = Money::parse(s, currency)?;
+        if m.minor.unsigned_abs() > MAX_INPUT_MINOR as u64 {
+            return Err(MoneyError::AboveLimit {
+                input: s.to_string(),
+                max: Money::new(MAX_INPUT_MINOR, currency).to_decimal_string(),
+            });
+        }
+        Ok(m)
     }
 
     /// The canonical decimal string, the inverse of [`Money::parse`]: always exactly the

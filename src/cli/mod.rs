@@ -201,7 +201,7 @@ pub fn main() -> ExitCode {
                 if no_migrate {
                     config.database.migrate_on_start = false;
                 }
-                serve(config).await.map(|()| exit::OK)
+                serve(config, path.clone()).await.map(|()| exit::OK)
             }
             admin => {
                 let state = crate::app::Context::build(config).await?.http;
@@ -265,7 +265,7 @@ fn print_answer(answer: &request::Answer, json: bool) -> u8 {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let app = Application::build(config).await?;
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
@@ -274,7 +274,36 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("stop signal received");
         token.cancel();
     });
+    tokio::spawn(reload_on_hangup(app.state(), path));
     app.run_until_stopped(shutdown).await
+}
+
+/// SIGHUP: the configuration is read again (file and environment, as at start) and its admin
+/// tokens and webhook signing secrets replace the running ones; work in progress goes on. A
+/// configuration that does not load or validate changes nothing and is logged.
+async fn reload_on_hangup(state: std::sync::Arc<crate::http::AppState>, path: Option<PathBuf>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP; reloads need a restart");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        let loaded = Config::load(path.as_deref()).and_then(|c| {
+            c.validate()?;
+            crate::app::reload_secrets(&state, &c)?;
+            Ok(())
+        });
+        match loaded {
+            Ok(()) => tracing::info!("reloaded: admin tokens and webhook signing secrets"),
+            Err(e) => tracing::error!(
+                error = format!("{e:#}"),
+                "reload refused; the running configuration stays"
+            ),
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -49,7 +49,7 @@ pub async fn send(
     accept: &str,
 ) -> anyhow::Result<(u16, axum::body::Bytes)> {
     let token = state
-        .tokens
+        .tokens()
         .first()
         .context("no admin token is configured")?
         .expose()

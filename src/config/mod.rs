@@ -192,6 +192,7 @@ pub struct BusinessConfig {
     pub name: String,
     pub address: String,
     pub support_email: String,
+    pub payment_instructions: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -24,7 +24,7 @@ pub async fn require_admin(
         .unwrap_or("");
     if presented.is_empty()
         || !state
-            .tokens
+            .tokens()
             .iter()
             .any(|t| constant_eq(t.expose(), presented))
     {

@@ -62,7 +62,7 @@ fn requested_amount(given: &Option<String>, currency: &str, max: i64) -> Result<
     };
     let cur = Currency::parse(currency)
         .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("stored currency: {e}")))?;
-    let m = Money::parse(text, cur).map_err(|e| ApiError::invalid("amount", e))?;
+    let m = Money::parse_input(text, cur).map_err(|e| ApiError::invalid("amount", e))?;
     if m.minor <= 0 {
         return Err(ApiError::invalid("amount", "must be greater than zero"));
     }

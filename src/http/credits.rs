@@ -39,7 +39,7 @@ pub fn router() -> Router<Arc<AppState>> {
 
 fn money(text: &str, currency: &str, field: &str) -> Result<i64, ApiError> {
     let cur = Currency::parse(currency).map_err(|e| ApiError::invalid("currency", e))?;
-    let m = Money::parse(text, cur).map_err(|e| ApiError::invalid(field, e))?;
+    let m = Money::parse_input(text, cur).map_err(|e| ApiError::invalid(field, e))?;
     if m.minor <= 0 {
         return Err(ApiError::invalid(field, "must be greater than zero"));
     }
@@ -335,10 +335,49 @@ async fn statement(
     }
     let cur = &customer.currency;
     let s = statements::statement(&state.billing.db, &id, cur, ms(from), ms(to)).await?;
-    let csv = headers
+    let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("text/csv"));
+        .unwrap_or("");
+    if accept.contains("application/pdf") {
+        let snap = crate::outbox::snapshot::StatementSnap {
+            month: 0,
+            currency: cur.clone(),
+            from: ms(from),
+            to: ms(to),
+            opening: s.opening,
+            closing: s.closing,
+            lines: s
+                .entries
+                .iter()
+                .map(|e| crate::outbox::snapshot::StatementLineSnap {
+                    at: e.at,
+                    kind: e.kind.to_string(),
+                    reference: e.reference.clone(),
+                    amount: e.amount,
+                    balance: e.balance,
+                })
+                .collect(),
+        };
+        let pdf = crate::outbox::statement_pdf(
+            &state.billing.config,
+            &customer,
+            snap,
+            state.billing.now(),
+        );
+        return Ok((
+            [
+                (header::CONTENT_TYPE, "application/pdf".to_string()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("inline; filename=\"statement-{id}.pdf\""),
+                ),
+            ],
+            pdf,
+        )
+            .into_response());
+    }
+    let csv = accept.contains("text/csv");
     if csv {
         let mut out = String::from("date,kind,reference,amount,balance\n");
         out.push_str(&format!(",opening,,,{}\n", amount(s.opening, cur)));

@@ -355,29 +355,16 @@ const CARD_FIELDS: &[&str] = &[
     "security_code",
 ];
 
-fn looks_like_card_number(s: &str) -> bool {
-    let digits: String = s
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != '-')
-        .collect();
-    (12..=19).contains(&digits.len()) && digits.chars().all(|c| c.is_ascii_digit())
-}
-
 async fn add_payment_method(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<PaymentMethodView>), ApiError> {
+    // Read as a number-preserving value only to look: a card number sent as a JSON number must
+    // not reach the typed parse, whose error would echo it.
     let value: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::Malformed(format!("the body is not valid JSON: {e}")))?;
-    if let Some(obj) = value.as_object()
-        && (obj
-            .keys()
-            .any(|k| CARD_FIELDS.contains(&k.to_ascii_lowercase().as_str()))
-            || obj
-                .values()
-                .any(|v| v.as_str().is_some_and(looks_like_card_number)))
-    {
+        .map_err(|_| ApiError::Malformed("the body is not valid JSON".into()))?;
+    if crate::http::extract::holds_card_data(&value, CARD_FIELDS) {
         return Err(ApiError::Invalid {
                 code: "card_data_refused",
                 message: "card numbers and security codes are never accepted; tokenize the card with the gateway and send its payment method token (pm_...)".into(),

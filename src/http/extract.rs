@@ -54,6 +54,15 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if !value.is_object() {
         return Err(ApiError::Malformed("the body must be a JSON object".into()));
     }
+    if let Some((path, c)) = control_character(&value, String::new()) {
+        return Err(ApiError::invalid(
+            if path.is_empty() { "body" } else { &path },
+            format!(
+                "contains the control character U+{:04X}; only tab and line breaks are accepted",
+                c as u32
+            ),
+        ));
+    }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
@@ -66,6 +75,58 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             ApiError::invalid(&path, inner)
         }
     })
+}
+
+/// The first string (or key) holding a control character other than tab, line feed and carriage
+/// return, with its path: NUL and its kind are refused here, before they reach storage.
+fn control_character(v: &serde_json::Value, path: String) -> Option<(String, char)> {
+    let bad = |s: &str| {
+        s.chars()
+            .find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    };
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match v {
+        serde_json::Value::String(s) => bad(s).map(|c| (path, c)),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| control_character(item, format!("{path}[{i}]"))),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, item)| {
+            bad(k)
+                .map(|c| (join(k), c))
+                .or_else(|| control_character(item, join(k)))
+        }),
+        _ => None,
+    }
+}
+
+/// Whether a body carries card data anywhere, at any depth: a field named like a card number or
+/// security code, or a value (a string or a JSON number) shaped like a card number. Such a body
+/// is refused without echoing any of it.
+pub fn holds_card_data(v: &serde_json::Value, card_fields: &[&str]) -> bool {
+    fn card_number(s: &str) -> bool {
+        let digits: String = s
+            .chars()
+            .filter(|c| !c.is_whitespace() && *c != '-')
+            .collect();
+        (12..=19).contains(&digits.len()) && digits.chars().all(|c| c.is_ascii_digit())
+    }
+    match v {
+        serde_json::Value::String(s) => card_number(s),
+        serde_json::Value::Number(n) => card_number(&n.to_string()),
+        serde_json::Value::Array(items) => items.iter().any(|i| holds_card_data(i, card_fields)),
+        serde_json::Value::Object(map) => map.iter().any(|(k, item)| {
+            card_fields.contains(&k.to_ascii_lowercase().as_str())
+                || holds_card_data(item, card_fields)
+        }),
+        _ => false,
+    }
 }
 
 /// Query strings with the API's error format (a bad query is 400 with a JSON error).

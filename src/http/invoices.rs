@@ -60,7 +60,7 @@ pub fn items_from_input(
         let quantity = item.quantity.clone().unwrap_or_else(|| "1".into());
         money::parse_quantity(&quantity)
             .map_err(|e| ApiError::invalid(&format!("items[{i}].quantity"), e))?;
-        let unit = Money::parse(&item.unit_amount, currency)
+        let unit = Money::parse_input(&item.unit_amount, currency)
             .map_err(|e| ApiError::invalid(&format!("items[{i}].unit_amount"), e))?;
         if unit.minor < 0 {
             return Err(ApiError::invalid(

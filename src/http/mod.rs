@@ -7,6 +7,7 @@ pub mod charges;
 pub mod clock;
 pub mod credits;
 pub mod customers;
+pub mod documents;
 pub mod emails;
 pub mod error;
 pub mod extract;
@@ -45,6 +46,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(jobs::router())
         .merge(webhooks::admin_router())
         .merge(emails::router())
+        .merge(documents::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             idempotency::guard,

@@ -175,7 +175,7 @@ async fn refund_payment(
         Some(text) => {
             let cur =
                 Currency::parse(&payment.currency).map_err(|e| ApiError::invalid("currency", e))?;
-            let m = Money::parse(text, cur).map_err(|e| ApiError::invalid("amount", e))?;
+            let m = Money::parse_input(text, cur).map_err(|e| ApiError::invalid("amount", e))?;
             if m.minor <= 0 {
                 return Err(ApiError::invalid("amount", "must be greater than zero"));
             }

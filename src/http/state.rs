@@ -14,7 +14,10 @@ pub struct AppState {
     pub billing: Arc<Billing>,
     pub scheduler: Arc<Scheduler>,
     pub manual_clock: Option<Arc<ManualClock>>,
-    pub tokens: Vec<Secret>,
+    /// The admin tokens; replaced on reload (SIGHUP).
+    pub tokens: std::sync::RwLock<Vec<Secret>>,
+    /// Webhook intake, once its routes are built (so a reload reaches its secrets).
+    pub intake: std::sync::OnceLock<Arc<crate::http::webhooks::intake::Intake>>,
     /// Set once the database answers and its migrations are applied; until then the admin API
     /// and webhook intake answer 503 `not_ready`.
     pub ready: std::sync::atomic::AtomicBool,
@@ -27,5 +30,22 @@ impl AppState {
 
     pub fn set_ready(&self) {
         self.ready.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The admin tokens at this moment.
+    pub fn tokens(&self) -> Vec<Secret> {
+        self.tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Takes new secrets from a freshly read configuration: admin tokens and webhook signing
+    /// secrets. Work in progress is not touched; the next request sees the new ones.
+    pub fn reload_secrets(&self, tokens: Vec<Secret>, config: &crate::config::Config) {
+        *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = tokens;
+        if let Some(intake) = self.intake.get() {
+            intake.reload(config);
+        }
     }
 }

@@ -40,6 +40,8 @@ struct ScheduleInput {
     anchor: Option<String>,
     cron: Option<String>,
     timezone: Option<String>,
+    /// A cron schedule firing more often than hourly is refused unless this is true.
+    allow_frequent: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -168,6 +170,32 @@ fn schedule_spec(
     let schedule = spec
         .to_schedule()
         .map_err(|e| ApiError::invalid(&format!("schedule.{}", e.field()), e))?;
+    if matches!(spec, ScheduleSpec::Cron { .. }) && input.allow_frequent != Some(true) {
+        // Over the next few dozen firings, the shortest gap: "* * * * * *" bills every second.
+        let mut at = start_at;
+        let mut shortest: Option<chrono::Duration> = None;
+        for _ in 0..48 {
+            let Some(next) = schedule.next_after(at) else {
+                break;
+            };
+            if at != start_at {
+                shortest = Some(shortest.map_or(next - at, |s| s.min(next - at)));
+            }
+            at = next;
+        }
+        if let Some(gap) = shortest
+            && gap < chrono::Duration::hours(1)
+        {
+            return Err(ApiError::invalid(
+                "schedule.cron",
+                format!(
+                    "fires every {} s at its most frequent, more often than hourly; each firing is \
+                     an invoice (and a charge). Set schedule.allow_frequent to true if that is meant",
+                    gap.num_seconds()
+                ),
+            ));
+        }
+    }
     Ok((spec, schedule))
 }
 

@@ -297,5 +297,45 @@ pub async fn statement(
     write(tx, what, &snap, now).await
 }
 
+/// A statement of account as PDF, for any period (`GET /v1/customers/{id}/statement` with
+/// `Accept: application/pdf`), laid out as the invoice and receipt PDFs are.
+pub fn statement_pdf(
+    config: &crate::config::Config,
+    customer: &crate::store::customers::CustomerRow,
+    statement: StatementSnap,
+    now: DateTime<Utc>,
+) -> Vec<u8> {
+    let snap = Snapshot {
+        at: ms(now),
+        customer: snapshot::customer_of(customer),
+        statement: Some(statement),
+        ..Snapshot::default()
+    };
+    pdf::statement(&view::view(config, &snap, pdf::money_for_pdf))
+}
+
+/// The PDF a message carries (the invoice's, the receipt's), rendered from the snapshot stored
+/// with that message, so it is byte for byte the attachment its recipients got. `None` when no
+/// such message was written (an invoice not finalised yet).
+pub async fn document(
+    db: &crate::store::Db,
+    config: &crate::config::Config,
+    template: Template,
+    subject_id: &str,
+) -> Result<Option<Result<settled_jobs::mailer::Attachment, String>>> {
+    let Some(row) = emails::first_of(db, template.name(), subject_id).await? else {
+        return Ok(None);
+    };
+    let rendered = serde_json::from_str::<Snapshot>(&row.context)
+        .map_err(|e| format!("the stored snapshot is unreadable: {e}"))
+        .and_then(|snap| render::render(config, &row.template, &snap));
+    Ok(Some(rendered.and_then(|r| {
+        r.attachments
+            .into_iter()
+            .find(|a| a.content_type == "application/pdf")
+            .ok_or_else(|| format!("the {} message carries no PDF", row.template))
+    })))
+}
+
 #[cfg(test)]
 mod tests;

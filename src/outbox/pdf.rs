@@ -424,6 +424,22 @@ pub fn invoice(view: &View) -> Vec<u8> {
     };
     let y = doc.y;
     doc.text(LEFT, y, &note, Font::Regular, 10.0, 0.0);
+    let instructions = &view.business.payment_instructions;
+    if !inv.paid && !instructions.is_empty() {
+        doc.y -= 24.0;
+        doc.need(16.0 + 14.0 * instructions.len() as f32);
+        let y = doc.y;
+        doc.text(LEFT, y, "TO PAY BY BANK TRANSFER", Font::Bold, 8.0, GRAY);
+        doc.y -= 16.0;
+        for line in instructions {
+            for part in wrap(line, Font::Regular, 10.0, RIGHT - LEFT) {
+                doc.need(14.0);
+                let y = doc.y;
+                doc.text(LEFT, y, &part, Font::Regular, 10.0, 0.0);
+                doc.y -= 14.0;
+            }
+        }
+    }
     doc.finish(&format!("Invoice {}", inv.number))
 }
 
@@ -482,6 +498,95 @@ pub fn receipt(view: &View) -> Vec<u8> {
         );
     }
     doc.finish(&format!("Receipt {}", payment.id))
+}
+
+/// A statement of account: the opening balance, every movement with the running balance, and
+/// the closing balance, for the period the view's statement covers.
+pub fn statement(view: &View) -> Vec<u8> {
+    let mut doc = Doc::new(footer(view));
+    let Some(st) = &view.statement else {
+        return doc.finish("Statement");
+    };
+    let facts = vec![
+        ("Period", st.period.clone()),
+        ("Currency", st.currency.clone()),
+    ];
+    head(&mut doc, view, "STATEMENT", &facts);
+    let col_date = LEFT;
+    let col_what = LEFT + 80.0;
+    let col_amount = RIGHT - 95.0;
+    let header = |doc: &mut Doc| {
+        let y = doc.y;
+        doc.text(col_date, y, "DATE", Font::Bold, 8.0, GRAY);
+        doc.text(col_what, y, "DESCRIPTION", Font::Bold, 8.0, GRAY);
+        doc.text_right(col_amount, y, "AMOUNT", Font::Bold, 8.0, GRAY);
+        doc.text_right(RIGHT, y, "BALANCE", Font::Bold, 8.0, GRAY);
+        doc.rule(y - 6.0, 0.8, 0.75);
+        doc.y -= 22.0;
+    };
+    header(&mut doc);
+    let row = |doc: &mut Doc, date: &str, what: &str, amount: &str, balance: &str, bold: bool| {
+        let font = if bold { Font::Bold } else { Font::Regular };
+        let wrapped = wrap(what, font, 10.0, col_amount - col_what - 80.0);
+        let height = 14.0 * wrapped.len() as f32 + 8.0;
+        let before = doc.pages.len();
+        doc.need(height);
+        if doc.pages.len() != before {
+            header(doc);
+        }
+        let y = doc.y;
+        doc.text(col_date, y, date, Font::Regular, 10.0, 0.0);
+        for (i, part) in wrapped.iter().enumerate() {
+            doc.text(col_what, y - 14.0 * i as f32, part, font, 10.0, 0.0);
+        }
+        doc.text_right(col_amount, y, amount, Font::Regular, 10.0, 0.0);
+        doc.text_right(RIGHT, y, balance, font, 10.0, 0.0);
+        doc.rule(y - 14.0 * (wrapped.len() as f32 - 1.0) - 7.0, 0.92, 0.5);
+        doc.y -= height;
+    };
+    row(
+        &mut doc,
+        &st.first_day,
+        "Opening balance",
+        "",
+        &st.opening,
+        true,
+    );
+    for line in &st.lines {
+        let what = if line.reference.is_empty() {
+            line.kind.clone()
+        } else {
+            format!("{} {}", line.kind, line.reference)
+        };
+        row(
+            &mut doc,
+            &line.date,
+            &what,
+            &line.amount,
+            &line.balance,
+            false,
+        );
+    }
+    row(
+        &mut doc,
+        &st.last_day,
+        "Closing balance",
+        "",
+        &st.closing,
+        true,
+    );
+    doc.y -= 10.0;
+    doc.need(20.0);
+    let note = if st.owes {
+        format!("Balance due: {}.", st.closing)
+    } else if st.in_credit {
+        format!("In credit: {}.", st.credit)
+    } else {
+        "Nothing is owed.".to_string()
+    };
+    let y = doc.y;
+    doc.text(LEFT, y, &note, Font::Regular, 10.0, 0.0);
+    doc.finish(&format!("Statement {}", st.period))
 }
 
 #[cfg(test)]

@@ -86,7 +86,23 @@ fn load(dir: Option<&Path>, name: &str) -> Result<Option<String>, minijinja::Err
     Ok(embedded(name).map(str::to_string))
 }
 
-fn environment(templates_dir: &str) -> Result<Environment<'static>, String> {
+/// The template environment. With only the embedded templates it is built once and shared (each
+/// template is parsed once per process, not once per message); with `email.templates_dir` set,
+/// a fresh one per message, so an edited file applies to the very next send.
+fn environment(templates_dir: &str) -> Result<std::sync::Arc<Environment<'static>>, String> {
+    static EMBEDDED: std::sync::OnceLock<std::sync::Arc<Environment<'static>>> =
+        std::sync::OnceLock::new();
+    if templates_dir.is_empty() {
+        if let Some(env) = EMBEDDED.get() {
+            return Ok(env.clone());
+        }
+        let env = std::sync::Arc::new(build_environment("")?);
+        return Ok(EMBEDDED.get_or_init(|| env).clone());
+    }
+    build_environment(templates_dir).map(std::sync::Arc::new)
+}
+
+fn build_environment(templates_dir: &str) -> Result<Environment<'static>, String> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
     let syntax = SyntaxConfig::builder()

@@ -74,7 +74,7 @@ pub struct Sender<'a> {
     pub db: &'a Db,
     pub clock: &'a dyn Clock,
     pub mailer: &'a dyn Mailer,
-    pub config: &'a Config,
+    pub config: &'a std::sync::Arc<Config>,
 }
 
 /// How one try at a row ended, before it is recorded.
@@ -127,7 +127,13 @@ impl Sender<'_> {
 
     /// Renders a row and hands it to the transport; nothing is written.
     async fn try_one(&self, row: &EmailRow) -> (String, Tried) {
-        let (email, note) = match message(self.config, row) {
+        // Rendering (templates and the PDF) is CPU work: on the blocking pool, so the messages
+        // in flight render on every core instead of taking turns on this task's.
+        let (config, owned) = (self.config.clone(), row.clone());
+        let built = tokio::task::spawn_blocking(move || message(&config, &owned))
+            .await
+            .unwrap_or_else(|e| Err(format!("rendering stopped: {e}")));
+        let (email, note) = match built {
             Ok(built) => built,
             Err(reason) => return (String::new(), Tried::Failed { reason }),
         };

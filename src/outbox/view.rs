@@ -47,6 +47,8 @@ pub struct BusinessView {
     pub address: String,
     pub address_lines: Vec<String>,
     pub support_email: String,
+    /// `business.payment_instructions`, line by line (empty: none).
+    pub payment_instructions: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -390,6 +392,14 @@ pub fn view(config: &Config, snap: &Snapshot, format: MoneyFormat) -> View {
             address: address_lines.join(", "),
             address_lines,
             support_email: config.business.support_email.clone(),
+            payment_instructions: config
+                .business
+                .payment_instructions
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect(),
         },
         customer: CustomerView {
             name: snap.customer.name.clone(),

@@ -129,6 +129,22 @@ pub async fn get(db: &Db, id: &str) -> Result<Option<EmailRow>> {
     )
 }
 
+/// The first message of `template` about `subject_id` (the invoice email of an invoice, the
+/// receipt of a payment).
+pub async fn first_of(db: &Db, template: &str, subject_id: &str) -> Result<Option<EmailRow>> {
+    let sql = format!(
+        "SELECT {EMAIL_COLUMNS} FROM emails WHERE template = $1 AND subject_id = $2 \
+         ORDER BY attempt LIMIT 1"
+    );
+    Ok(on_db!(db, p => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(template)
+            .bind(subject_id)
+            .fetch_optional(p)
+            .await?
+    }))
+}
+
 #[derive(Debug, Default)]
 pub struct EmailFilter<'a> {
     pub customer_id: Option<&'a str>,

@@ -37,6 +37,7 @@ pub use error::{Error, Result};
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -69,9 +70,58 @@ pub enum Db {
 
 /// An open write transaction on one of the two backends.
 pub enum Tx {
-    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Sqlite(SqliteTx),
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
 }
+
+/// A SQLite write transaction and its turn at the database's writer gate.
+///
+/// SQLite has one writer. Left to itself, a writer that finds the lock taken sleeps in SQLite's
+/// busy handler (1 ms, growing to 100 ms between tries), so a drain that commits and at once
+/// begins its next batch takes the lock again and again while intake's writer sleeps: intake
+/// starves past its answer deadline. Writers of this process therefore queue at a FIFO gate per
+/// database file and take the lock in turn; SQLite's busy handler still arbitrates between
+/// processes. Dereferences to the connection, as a transaction does.
+pub struct SqliteTx {
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl std::ops::Deref for SqliteTx {
+    type Target = sqlx::SqliteConnection;
+
+    fn deref(&self) -> &sqlx::SqliteConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for SqliteTx {
+    fn deref_mut(&mut self) -> &mut sqlx::SqliteConnection {
+        &mut self.tx
+    }
+}
+
+/// The writer gate of one SQLite database file in this process.
+fn sqlite_gate(pool: &SqlitePool) -> Arc<tokio::sync::Mutex<()>> {
+    static GATES: std::sync::OnceLock<
+        std::sync::Mutex<
+            std::collections::HashMap<std::path::PathBuf, Arc<tokio::sync::Mutex<()>>>,
+        >,
+    > = std::sync::OnceLock::new();
+    let file = pool.connect_options().get_filename().to_path_buf();
+    GATES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(file)
+        .or_default()
+        .clone()
+}
+
+/// How long a writer waits for its turn before it goes to SQLite's own busy handling anyway:
+/// the same bound as the busy timeout, so a writer never waits longer than it did without
+/// the gate.
+const GATE_WAIT: Duration = Duration::from_secs(30);
 
 /// Runs `$body` with `$p` bound to the backend's pool; the body is compiled once per backend.
 #[macro_export]
@@ -106,7 +156,7 @@ pub use crate::{on_db, on_tx};
 impl Tx {
     pub async fn commit(self) -> Result<()> {
         match self {
-            Tx::Sqlite(t) => t.commit().await?,
+            Tx::Sqlite(t) => t.tx.commit().await?,
             Tx::Postgres(t) => t.commit().await?,
         }
         Ok(())
@@ -116,7 +166,7 @@ impl Tx {
     /// transaction rather than when the connection is next used.
     pub async fn rollback(self) -> Result<()> {
         match self {
-            Tx::Sqlite(t) => t.rollback().await?,
+            Tx::Sqlite(t) => t.tx.rollback().await?,
             Tx::Postgres(t) => t.rollback().await?,
         }
         Ok(())
@@ -177,7 +227,15 @@ impl Db {
     /// (`idempotency_keys`), so the key is stored exactly when an effect is.
     pub async fn begin(&self) -> Result<Tx> {
         let mut tx = match self {
-            Db::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Db::Sqlite(p) => {
+                let turn = tokio::time::timeout(GATE_WAIT, sqlite_gate(p).lock_owned())
+                    .await
+                    .ok();
+                Tx::Sqlite(SqliteTx {
+                    tx: p.begin_with("BEGIN IMMEDIATE").await?,
+                    _turn: turn,
+                })
+            }
             Db::Postgres(p) => Tx::Postgres(p.begin().await?),
         };
         idempotency_keys::claim_in(&mut tx).await?;

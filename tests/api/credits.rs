@@ -503,6 +503,32 @@ both!(
         assert!(lines[2].ends_with(",payment,W-1,-40.00,60.00"), "{csv}");
         assert_eq!(lines.last().unwrap(), &",closing,,,80.00");
 
+        // The same statement as a PDF: opening, each movement with its balance, closing.
+        let r = d
+            .http
+            .get(d.url(&format!(
+                "/v1/customers/{cus}/statement?from=2027-01-02&to=2027-03-01"
+            )))
+            .bearer_auth(TOKEN)
+            .header("accept", "application/pdf")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/pdf");
+        let pdf = r.bytes().await.unwrap();
+        assert!(pdf.starts_with(b"%PDF-"));
+        let text = String::from_utf8_lossy(&pdf);
+        for needle in [
+            "(STATEMENT)",
+            "(Opening balance)",
+            "W-1)",
+            "(Closing balance)",
+            "($80.00)",
+        ] {
+            assert!(text.contains(needle), "{needle} not in the statement PDF");
+        }
+
         let out = std::process::Command::new(binary())
             .args([
                 "customers",

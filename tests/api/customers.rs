@@ -203,11 +203,58 @@ both!(
             json!({"gateway": "stripe", "token": "pm_card_visa", "number": "4242424242424242"}),
             json!({"gateway": "stripe", "token": "pm_card_visa", "cvc": "123"}),
             json!({"gateway": "stripe", "token": "4242 4242 4242 4242"}),
+            // Deeper, and as a JSON number, where a typed parse would echo it in its error.
+            json!({"gateway": "stripe", "token": "pm_card_visa", "default": 4242424242424242u64}),
+            json!({"gateway": "stripe", "token": "pm_card_visa", "meta": {"pan": ["4242424242424242"]}}),
         ] {
             let (status, answer) = d.post(&path, body).await;
             assert_eq!(status, 422, "{answer}");
             assert_eq!(answer["error"]["code"], "card_data_refused");
+            assert!(!answer.to_string().contains("4242424242424242"), "{answer}");
         }
+        // A control character in any text is refused, naming the field, and nothing is made.
+        for (body, field) in [
+            (
+                json!({"email": "nul@example.com", "name": "Ac\u{0}me", "currency": "USD"}),
+                "name",
+            ),
+            (
+                json!({"email": "bell@example.com", "name": "Acme", "currency": "USD",
+                       "billing_emails": ["a@example.com", "b\u{7}@example.com"]}),
+                "billing_emails[1]",
+            ),
+        ] {
+            let (status, answer) = d.post("/v1/customers", body).await;
+            assert_eq!(status, 422, "{answer}");
+            let message = answer["error"]["message"].as_str().unwrap();
+            assert!(message.starts_with(field), "{answer}");
+            assert!(message.contains("control character"), "{answer}");
+        }
+        let (_, found) = d.get("/v1/customers?billing_email=nul@example.com").await;
+        assert!(
+            found["data"].as_array().is_none_or(|a| a.is_empty()),
+            "{found}"
+        );
+        // Amounts are capped so that no sum of them overflows: the largest twice still adds up.
+        let rich = d.customer("USD").await;
+        for (amount, status) in [
+            ("1000000000000.00", 201),
+            ("1000000000000.00", 201),
+            ("1000000000000.01", 422),
+            ("92233720368547758.07", 422),
+        ] {
+            let (got, answer) = d
+                .post(
+                    "/v1/credit_notes",
+                    json!({"customer_id": rich, "amount": amount, "currency": "USD",
+                           "reason": "goodwill"}),
+                )
+                .await;
+            assert_eq!(got, status, "{amount}: {answer}");
+        }
+        let (status, view) = d.get(&format!("/v1/customers/{rich}")).await;
+        assert_eq!(status, 200, "{view}");
+        assert_eq!(view["credit_balance"], "2000000000000.00", "{view}");
         let (status, answer) = d
             .post(
                 &path,

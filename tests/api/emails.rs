@@ -23,6 +23,10 @@ fn options(smtp: &SmtpServer) -> DaemonOptions {
         .env("SETTLED__BUSINESS__NAME", "Example Ltd")
         .env("SETTLED__BUSINESS__ADDRESS", "1 Main Street\nSpringfield")
         .env("SETTLED__BUSINESS__SUPPORT_EMAIL", "help@example.com")
+        .env(
+            "SETTLED__BUSINESS__PAYMENT_INSTRUCTIONS",
+            "\"Example Bank\\nIBAN DE89 3704 0044 0532 0130 00\\nReference: your invoice number\"",
+        )
 }
 
 async fn customer(d: &Daemon, billing: &[&str], currency: &str) -> String {
@@ -146,8 +150,19 @@ both!(
         assert!(text.contains("Amount due:      $19.99"), "{text}");
         assert!(text.contains("Due:             31 January 2027"), "{text}");
         assert!(text.contains("Consulting"), "{text}");
+        let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+        let at = lines
+            .iter()
+            .position(|l| *l == "To pay by bank transfer:")
+            .expect("wire details in the invoice email");
+        assert_eq!(
+            lines[at + 1..at + 3],
+            ["  Example Bank", "  IBAN DE89 3704 0044 0532 0130 00"],
+            "{text}"
+        );
         let html = parsed.body_html(0).unwrap().to_string();
         assert!(html.contains("<table") && html.contains("$19.99"), "{html}");
+        assert!(html.contains("IBAN DE89 3704 0044 0532 0130 00"), "{html}");
         assert!(html.contains("Example Ltd") && html.contains("1 Main Street"));
         let raw = String::from_utf8_lossy(&m.data);
         assert!(
@@ -161,6 +176,28 @@ both!(
             Some("invoice-INV-2027-000001.pdf")
         );
         assert!(pdfs[0].contents().starts_with(b"%PDF-"));
+        let pdf_text = String::from_utf8_lossy(pdfs[0].contents());
+        assert!(
+            pdf_text.contains("(IBAN DE89 3704 0044 0532 0130 00)"),
+            "wire details in the PDF"
+        );
+        // The API hands out the same document, byte for byte.
+        let r = d
+            .http
+            .get(d.url(&format!("/v1/invoices/{invoice_id}/pdf")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/pdf");
+        assert_eq!(
+            r.headers()["content-disposition"],
+            "inline; filename=\"invoice-INV-2027-000001.pdf\""
+        );
+        assert_eq!(r.bytes().await.unwrap().as_ref(), pdfs[0].contents());
+        let (status, missing) = d.get("/v1/invoices/in_missing/pdf").await;
+        assert_eq!(status, 404, "{missing}");
 
         let e = wait_email(d, &invoice_id, "invoice", status_is("sent")).await;
         assert_eq!(e["template"], "invoice");
@@ -609,12 +646,27 @@ both!(
         );
         assert!(!text.contains("4242424242424242"));
         assert!(parsed.body_html(0).is_some());
-        assert!(
-            parsed
-                .attachments()
-                .any(|a| a.contents().starts_with(b"%PDF-")),
-            "the receipt PDF"
-        );
+        let attached = parsed
+            .attachments()
+            .find(|a| a.contents().starts_with(b"%PDF-"))
+            .expect("the receipt PDF")
+            .contents()
+            .to_vec();
+        // The same receipt through the API.
+        let (_, payments) = d
+            .get(&format!("/v1/payments?invoice_id={invoice_id}"))
+            .await;
+        let payment = payments["data"][0]["id"].as_str().unwrap().to_string();
+        let r = d
+            .http
+            .get(d.url(&format!("/v1/payments/{payment}/receipt.pdf")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/pdf");
+        assert_eq!(r.bytes().await.unwrap().as_ref(), attached.as_slice());
         // The rest, on demand: a second receipt, for the second payment, with nothing left.
         let (status, inv) = d
             .post(&format!("/v1/invoices/{invoice_id}/charge"), json!({}))

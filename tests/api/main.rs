@@ -22,6 +22,7 @@ mod metrics;
 mod money_paths;
 mod money_safety;
 mod operator_cli;
+mod reload;
 mod statements;
 mod subscriptions;
 mod webhooks;

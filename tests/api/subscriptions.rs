@@ -248,6 +248,27 @@ both!(
                 json!([item]),
                 "schedule.interval",
             ),
+            // Every second: an invoice (and a charge) a second.
+            (
+                json!({"cron": "* * * * * *"}),
+                json!([item]),
+                "schedule.cron",
+            ),
+            (
+                json!({"cron": "0 */10 * * * *"}),
+                json!([item]),
+                "schedule.cron",
+            ),
+            (
+                json!({"every": "month"}),
+                json!([{"description": "x", "quantity": "1", "unit_amount": "1000000000000.01"}]),
+                "items[0].unit_amount",
+            ),
+            (
+                json!({"every": "month"}),
+                json!([{"description": "Pl\u{0}an", "quantity": "1", "unit_amount": "1.00"}]),
+                "items[0].description",
+            ),
             (
                 json!({"every": "fortnight"}),
                 json!([item]),
@@ -297,6 +318,19 @@ both!(
         );
         let (_, list) = d.get("/v1/subscriptions").await;
         assert_eq!(list["data"].as_array().unwrap().len(), 0);
+        // Hourly is fine, and more often when asked for in so many words.
+        for schedule in [
+            json!({"cron": "0 0 * * * *"}),
+            json!({"cron": "0 */10 * * * *", "allow_frequent": true}),
+        ] {
+            let (status, body) = d
+                .post(
+                    "/v1/subscriptions",
+                    json!({"customer_id": customer, "items": [item], "schedule": schedule}),
+                )
+                .await;
+            assert_eq!(status, 201, "{body}");
+        }
     }
 );
 

@@ -113,6 +113,20 @@ fn extremes_format_and_parse() {
 }
 
 #[test]
+fn input_is_capped_so_sums_cannot_overflow() {
+    assert!(Money::parse_input("1000000000000.00", Currency::USD).is_ok());
+    let err = Money::parse_input("1000000000000.01", Currency::USD).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "1000000000000.01 is more than the largest amount accepted (1000000000000.00)"
+    );
+    assert!(Money::parse_input("-1000000000000.01", Currency::USD).is_err());
+    assert!(Money::parse_input("92233720368547758.07", Currency::USD).is_err());
+    // Ninety thousand of the largest still add up.
+    assert!(MAX_INPUT_MINOR.checked_mul(90_000).is_some());
+}
+
+#[test]
 fn parse_errors() {
     assert_eq!(
         Money::parse("19.999", Currency::USD)

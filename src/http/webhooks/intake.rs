@@ -40,24 +40,19 @@ struct Pending {
     reply: oneshot::Sender<Result<Stored, String>>,
 }
 
-/// The intake's configuration (secrets decoded once) and its writers.
-pub struct Intake {
-    pub billing: Arc<Billing>,
-    /// Told of every new event, so a drain starts at once where workers run.
-    scheduler: Arc<Scheduler>,
-    stripe_secrets: Result<Vec<String>, String>,
-    standard_keys: HashMap<String, Result<Vec<Vec<u8>>, String>>,
-    sender: OnceLock<mpsc::Sender<Pending>>,
+/// The signing secrets, decoded: replaced whole when the daemon reloads (SIGHUP).
+struct Secrets {
+    stripe: Result<Vec<String>, String>,
+    standard: HashMap<String, Result<Vec<Vec<u8>>, String>>,
 }
 
-impl Intake {
-    pub fn new(billing: Arc<Billing>, scheduler: Arc<Scheduler>) -> Intake {
-        let config = &billing.config;
-        let stripe_secrets = config
+impl Secrets {
+    fn of(config: &crate::config::Config) -> Secrets {
+        let stripe = config
             .stripe_webhook_secrets()
             .map(|s| s.iter().map(|s| s.expose().to_string()).collect())
             .map_err(|e| format!("{e:#}"));
-        let standard_keys = config
+        let standard = config
             .standard_webhooks
             .sources
             .keys()
@@ -74,38 +69,65 @@ impl Intake {
                 (name.clone(), keys)
             })
             .collect();
+        Secrets { stripe, standard }
+    }
+}
+
+/// The intake's secrets and its writers.
+pub struct Intake {
+    pub billing: Arc<Billing>,
+    /// Told of every new event, so a drain starts at once where workers run.
+    scheduler: Arc<Scheduler>,
+    secrets: std::sync::RwLock<Secrets>,
+    sender: OnceLock<mpsc::Sender<Pending>>,
+}
+
+impl Intake {
+    pub fn new(billing: Arc<Billing>, scheduler: Arc<Scheduler>) -> Intake {
+        let secrets = std::sync::RwLock::new(Secrets::of(&billing.config));
         Intake {
             billing,
             scheduler,
-            stripe_secrets,
-            standard_keys,
+            secrets,
             sender: OnceLock::new(),
         }
     }
 
+    /// Takes the signing secrets from `config` (a reload); deliveries already being checked
+    /// finish with the ones they started with.
+    pub fn reload(&self, config: &crate::config::Config) {
+        let fresh = Secrets::of(config);
+        *self.secrets.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Secrets> {
+        self.secrets.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The Stripe signing secrets, or why there are none to check against.
-    pub fn stripe_secrets(&self) -> Result<&[String], String> {
-        match &self.stripe_secrets {
+    pub fn stripe_secrets(&self) -> Result<Vec<String>, String> {
+        match &self.read().stripe {
             Ok(s) if s.is_empty() => Err(
                 "no Stripe webhook signing secret is configured (stripe.webhook_secrets or \
                  stripe.webhook_secrets_file); deliveries are refused until one is"
                     .into(),
             ),
-            Ok(s) => Ok(s),
+            Ok(s) => Ok(s.clone()),
             Err(e) => Err(format!("the Stripe webhook secrets cannot be read: {e}")),
         }
     }
 
     /// A configured Standard Webhooks source's keys: None for an unknown source, Err when the
     /// source has no usable secret.
-    pub fn standard_keys(&self, source: &str) -> Option<Result<&[Vec<u8>], String>> {
-        let keys = self.standard_keys.get(source)?;
+    pub fn standard_keys(&self, source: &str) -> Option<Result<Vec<Vec<u8>>, String>> {
+        let secrets = self.read();
+        let keys = secrets.standard.get(source)?;
         Some(match keys {
             Ok(k) if k.is_empty() => Err(format!(
                 "no signing secret is configured for the webhook source {source} \
                  (standard_webhooks.sources.{source}.secrets); deliveries are refused until one is"
             )),
-            Ok(k) => Ok(k),
+            Ok(k) => Ok(k.clone()),
             Err(e) => Err(format!(
                 "the secrets of the webhook source {source} cannot be read: {e}"
             )),

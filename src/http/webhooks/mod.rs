@@ -42,6 +42,7 @@ const MAX_EVENT_ID: usize = 255;
 /// `POST /webhooks/stripe`, `POST /webhooks/standard/{source}`.
 pub fn public_router(state: &AppState) -> Router<Arc<AppState>> {
     let intake = Arc::new(Intake::new(state.billing.clone(), state.scheduler.clone()));
+    let _ = state.intake.set(intake.clone());
     Router::new()
         .route("/webhooks/stripe", post(stripe))
         .route("/webhooks/standard/{source}", post(standard))
@@ -285,10 +286,11 @@ async fn stripe(AxState(intake): AxState<Arc<Intake>>, headers: HeaderMap, body:
         Ok(b) => b,
         Err(r) => return r,
     };
-    let secrets: Vec<&str> = match intake.stripe_secrets() {
-        Ok(s) => s.iter().map(String::as_str).collect(),
+    let secrets = match intake.stripe_secrets() {
+        Ok(s) => s,
         Err(message) => return no_secret(STRIPE, &message),
     };
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
     if let Err(refusal) = signature::verify_stripe(
         header_str(&headers, "stripe-signature"),
         &raw,
@@ -343,7 +345,7 @@ async fn standard(
         header_str(&headers, "webhook-timestamp"),
         header_str(&headers, "webhook-signature"),
         &raw,
-        keys,
+        &keys,
         wall_clock_secs(),
         config.standard_webhooks.tolerance_seconds,
     ) {

@@ -1,0 +1,64 @@
+//! PDFs through the API: `GET /v1/invoices/{id}/pdf` and `GET /v1/payments/{id}/receipt.pdf`,
+//! each the same bytes as the attachment of the email that carried it.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use settled_jobs::template::Template;
+
+use super::{ApiError, AppState};
+
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/invoices/{id}/pdf", get(invoice_pdf))
+        .route("/payments/{id}/receipt.pdf", get(receipt_pdf))
+}
+
+async fn invoice_pdf(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    pdf(&state, Template::Invoice, &id, "invoice").await
+}
+
+async fn receipt_pdf(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    pdf(&state, Template::Receipt, &id, "payment").await
+}
+
+async fn pdf(
+    state: &AppState,
+    template: Template,
+    id: &str,
+    what: &str,
+) -> Result<Response, ApiError> {
+    let billing = &state.billing;
+    let Some(doc) = crate::outbox::document(&billing.db, &billing.config, template, id).await?
+    else {
+        return Err(ApiError::NotFound(format!(
+            "no {what} {id} with a {} PDF (unknown, or not issued yet)",
+            template.name()
+        )));
+    };
+    let doc = doc.map_err(|e| ApiError::Unexpected(anyhow::anyhow!(e)))?;
+    let disposition = format!(
+        "inline; filename=\"{}\"",
+        doc.filename.replace(['"', '\\', '\r', '\n'], "_")
+    );
+    let mut response = doc.bytes.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/pdf"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(response)
+}
