@@ -193,7 +193,7 @@ pub async fn apply(
         let status = invoices::reduce_due(tx, invoice_id, w.column, total, now).await?;
         if status == InvoiceStatus::Paid {
             charge_attempts::drop_unsent_of(tx, invoice_id).await?;
-            super::retainers::deposit_if_paid(tx, invoice_id, None, now).await?;
+            super::deposits::deposit_if_paid(tx, invoice_id, None, now).await?;
         }
         tracing::info!(
             invoice_id,

@@ -9,6 +9,7 @@ pub mod charges;
 pub mod context;
 pub mod credits;
 pub mod customers;
+pub mod deposits;
 pub mod dunning;
 pub mod error;
 pub mod gateway_events;

@@ -14,8 +14,7 @@ use super::{Billing, Error, Result, credits};
 use crate::store::payments::{self as rows, NewRow, PaymentRow};
 use crate::store::{Tx, charge_attempts, customers, invoices, webhook_events};
 
-/// The `gateway` of payments recorded by an operator (wire, cheque, cash).
-pub const OFFLINE: &str = "offline";
+pub use crate::gateway::OFFLINE;
 
 #[derive(Debug, Clone)]
 pub struct NewPayment<'a> {
@@ -190,7 +189,7 @@ pub async fn apply_to_invoice(
     if paid.status == InvoiceStatus::Paid {
         charge_attempts::drop_unsent_of(tx, invoice_id).await?;
         if paid.kind == InvoiceKind::Retainer.as_str() {
-            super::retainers::deposit_if_paid(tx, invoice_id, Some(payment_id), now).await?;
+            super::deposits::deposit_if_paid(tx, invoice_id, Some(payment_id), now).await?;
         }
     }
     Ok(())

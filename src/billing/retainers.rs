@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use settled_jobs::ids::{new_id, prefix};
 use settled_jobs::money::decimal_text;
-use settled_jobs::status::{Account, InvoiceKind, InvoiceStatus};
+use settled_jobs::status::{Account, InvoiceKind};
 
 use super::ledger::{self, Entry};
 use super::{Billing, Error, Result, credits};
@@ -178,7 +178,7 @@ pub async fn refund(b: &Billing, customer_id: &str, amount: i64) -> Result<Vec<R
             let recorded_by = if through_gateway {
                 gateway.as_str()
             } else {
-                super::payments::OFFLINE
+                crate::gateway::OFFLINE
             };
             refunds::insert(
                 &mut tx,
@@ -256,58 +256,6 @@ pub async fn refund(b: &Billing, customer_id: &str, amount: i64) -> Result<Vec<R
         }
     }
     Ok(parts)
-}
-
-/// A retainer invoice that is paid, whatever paid it (payments, credit), holds one deposit of
-/// what it charged for the retainer: its total less any late fee. Called where an invoice may
-/// have become paid; does nothing for other invoices. Paid again after part of its deposit was
-/// taken back, the deposit grows back.
-pub async fn deposit_if_paid(
-    tx: &mut Tx,
-    invoice_id: &str,
-    payment_id: Option<&str>,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    let Some(inv) = invoices::get_in(tx, invoice_id).await? else {
-        return Ok(());
-    };
-    if inv.kind != InvoiceKind::Retainer.as_str() || inv.status() != InvoiceStatus::Paid {
-        return Ok(());
-    }
-    let deposit = inv.total - invoices::late_fees_of(tx, invoice_id).await?;
-    if deposit <= 0 {
-        return Ok(());
-    }
-    let (retainer_id, grew) = balances::set_deposit(
-        tx,
-        &inv.customer_id,
-        invoice_id,
-        payment_id,
-        &inv.currency,
-        deposit,
-        now,
-    )
-    .await?;
-    if grew > 0 {
-        ledger::record(
-            tx,
-            &[Entry {
-                customer_id: &inv.customer_id,
-                currency: &inv.currency,
-                account: Account::Retainer,
-                kind: "retainer_deposit",
-                amount: grew,
-                invoice_id: Some(invoice_id),
-                payment_id,
-                object_id: Some(&retainer_id),
-                memo: None,
-                at: now,
-            }],
-        )
-        .await?;
-        tracing::info!(invoice_id, retainer_id = %retainer_id, amount = grew, "retainer deposit made");
-    }
-    Ok(())
 }
 
 /// A retainer invoice was reopened by `amount` (a payment on it refunded or reversed, or it was

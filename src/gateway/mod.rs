@@ -3,6 +3,10 @@
 //! `settled_jobs::gateway::Gateway` trait) and its webhook adapter (JSON into
 //! `settled_jobs::event::GatewayEvent`), plus its entry in [`Gateways::from_config`].
 
+/// The `gateway` of payments recorded by an operator (wire, cheque, cash) and of refunds paid
+/// back by other means: no gateway at all.
+pub const OFFLINE: &str = "offline";
+
 pub mod standard;
 pub mod stripe;
 

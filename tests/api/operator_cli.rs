@@ -308,7 +308,9 @@ both!(
             last["message"].as_str().unwrap().starts_with("ready"),
             "{last}"
         );
-        assert!(last["done"].as_u64().unwrap() >= 12, "{last}");
+        // The first period starts at the subscription's creation, so the daemon may have billed
+        // it before the command began counting: eleven or twelve were done while it waited.
+        assert!(last["done"].as_u64().unwrap() >= 11, "{last}");
 
         // Nobody runs the work: the wait gives up with its own exit code.
         let env = d.env().to_vec();

@@ -303,7 +303,7 @@ pub async fn refund_payment(
             gateway: if through_gateway {
                 &payment.gateway
             } else {
-                crate::billing::payments::OFFLINE
+                crate::gateway::OFFLINE
             },
             gateway_refund_id: None,
             to_credit: as_credit,
