@@ -196,7 +196,7 @@ async fn readyz_is_503_while_postgres_is_unreachable_and_200_once_it_is_back() {
         .spawn()
         .unwrap();
     let guard = KillOnDrop(child.id());
-    let http = reqwest::Client::new();
+    let http = client();
     let port = {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {

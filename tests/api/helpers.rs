@@ -199,6 +199,17 @@ pub struct Daemon {
     options_env: Vec<(String, String)>,
 }
 
+/// The client tests talk to a daemon with. Idle connections are dropped after 5 s, before the
+/// daemon's own 10 s header-read timeout closes them, so a request never goes out on a connection
+/// the daemon is closing at that moment (as any well-behaved keep-alive client does).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build()
+        .expect("client")
+}
+
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_settled")
 }
@@ -254,10 +265,7 @@ impl Daemon {
         let daemon = Daemon {
             run: Run::Process(child),
             base,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("client"),
+            http: client(),
             log,
             state_dir,
             database_url: database_url.to_string(),
@@ -286,10 +294,7 @@ impl Daemon {
         let daemon = Daemon {
             run: Run::InProcess { stop },
             base,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("client"),
+            http: client(),
             log,
             state_dir,
             database_url: database_url.to_string(),
