@@ -13,6 +13,30 @@ use crate::outbox::snapshot::{StatementLineSnap, StatementSnap};
 use crate::store::work_failures::SetAside;
 use crate::store::{Db, Tx, customers, ledger, ms, wall_ms, work_failures};
 
+/// A statement as the outbox renders it (the monthly email, the PDF): `month` as yyyymm, or 0
+/// for a period that is not a month.
+pub fn snapshot(s: Statement, currency: &str, from: i64, to: i64, month: i64) -> StatementSnap {
+    StatementSnap {
+        month,
+        currency: currency.to_string(),
+        from,
+        to,
+        opening: s.opening,
+        closing: s.closing,
+        lines: s
+            .entries
+            .into_iter()
+            .map(|e| StatementLineSnap {
+                at: e.at,
+                kind: e.kind.to_string(),
+                reference: e.reference,
+                amount: e.amount,
+                balance: e.balance,
+            })
+            .collect(),
+    }
+}
+
 /// The customer's account in `currency` between `from` (inclusive) and `to` (exclusive).
 pub async fn statement(
     db: &Db,
@@ -241,25 +265,7 @@ async fn send_statement(
         ms(period.to),
     )
     .await?;
-    let snap = StatementSnap {
-        month,
-        currency: currency.clone(),
-        from: ms(period.from),
-        to: ms(period.to),
-        opening: s.opening,
-        closing: s.closing,
-        lines: s
-            .entries
-            .into_iter()
-            .map(|e| StatementLineSnap {
-                at: e.at,
-                kind: e.kind.to_string(),
-                reference: e.reference,
-                amount: e.amount,
-                balance: e.balance,
-            })
-            .collect(),
-    };
+    let snap = snapshot(s, &currency, ms(period.from), ms(period.to), month);
     crate::outbox::statement(tx, customer_id, &currency, snap, now).await?;
     Ok(())
 }

@@ -340,25 +340,7 @@ async fn statement(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if accept.contains("application/pdf") {
-        let snap = crate::outbox::snapshot::StatementSnap {
-            month: 0,
-            currency: cur.clone(),
-            from: ms(from),
-            to: ms(to),
-            opening: s.opening,
-            closing: s.closing,
-            lines: s
-                .entries
-                .iter()
-                .map(|e| crate::outbox::snapshot::StatementLineSnap {
-                    at: e.at,
-                    kind: e.kind.to_string(),
-                    reference: e.reference.clone(),
-                    amount: e.amount,
-                    balance: e.balance,
-                })
-                .collect(),
-        };
+        let snap = statements::snapshot(s, cur, ms(from), ms(to), 0);
         let pdf = crate::outbox::statement_pdf(
             &state.billing.config,
             &customer,

@@ -48,10 +48,7 @@ async fn readyz(AxState(state): AxState<Arc<AppState>>) -> impl IntoResponse {
     if failing.is_empty() {
         return (StatusCode::OK, Json(json!({"status": "ready"})));
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now = crate::store::wall_ms();
     let warnings: Vec<_> = failing
         .iter()
         .map(|(kind, count, since)| {

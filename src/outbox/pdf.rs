@@ -315,6 +315,35 @@ fn head(doc: &mut Doc, view: &View, title: &str, facts: &[(&str, String)]) {
     doc.y = y - 56.0;
 }
 
+/// One row of a table: short cells on the left, one text wrapped over as many lines as it needs,
+/// right-aligned cells, and a rule under it; on a new page the table's `header` comes first.
+fn table_row(
+    doc: &mut Doc,
+    header: &dyn Fn(&mut Doc),
+    left: &[(f32, &str)],
+    (x, wrapped, font): (f32, &[String], Font),
+    right: &[(f32, &str, Font)],
+) {
+    let height = 14.0 * wrapped.len() as f32 + 8.0;
+    let before = doc.pages.len();
+    doc.need(height);
+    if doc.pages.len() != before {
+        header(doc);
+    }
+    let y = doc.y;
+    for (cx, text) in left {
+        doc.text(*cx, y, text, Font::Regular, 10.0, 0.0);
+    }
+    for (i, part) in wrapped.iter().enumerate() {
+        doc.text(x, y - 14.0 * i as f32, part, font, 10.0, 0.0);
+    }
+    for (cx, text, f) in right {
+        doc.text_right(*cx, y, text, *f, 10.0, 0.0);
+    }
+    doc.rule(y - 14.0 * (wrapped.len() as f32 - 1.0) - 7.0, 0.92, 0.5);
+    doc.y -= height;
+}
+
 /// A right-aligned label and amount, as in a totals block.
 fn total_row(doc: &mut Doc, label: &str, value: &str, strong: bool) {
     doc.need(18.0);
@@ -380,21 +409,17 @@ pub fn invoice(view: &View) -> Vec<u8> {
             description.push_str(&format!(" (tax {rate})"));
         }
         let wrapped = wrap(&description, Font::Regular, 10.0, col_qty - LEFT - 60.0);
-        let height = 14.0 * wrapped.len() as f32 + 8.0;
-        let before = doc.pages.len();
-        doc.need(height);
-        if doc.pages.len() != before {
-            header(&mut doc);
-        }
-        let y = doc.y;
-        for (i, part) in wrapped.iter().enumerate() {
-            doc.text(LEFT, y - 14.0 * i as f32, part, Font::Regular, 10.0, 0.0);
-        }
-        doc.text_right(col_qty, y, &line.quantity, Font::Regular, 10.0, 0.0);
-        doc.text_right(col_unit, y, &line.unit_amount, Font::Regular, 10.0, 0.0);
-        doc.text_right(RIGHT, y, &line.amount, Font::Regular, 10.0, 0.0);
-        doc.rule(y - 14.0 * (wrapped.len() as f32 - 1.0) - 7.0, 0.92, 0.5);
-        doc.y -= height;
+        table_row(
+            &mut doc,
+            &header,
+            &[],
+            (LEFT, &wrapped, Font::Regular),
+            &[
+                (col_qty, &line.quantity, Font::Regular),
+                (col_unit, &line.unit_amount, Font::Regular),
+                (RIGHT, &line.amount, Font::Regular),
+            ],
+        );
     }
     doc.y -= 6.0;
     if inv.has_tax {
@@ -528,21 +553,13 @@ pub fn statement(view: &View) -> Vec<u8> {
     let row = |doc: &mut Doc, date: &str, what: &str, amount: &str, balance: &str, bold: bool| {
         let font = if bold { Font::Bold } else { Font::Regular };
         let wrapped = wrap(what, font, 10.0, col_amount - col_what - 80.0);
-        let height = 14.0 * wrapped.len() as f32 + 8.0;
-        let before = doc.pages.len();
-        doc.need(height);
-        if doc.pages.len() != before {
-            header(doc);
-        }
-        let y = doc.y;
-        doc.text(col_date, y, date, Font::Regular, 10.0, 0.0);
-        for (i, part) in wrapped.iter().enumerate() {
-            doc.text(col_what, y - 14.0 * i as f32, part, font, 10.0, 0.0);
-        }
-        doc.text_right(col_amount, y, amount, Font::Regular, 10.0, 0.0);
-        doc.text_right(RIGHT, y, balance, font, 10.0, 0.0);
-        doc.rule(y - 14.0 * (wrapped.len() as f32 - 1.0) - 7.0, 0.92, 0.5);
-        doc.y -= height;
+        table_row(
+            doc,
+            &header,
+            &[(col_date, date)],
+            (col_what, &wrapped, font),
+            &[(col_amount, amount, Font::Regular), (RIGHT, balance, font)],
+        );
     };
     row(
         &mut doc,

@@ -321,6 +321,15 @@ fn lines(list: &[LineSnap], currency: &str, format: MoneyFormat) -> Vec<LineView
 }
 
 /// Builds the view of a snapshot, with amounts formatted by `format`.
+/// A multi-line setting as its non-empty lines, trimmed.
+fn lines_of(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 pub fn view(config: &Config, snap: &Snapshot, format: MoneyFormat) -> View {
     let dates = Dates::new(&snap.customer.timezone);
     let m = |minor: i64, currency: &str| fmt_money(minor, currency, format);
@@ -378,28 +387,14 @@ pub fn view(config: &Config, snap: &Snapshot, format: MoneyFormat) -> View {
         has_tax: c.tax != 0,
         card: c.card.as_ref().map(card_label),
     });
-    let address_lines: Vec<String> = config
-        .business
-        .address
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
+    let address_lines = lines_of(&config.business.address);
     View {
         business: BusinessView {
             name: config.business.name.clone(),
             address: address_lines.join(", "),
             address_lines,
             support_email: config.business.support_email.clone(),
-            payment_instructions: config
-                .business
-                .payment_instructions
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect(),
+            payment_instructions: lines_of(&config.business.payment_instructions),
         },
         customer: CustomerView {
             name: snap.customer.name.clone(),

@@ -92,6 +92,15 @@ fn minor(amount: &Value) -> i64 {
     if negative { -v } else { v }
 }
 
+/// What the gateway's succeeded refunds of one PaymentIntent add up to.
+fn refunded_at(refunds: &[Value], payment_intent: &str) -> i64 {
+    refunds
+        .iter()
+        .filter(|r| r["payment_intent"] == payment_intent && r["status"] == "succeeded")
+        .filter_map(|r| r["amount"].as_i64())
+        .sum()
+}
+
 fn decimal(minor: i64) -> String {
     format!("{}.{:02}", minor / 100, minor % 100)
 }
@@ -464,22 +473,26 @@ impl Run {
         self.note("operator_refund", format!("{id} {body} -> {status}"));
     }
 
-    /// A refund made at the gateway's dashboard, reported by `charge.refunded`.
-    async fn gateway_refund(&mut self) {
-        let Some(p) = self.a_payment(true).await else {
-            return;
-        };
+    /// A card payment never disputed, with its PaymentIntent at the gateway: (payment, its
+    /// PaymentIntent's id, the PaymentIntent). Stripe refuses to refund or dispute again a
+    /// disputed charge.
+    async fn undisputed_card_payment(&mut self) -> Option<(Value, String, Value)> {
+        let p = self.a_payment(true).await?;
         let pi_id = p["gateway_payment_id"].as_str().unwrap_or("").to_string();
-        // Stripe refuses to refund a disputed charge.
         if self.disputed.contains(&pi_id) {
-            return;
+            return None;
         }
-        let Some(pi) = self
+        let pi = self
             .gateway
             .payment_intents()
             .into_iter()
-            .find(|pi| pi["id"] == pi_id.as_str())
-        else {
+            .find(|pi| pi["id"] == pi_id.as_str())?;
+        Some((p, pi_id, pi))
+    }
+
+    /// A refund made at the gateway's dashboard, reported by `charge.refunded`.
+    async fn gateway_refund(&mut self) {
+        let Some((p, pi_id, pi)) = self.undisputed_card_payment().await else {
             return;
         };
         let left = minor(&p["amount"]) - minor(&p["amount_refunded"]);
@@ -522,31 +535,13 @@ impl Run {
     }
 
     async fn dispute(&mut self) {
-        let Some(p) = self.a_payment(true).await else {
-            return;
-        };
-        let pi_id = p["gateway_payment_id"].as_str().unwrap_or("").to_string();
-        if self.disputed.contains(&pi_id) {
-            return;
-        }
-        let Some(pi) = self
-            .gateway
-            .payment_intents()
-            .into_iter()
-            .find(|pi| pi["id"] == pi_id.as_str())
-        else {
+        let Some((_, pi_id, pi)) = self.undisputed_card_payment().await else {
             return;
         };
         self.disputed.push(pi_id.clone());
         let dispute_id = format!("du_{}", random_suffix());
         // What is disputed is what was not refunded.
-        let refunded: i64 = self
-            .gateway
-            .refunds()
-            .iter()
-            .filter(|r| r["payment_intent"] == pi_id.as_str() && r["status"] == "succeeded")
-            .filter_map(|r| r["amount"].as_i64())
-            .sum();
+        let refunded = refunded_at(&self.gateway.refunds(), &pi_id);
         let amount = pi["amount_received"].as_i64().unwrap_or(0) - refunded;
         if amount <= 0 {
             return;
@@ -833,11 +828,7 @@ impl Run {
                     "{id} received {received} at the gateway; recorded: {recorded:?}"
                 ));
             }
-            let back: i64 = refunds
-                .iter()
-                .filter(|r| r["payment_intent"] == id.as_str() && r["status"] == "succeeded")
-                .filter_map(|r| r["amount"].as_i64())
-                .sum();
+            let back = refunded_at(&refunds, &id);
             let lost = self.lost_disputes.get(&id).copied().unwrap_or(0);
             let counted = minor(&recorded[0]["amount_refunded"]);
             if counted != back + lost {
