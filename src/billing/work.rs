@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use settled_jobs::job::WorkKind;
+use tokio_util::sync::CancellationToken;
 
 use super::statements;
 use super::{
@@ -13,12 +14,13 @@ use super::{
 use crate::outbox::send::Sender;
 use crate::store::{self, charge_attempts, emails, subscriptions, wall_ms, webhook_events};
 
-/// One batch of `kind`: returns how many items it took (0: nothing was due).
-pub async fn drain(b: &Billing, kind: WorkKind) -> Result<usize> {
+/// One batch of `kind` (for charges, a pipeline of batches until none is due or `stop` is
+/// cancelled): returns how many items it took (0: nothing was due).
+pub async fn drain(b: &Billing, kind: WorkKind, stop: &CancellationToken) -> Result<usize> {
     match kind {
         WorkKind::Periods => generation::drain(b).await,
         WorkKind::Drafts => invoices::drain_drafts(b).await,
-        WorkKind::Charges => charges::drain(b).await,
+        WorkKind::Charges => charges::drain(b, stop).await,
         WorkKind::Events => gateway_events::drain(b).await,
         WorkKind::Emails => Ok(sender(b).drain().await?),
         WorkKind::LateFees => dunning::drain_late_fees(b).await,

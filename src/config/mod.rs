@@ -112,6 +112,7 @@ pub struct StripeConfig {
     pub api_key_file: String,
     pub api_base: String,
     pub request_timeout_seconds: u64,
+    pub max_requests_in_flight: usize,
     pub webhook_secrets: Vec<Secret>,
     pub webhook_secrets_file: String,
     pub webhook_tolerance_seconds: i64,

@@ -103,7 +103,7 @@ impl Drainers {
                 return Ok(total);
             }
             let started = Instant::now();
-            let taken = work::drain(&self.billing, kind).await?;
+            let taken = work::drain(&self.billing, kind, &self.stop).await?;
             if taken > 0 {
                 crate::metrics::work_batch(kind, taken, started.elapsed());
             }
