@@ -6,6 +6,9 @@
 
 mod common;
 
+#[path = "../tests/support/smtp.rs"]
+mod smtp;
+
 use std::time::{Duration, Instant};
 
 use settled::app::Application;
@@ -58,6 +61,11 @@ async fn seed(db: &Db, n: usize) {
 }
 
 async fn run(backend: &str, n: usize) -> f64 {
+    // The invoice emails go to a local SMTP server (BENCH_MAIL=file: the file transport).
+    let smtp = match std::env::var("BENCH_MAIL").as_deref() {
+        Ok("file") => None,
+        _ => Some(smtp::SmtpServer::start_counting().await),
+    };
     let dir = tempfile::tempdir().unwrap();
     let url = common::fresh_database(backend, "gen", dir.path()).await;
     // Defaults throughout; BENCH_CONCURRENCY sets jobs.concurrency to compare.
@@ -84,6 +92,9 @@ async fn run(backend: &str, n: usize) -> f64 {
     ];
     if let Some(c) = &concurrency {
         env.push(("SETTLED__JOBS__CONCURRENCY".to_string(), c.clone()));
+    }
+    if let Some(smtp) = &smtp {
+        env.push(("SETTLED__EMAIL__SMTP_URL".to_string(), smtp.url()));
     }
     let config = Config::load_from(None, env).expect("config");
     let app = Application::build(config).await.expect("build");
@@ -113,7 +124,8 @@ async fn run(backend: &str, n: usize) -> f64 {
         if count as usize >= n && written.is_none() {
             written = Some(started.elapsed());
         }
-        // Done when every invoice email is out too (the file transport: STATE_DIR/mail).
+        // Done when every invoice email is out too (to the SMTP server, or the file transport's
+        // STATE_DIR/mail).
         let sent: i64 = on_db!(&state.billing.db, p => sqlx::query_scalar("SELECT COUNT(*) FROM emails WHERE status = 'sent'").fetch_one(p).await.unwrap());
         if written.is_some() && sent as usize >= n {
             break;
@@ -123,10 +135,14 @@ async fn run(backend: &str, n: usize) -> f64 {
     let elapsed = started.elapsed();
     let written = written.unwrap();
     let rate = n as f64 / elapsed.as_secs_f64();
+    if let Some(smtp) = &smtp {
+        assert!(smtp.accepted_count() >= n, "the SMTP server got every invoice email");
+    }
     println!(
-        "generate/{backend}: {n} invoices written in {:.2} s ({:.0}/s), with their emails sent in {:.2} s = {rate:.0} invoices/s end to end (jobs.concurrency {})",
+        "generate/{backend}: {n} invoices written in {:.2} s ({:.0}/s), with their emails sent {} in {:.2} s = {rate:.0} invoices/s end to end (jobs.concurrency {})",
         written.as_secs_f64(),
         n as f64 / written.as_secs_f64(),
+        if smtp.is_some() { "to a local SMTP server" } else { "to .eml files" },
         elapsed.as_secs_f64(),
         concurrency.as_deref().unwrap_or("default")
     );

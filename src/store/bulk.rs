@@ -125,12 +125,12 @@ fn unnest(cols: &[Column], first: usize) -> String {
     format!("UNNEST({})", args.join(", "))
 }
 
-/// `$first, $first+1, ...` for `n` parameters.
-pub fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// `?, ?, ...` for `n` parameters, bound in order. SQLite's anonymous parameters, not `$1`:
+/// binding a numbered one makes SQLite look its name up in a list of every name in the
+/// statement, so a statement of thousands of `$N` costs time quadratic in their number (it was
+/// most of the CPU of a batch of invoices), while `?` is found by position alone.
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
 }
 
 /// How many rows of `width` parameters fit in one SQLite statement.
@@ -138,12 +138,10 @@ fn rows_per_statement(width: usize) -> usize {
     (MAX_BINDS / width.max(1)).clamp(1, MAX_ROWS)
 }
 
-/// `($1, $2), ($3, $4), ...` for `rows` rows of `width` parameters, numbered from `first`.
-fn values(first: usize, rows: usize, width: usize) -> String {
-    (0..rows)
-        .map(|r| format!("({})", placeholders(first + r * width, width)))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// `(?, ?), (?, ?), ...` for `rows` rows of `width` parameters.
+fn values(rows: usize, width: usize) -> String {
+    let row = format!("({})", placeholders(width));
+    vec![row.as_str(); rows].join(", ")
 }
 
 macro_rules! bind_args {
@@ -199,7 +197,7 @@ fn plan<'a>(
         Tx::Sqlite(_) => Plan::Sqlite(
             rows.chunks(rows_per_statement(width))
                 .map(|chunk| {
-                    let source = format!("VALUES {}", values(1, chunk.len(), width));
+                    let source = format!("VALUES {}", values(chunk.len(), width));
                     (make(&source), chunk)
                 })
                 .collect(),
@@ -318,7 +316,7 @@ pub async fn update(
 }
 
 /// Reads the rows `sql_for(condition)` selects for `ids`: the condition, to follow a column
-/// name, is `= ANY($1)` on PostgreSQL and `IN ($1, ...)` on SQLite (split into several
+/// name, is `= ANY($1)` on PostgreSQL and `IN (?, ...)` on SQLite (split into several
 /// statements for a long list). Rows come back in statement order.
 pub async fn select_by_ids<T>(
     tx: &mut Tx,
@@ -342,7 +340,7 @@ where
         Tx::Sqlite(t) => {
             let mut rows = Vec::with_capacity(ids.len());
             for chunk in ids.chunks(MAX_ROWS) {
-                let sql = sql_for(&format!("IN ({})", placeholders(1, chunk.len())));
+                let sql = sql_for(&format!("IN ({})", placeholders(chunk.len())));
                 let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
                 for id in chunk {
                     q = q.bind(*id);
@@ -363,8 +361,8 @@ mod tests {
         assert_eq!(rows_per_statement(20), 1_000);
         assert_eq!(rows_per_statement(40), 750);
         assert_eq!(rows_per_statement(0), 1_000);
-        assert_eq!(placeholders(3, 2), "$3, $4");
-        assert_eq!(values(1, 2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(placeholders(2), "?, ?");
+        assert_eq!(values(2, 2), "(?, ?), (?, ?)");
     }
 
     #[test]
