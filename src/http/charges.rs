@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use settled_jobs::money::{Currency, Money};
 use utoipa::ToSchema;
 
-use super::extract::parse;
+use super::extract::{ApiBytes, parse};
 use super::format::amount;
 use super::invoices::{InvoiceView, load_view};
 use super::openapi::wire::{
@@ -125,7 +125,7 @@ fn requested_amount(given: &Option<String>, currency: &str, max: i64) -> Result<
 async fn charge_invoice(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
-    bytes: Bytes,
+    ApiBytes(bytes): ApiBytes,
 ) -> Result<(StatusCode, Json<InvoiceView>), ApiError> {
     let body = body_or_default(&bytes)?;
     let db = &state.billing.db;
@@ -179,7 +179,7 @@ async fn charge_invoice(
 async fn charge_balance(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
-    bytes: Bytes,
+    ApiBytes(bytes): ApiBytes,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let body = body_or_default(&bytes)?;
     if body.amount.is_some() {

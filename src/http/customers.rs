@@ -11,7 +11,7 @@ use settled_jobs::gateway::GatewayError;
 use settled_jobs::ids::{new_id, prefix};
 use settled_jobs::money::Currency;
 
-use super::extract::{ApiJson, ApiQuery, parse};
+use super::extract::{ApiBytes, ApiJson, ApiQuery, parse};
 use super::format::{amount, rfc3339_ms};
 use super::openapi::wire::{
     self, Amount, CurrencyInput, CustomerId, ErrorBody, PaymentMethodId, Timestamp,
@@ -441,7 +441,7 @@ const CARD_FIELDS: &[&str] = &[
 async fn add_payment_method(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Result<(StatusCode, Json<PaymentMethodView>), ApiError> {
     // Read as a number-preserving value only to look: a card number sent as a JSON number must
     // not reach the typed parse, whose error would echo it.

@@ -17,21 +17,34 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = match Bytes::from_request(req, state).await {
-            Ok(b) => b,
-            Err(rejection) => {
-                return Err(
-                    if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                        ApiError::TooLarge(0)
-                    } else if body_timed_out(&rejection) {
-                        ApiError::BodyTimeout
-                    } else {
-                        ApiError::Malformed(rejection.body_text())
-                    },
-                );
-            }
-        };
+        let ApiBytes(bytes) = ApiBytes::from_request(req, state).await?;
         parse(&bytes).map(ApiJson)
+    }
+}
+
+/// The raw body, refused in the API's error format: over the limit 413, too slow 408, unreadable
+/// 400, each as `{"error": ...}` JSON (axum's own rejections answer plain text).
+pub struct ApiBytes(pub Bytes);
+
+impl<S> FromRequest<S> for ApiBytes
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state)
+            .await
+            .map(ApiBytes)
+            .map_err(|rejection| {
+                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::TooLarge(0)
+                } else if body_timed_out(&rejection) {
+                    ApiError::BodyTimeout
+                } else {
+                    ApiError::Malformed(rejection.body_text())
+                }
+            })
     }
 }
 

@@ -340,6 +340,9 @@ async fn show(
     Ok(Json(view(row)?))
 }
 
+/// The statuses a subscription can be in (`?status=` takes these).
+pub const STATUSES: [&str; 3] = ["active", "paused", "canceled"];
+
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct SubscriptionQuery {
@@ -363,6 +366,14 @@ async fn list(
     ApiQuery(q): ApiQuery<SubscriptionQuery>,
 ) -> Result<Json<ListResponse<SubscriptionView>>, ApiError> {
     let limit = q.paging.limit()?;
+    if let Some(status) = &q.status
+        && !STATUSES.contains(&status.as_str())
+    {
+        return Err(ApiError::invalid(
+            "status",
+            format!("must be one of {}", STATUSES.join(", ")),
+        ));
+    }
     let rows = store::list(
         &state.billing.db,
         q.customer_id.as_deref(),

@@ -152,7 +152,10 @@ schema_type!(OfflineMethod => one_of("How an offline payment was made.", status:
 schema_type!(EmailTemplate => one_of("The kind of email.", settled_jobs::template::Template::names()));
 schema_type!(EmailStatus => one_of("An email's status.", crate::store::emails::EMAIL_STATUSES.to_vec()));
 schema_type!(CreditSource => one_of("Where a credit note's credit came from.", status::CreditSource::names()));
-schema_type!(SubscriptionStatus => one_of("A subscription's status.", vec!["active", "paused", "canceled"]));
+schema_type!(SubscriptionStatus => one_of(
+    "A subscription's status.",
+    crate::http::subscriptions::STATUSES.to_vec()
+));
 schema_type!(CatchUp => one_of(
     "What periods missed while nobody billed become: `all` (one invoice each), `latest` (the \
      most recent only) or `skip` (none).",
