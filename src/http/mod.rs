@@ -53,6 +53,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             idempotency::guard,
         ))
+        .layer(axum::middleware::from_fn(
+            extract::refuse_control_characters,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_admin,

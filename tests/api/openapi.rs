@@ -97,3 +97,42 @@ both!(
         }
     }
 );
+
+both!(
+    a_nul_in_a_query_string_or_an_id_is_refused_before_it_reaches_storage,
+    |backend| async move {
+        let w = World::start(backend).await;
+        let d = &w.daemon;
+        for path in [
+            "/v1/payments?customer_id=cus_1&starting_after=%00",
+            "/v1/invoices?customer_id=%01abc",
+            "/v1/webhook_events?source=bank%00",
+        ] {
+            let (status, body) = d.get(path).await;
+            assert_eq!(status, 400, "{path}: {body}");
+            assert_eq!(body["error"]["code"], "malformed_request", "{path}");
+        }
+        for path in [
+            "/v1/customers/cus_%00abc",
+            "/v1/jobs/charge_invoice:ca_%00",
+            "/v1/webhook_events/whe_%FF%FE",
+        ] {
+            let (status, body) = d.get(path).await;
+            assert_eq!(status, 404, "{path}: {body}");
+            assert_eq!(body["error"]["code"], "not_found", "{path}");
+        }
+        // With an Idempotency-Key the path would be stored with the key: refused before that.
+        let r = d
+            .http
+            .post(d.url("/v1/subscriptions/sub_%00/pause"))
+            .bearer_auth(TOKEN)
+            .header("idempotency-key", "nul-path")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        // The daemon still answers normally afterwards.
+        let (status, body) = d.get("/v1/payments?limit=5").await;
+        assert_eq!(status, 200, "{body}");
+    }
+);

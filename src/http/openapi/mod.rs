@@ -208,85 +208,88 @@ fn follow_conventions(op: &mut Operation, method: &str, admin: bool, path: &str)
             params.push(idempotency_key());
         }
     }
-    let responses = &mut op.responses;
+    // What the layers in front of the handler answer, by status; a route that documents a status
+    // itself keeps its own description.
+    let mut generic: Vec<(u16, &str)> = Vec::new();
     if admin {
-        error(
-            responses,
+        generic.push((
             401,
             "No admin token, or not one of the configured ones (`unauthorized`).",
-        );
+        ));
+    }
+    if admin {
+        generic.push((
+            400,
+            "The query string cannot be read, or holds a control character \
+             (`malformed_request`).",
+        ));
     }
     if admin && method == "POST" {
-        error(
-            responses,
+        generic.push((
             400,
             "The Idempotency-Key is not 1 to 255 printable ASCII characters \
-             (`invalid_idempotency_key`), or the body is not JSON (`malformed_request`).",
-        );
-        error(
-            responses,
+             (`invalid_idempotency_key`).",
+        ));
+        generic.push((
             409,
             "A request with the same Idempotency-Key is still being served \
              (`idempotency_key_in_use`).",
-        );
-        error(
-            responses,
+        ));
+        generic.push((
             413,
             "The body is larger than `server.max_body_bytes` (`body_too_large`).",
-        );
-        error(
-            responses,
+        ));
+        generic.push((
             422,
-            "The Idempotency-Key was used with another request (`idempotency_key_reused`), or \
-             the body is well-formed but invalid (`invalid_request`: the message names the field).",
-        );
+            "The Idempotency-Key was used with another request (`idempotency_key_reused`).",
+        ));
     }
     if admin && has_body {
-        error(
-            responses,
-            400,
-            "The body is not a JSON object (`malformed_request`).",
-        );
-        error(
-            responses,
+        generic.push((400, "The body is not a JSON object (`malformed_request`)."));
+        generic.push((
             408,
             "The body did not arrive within `server.body_read_timeout_seconds` (`body_timeout`).",
-        );
-        error(
-            responses,
+        ));
+        generic.push((
             413,
-            "The body is larger than the limit (`body_too_large`).",
-        );
-        error(
-            responses,
+            "The body is larger than `server.max_body_bytes` (`body_too_large`).",
+        ));
+        generic.push((
             422,
             "Well-formed but invalid: a missing, unknown or wrongly typed field, a bad value, a \
              control character in text (`invalid_request` or a more precise code; the message \
              names the field).",
-        );
+        ));
     }
     if admin && has_query {
-        error(
-            responses,
+        generic.push((
             400,
             "The query string cannot be read (`malformed_request`).",
-        );
-        error(
-            responses,
+        ));
+        generic.push((
             422,
             "A query parameter is out of range or not one of its values (`invalid_request`).",
-        );
+        ));
     }
     if admin && has_path {
-        error(responses, 404, "No such object (`not_found`).");
+        generic.push((404, "No such object (`not_found`)."));
     }
-    error(
-        responses,
+    generic.push((
         503,
         "Not ready yet (`not_ready`, with `Retry-After`), the database is unavailable \
          (`unavailable`), the request ran out of time (`timeout`) or too many connections are \
          open (`overloaded`). Nothing was changed; try again.",
-    );
+    ));
+    let mut by_status: std::collections::BTreeMap<u16, Vec<&str>> = Default::default();
+    for (status, description) in generic {
+        let list = by_status.entry(status).or_default();
+        if !list.contains(&description) {
+            list.push(description);
+        }
+    }
+    for (status, descriptions) in by_status {
+        error(&mut op.responses, status, &descriptions.join(" "));
+    }
 }
 
 /// Adds an error answer unless the route documents that status itself.
