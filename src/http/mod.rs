@@ -20,6 +20,7 @@ pub mod listener;
 pub mod openapi;
 pub mod payments;
 pub mod state;
+pub mod statements;
 pub mod subscriptions;
 pub mod webhooks;
 
@@ -43,6 +44,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(charges::router())
         .merge(payments::router())
         .merge(credits::router())
+        .merge(statements::router())
         .merge(clock::router())
         .merge(jobs::router())
         .merge(webhooks::admin_router())

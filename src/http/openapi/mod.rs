@@ -54,7 +54,7 @@ pub const NOT_DESCRIBED: &[&str] = &["/portal/"];
         super::customers::update,
         super::charges::charge_balance,
         super::credits::customer_payment,
-        super::credits::statement,
+        super::statements::statement,
         super::customers::add_payment_method,
         super::customers::list_payment_methods,
         super::customers::show_payment_method,
