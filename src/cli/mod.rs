@@ -130,9 +130,15 @@ fn config_path(cli: &Cli) -> Option<PathBuf> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Openapi = cli.command {
-        // Built from the code alone: no configuration or database is read.
-        println!("{}", crate::http::openapi::json());
-        return ExitCode::from(exit::OK);
+        // Built from the code alone: no configuration or database is read. A reader that stops
+        // early (`| head`) is not an error worth a panic.
+        use std::io::Write as _;
+        let written = writeln!(std::io::stdout().lock(), "{}", crate::http::openapi::json());
+        return ExitCode::from(if written.is_ok() {
+            exit::OK
+        } else {
+            exit::FAILURE
+        });
     }
     if let Command::CheckConfig {
         print_defaults: true,
