@@ -97,6 +97,10 @@ pub enum Command {
     /// The manual clock (clock.mode = "manual").
     #[command(subcommand)]
     Clock(commands::ClockCommand),
+    /// Print the OpenAPI 3.1 document of the HTTP API (admin API, webhooks, health) as JSON; the
+    /// daemon serves the same at `GET /v1/openapi.json`.
+    #[command(after_help = "Example:\n  settled openapi > openapi.json")]
+    Openapi,
     /// Validate the configuration and exit non-zero (78) on any problem.
     #[command(
         after_help = "Examples:\n  settled --config /etc/settled/settled.toml check-config\n  settled check-config --print-defaults > settled.toml"
@@ -125,6 +129,17 @@ fn config_path(cli: &Cli) -> Option<PathBuf> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Openapi = cli.command {
+        // Built from the code alone: no configuration or database is read. A reader that stops
+        // early (`| head`) is not an error worth a panic.
+        use std::io::Write as _;
+        let written = writeln!(std::io::stdout().lock(), "{}", crate::http::openapi::json());
+        return ExitCode::from(if written.is_ok() {
+            exit::OK
+        } else {
+            exit::FAILURE
+        });
+    }
     if let Command::CheckConfig {
         print_defaults: true,
     } = cli.command

@@ -7,12 +7,16 @@ use axum::extract::{Path, State as AxState};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use settled_jobs::money::{Currency, Money};
+use utoipa::ToSchema;
 
-use super::extract::parse;
+use super::extract::{ApiBytes, parse};
 use super::format::amount;
 use super::invoices::{InvoiceView, load_view};
+use super::openapi::wire::{
+    self, Amount, ChargeAttemptId, CurrencyInput, CustomerId, ErrorBody, InvoiceId, PaymentMethodId,
+};
 use super::payments::PaymentView;
 use super::{ApiError, AppState};
 use crate::billing::charges::{self, Charged};
@@ -24,17 +28,39 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/customers/{id}/charge_balance", post(charge_balance))
 }
 
-#[derive(Deserialize, Default)]
+/// An empty body charges everything due with the default saved method.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ChargeBody {
+pub(crate) struct ChargeBody {
     /// Decimal string; absent = everything due.
+    #[schema(value_type = Option<Amount>)]
     amount: Option<String>,
     /// One of the customer's saved methods (spm_...); absent = the default one. The contract
     /// calls it `payment_method_id`; `payment_method` is read too.
     #[serde(alias = "payment_method_id")]
+    #[schema(value_type = Option<PaymentMethodId>)]
     payment_method: Option<String>,
     /// When given, must be the currency charged.
+    #[schema(value_type = Option<CurrencyInput>)]
     currency: Option<String>,
+}
+
+/// A balance charge whose outcome is not known yet.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct BalanceCharge {
+    #[schema(value_type = String, pattern = "^balance_charge$")]
+    object: &'static str,
+    /// The charge attempt.
+    #[schema(value_type = ChargeAttemptId)]
+    id: String,
+    #[schema(value_type = CustomerId)]
+    customer_id: String,
+    #[schema(value_type = String, pattern = "^unknown$")]
+    status: &'static str,
+    #[schema(value_type = Amount)]
+    amount: String,
+    #[schema(value_type = wire::Currency)]
+    currency: String,
 }
 
 fn body_or_default(bytes: &Bytes) -> Result<ChargeBody, ApiError> {
@@ -81,10 +107,25 @@ fn requested_amount(given: &Option<String>, currency: &str, max: i64) -> Result<
 /// `POST /v1/invoices/{id}/charge {amount?, payment_method_id?}`: 200 with the invoice when the charge
 /// went through, 402 when declined, 202 when the gateway's answer is not known yet (it is asked
 /// again under the same key; the invoice shows the outcome once known).
+#[utoipa::path(post, path = "/v1/invoices/{id}/charge", tag = "invoices",
+    operation_id = "charge_invoice",
+    params(("id" = InvoiceId, Path, description = "The invoice.")),
+    request_body(content = ChargeBody, description = "Optional: an empty body charges all that \
+        is due with the default method."),
+    responses(
+        (status = 200, description = "Paid, or partly paid.", body = InvoiceView),
+        (status = 202, description = "Sent; the gateway's answer is not known yet (asked again \
+            under the same key; the invoice shows the outcome once known).", body = InvoiceView),
+        (status = 402, description = "Declined (`card_declined`, with `decline_code`).",
+            body = ErrorBody),
+        (status = 409, description = "Nothing to charge (`invoice_not_chargeable`), another \
+            charge is in flight, no saved method, or no gateway configured.", body = ErrorBody),
+        (status = 502, description = "The gateway did not answer; try again.", body = ErrorBody),
+    ))]
 async fn charge_invoice(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
-    bytes: Bytes,
+    ApiBytes(bytes): ApiBytes,
 ) -> Result<(StatusCode, Json<InvoiceView>), ApiError> {
     let body = body_or_default(&bytes)?;
     let db = &state.billing.db;
@@ -119,10 +160,26 @@ async fn charge_invoice(
 /// `POST /v1/customers/{id}/charge_balance`: one charge for everything outstanding in the
 /// customer's currency, allocated to open invoices oldest due first. Answers the payment (200),
 /// 402 when declined, or 202 with `{"status": "unknown"}` while the outcome is being resolved.
+#[utoipa::path(post, path = "/v1/customers/{id}/charge_balance", tag = "customers",
+    operation_id = "charge_customer_balance",
+    params(("id" = CustomerId, Path, description = "The customer.")),
+    request_body(content = ChargeBody, description = "Optional; `amount` is refused (a balance \
+        charge takes everything outstanding)."),
+    responses(
+        (status = 200, description = "The payment, allocated oldest due first.",
+            body = PaymentView),
+        (status = 202, description = "Sent; the outcome is not known yet.", body = BalanceCharge),
+        (status = 402, description = "Declined (`card_declined`, with `decline_code`).",
+            body = ErrorBody),
+        (status = 409, description = "Nothing outstanding, another charge for the customer or \
+            one of its invoices is unresolved, no saved method, or no gateway configured.",
+            body = ErrorBody),
+        (status = 502, description = "The gateway did not answer; try again.", body = ErrorBody),
+    ))]
 async fn charge_balance(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
-    bytes: Bytes,
+    ApiBytes(bytes): ApiBytes,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let body = body_or_default(&bytes)?;
     if body.amount.is_some() {
@@ -141,16 +198,17 @@ async fn charge_balance(
     let after = match charged {
         Charged::Succeeded(a) => a,
         Charged::Unknown(a) => {
+            let pending = BalanceCharge {
+                object: "balance_charge",
+                amount: amount(a.amount, &a.currency),
+                id: a.id,
+                customer_id: id,
+                status: "unknown",
+                currency: a.currency,
+            };
             return Ok((
                 StatusCode::ACCEPTED,
-                Json(serde_json::json!({
-                    "object": "balance_charge",
-                    "id": a.id,
-                    "customer_id": id,
-                    "status": "unknown",
-                    "amount": amount(a.amount, &a.currency),
-                    "currency": a.currency,
-                })),
+                Json(serde_json::to_value(pending).unwrap_or_default()),
             ));
         }
     };

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use super::ApiError;
 use super::AppState;
 use super::extract::ApiJson;
+use super::openapi::wire::{ErrorBody, Instant, Timestamp};
+use utoipa::ToSchema;
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
@@ -19,19 +21,32 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/clock/advance", post(advance))
 }
 
-#[derive(Serialize)]
+/// The manual clock.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Clock)]
 pub struct ClockView {
+    #[schema(value_type = String, pattern = "^test_clock$")]
     pub object: &'static str,
+    #[schema(value_type = Timestamp)]
     pub now: String,
+    /// `ready` once every piece of work due at or before `now` has finished.
+    #[schema(value_type = String, pattern = "^(ready|advancing)$")]
     pub status: &'static str,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Advance {
+pub(crate) struct Advance {
+    /// Not before the clock's current time.
+    #[schema(value_type = Instant)]
     to: String,
 }
 
+#[utoipa::path(get, path = "/v1/clock", tag = "clock", operation_id = "get_clock",
+    responses(
+        (status = 200, description = "The manual clock.", body = ClockView),
+        (status = 404, description = "The clock is not in manual mode.", body = ErrorBody),
+    ))]
 async fn show(AxState(state): AxState<Arc<AppState>>) -> Result<Json<ClockView>, ApiError> {
     let Some(clock) = &state.manual_clock else {
         return Err(ApiError::NotFound("the clock is not in manual mode".into()));
@@ -50,6 +65,13 @@ fn jobs_now(clock: &settled_jobs::clock::ManualClock) -> DateTime<Utc> {
     clock.now()
 }
 
+#[utoipa::path(post, path = "/v1/clock/advance", tag = "clock", operation_id = "advance_clock",
+    request_body = Advance,
+    responses(
+        (status = 202, description = "Advanced; work due by then runs now (`GET /v1/clock` says \
+            when it is done).", body = ClockView),
+        (status = 404, description = "The clock is not in manual mode.", body = ErrorBody),
+    ))]
 async fn advance(
     AxState(state): AxState<Arc<AppState>>,
     ApiJson(body): ApiJson<Advance>,

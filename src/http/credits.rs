@@ -4,25 +4,27 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State as AxState};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use settled_jobs::money::{Currency, Money};
+use utoipa::ToSchema;
 
 use settled_jobs::status::OfflineMethod;
 
-use super::extract::{ApiJson, ApiQuery};
-use super::format::{amount, rfc3339, rfc3339_ms};
+use super::extract::ApiJson;
+use super::format::{amount, rfc3339_ms};
 use super::invoices::{InvoiceView, load_view};
+use super::openapi::wire::{
+    self, Amount, CreditNoteId, CurrencyInput, CustomerId, ErrorBody, InvoiceId, RefundId,
+    RetainerId, Timestamp,
+};
 use super::payments::PaymentView;
 use super::{ApiError, AppState, ListResponse};
-use crate::billing::{self, credits, ledger, payments, retainers, statements};
+use crate::billing::{self, credits, ledger, payments, retainers};
 use crate::store::balances::{self, CreditNoteRow};
-use crate::store::{customers, from_ms, invoices, ms};
+use crate::store::{customers, invoices};
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
@@ -31,7 +33,6 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/customers/{id}/retainer/apply", post(apply_retainer))
         .route("/customers/{id}/retainer/refund", post(refund_retainer))
         .route("/customers/{id}/payments", post(customer_payment))
-        .route("/customers/{id}/statement", get(statement))
         .route("/invoices/{id}/payments", post(invoice_payment))
         .route("/invoices/{id}/void", post(void))
         .route("/ledger/check", get(check))
@@ -46,28 +47,67 @@ fn money(text: &str, currency: &str, field: &str) -> Result<i64, ApiError> {
     Ok(m.minor)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewCreditNote {
+pub(crate) struct NewCreditNote {
+    #[schema(value_type = CustomerId)]
     customer_id: String,
+    /// Greater than zero.
+    #[schema(value_type = Amount)]
     amount: String,
+    /// The customer's currency.
+    #[schema(value_type = CurrencyInput)]
     currency: String,
+    /// 1 to 500 characters.
     reason: String,
 }
 
-fn credit_note_view(r: CreditNoteRow) -> serde_json::Value {
-    json!({
-        "id": r.id, "object": "credit_note", "customer_id": r.customer_id,
-        "amount": amount(r.amount, &r.currency), "remaining": amount(r.remaining, &r.currency),
-        "currency": r.currency, "source": r.source, "reason": r.reason,
-        "created_at": rfc3339_ms(r.created_at),
-    })
+/// Credit a customer holds, applied to its next invoices oldest first.
+#[derive(Serialize, ToSchema)]
+#[schema(as = CreditNote)]
+pub(crate) struct CreditNoteView {
+    #[schema(value_type = CreditNoteId)]
+    id: String,
+    #[schema(value_type = String, pattern = "^credit_note$")]
+    object: &'static str,
+    #[schema(value_type = CustomerId)]
+    customer_id: String,
+    #[schema(value_type = Amount)]
+    amount: String,
+    /// What is left to apply.
+    #[schema(value_type = Amount)]
+    remaining: String,
+    #[schema(value_type = wire::Currency)]
+    currency: String,
+    #[schema(value_type = wire::CreditSource)]
+    source: String,
+    reason: String,
+    #[schema(value_type = Timestamp)]
+    created_at: String,
 }
 
+fn credit_note_view(r: CreditNoteRow) -> CreditNoteView {
+    CreditNoteView {
+        id: r.id,
+        object: "credit_note",
+        customer_id: r.customer_id,
+        amount: amount(r.amount, &r.currency),
+        remaining: amount(r.remaining, &r.currency),
+        source: r.source,
+        reason: r.reason,
+        created_at: rfc3339_ms(r.created_at),
+        currency: r.currency,
+    }
+}
+
+#[utoipa::path(post, path = "/v1/credit_notes", tag = "credits", operation_id = "create_credit_note",
+    request_body = NewCreditNote,
+    responses((status = 201, description = "The credit note; the customer's credit balance grows \
+        by its amount.", body = CreditNoteView)))]
 async fn create_credit_note(
     AxState(state): AxState<Arc<AppState>>,
     ApiJson(body): ApiJson<NewCreditNote>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<CreditNoteView>), ApiError> {
     let customer = customers::get_row(&state.billing.db, &body.customer_id)
         .await?
         .ok_or_else(|| {
@@ -96,10 +136,15 @@ async fn create_credit_note(
     Ok((StatusCode::CREATED, Json(credit_note_view(row))))
 }
 
+#[utoipa::path(get, path = "/v1/customers/{id}/credit_notes", tag = "credits",
+    operation_id = "list_credit_notes",
+    params(("id" = CustomerId, Path, description = "The customer.")),
+    responses((status = 200, description = "Every credit note of the customer (one page).",
+        body = ListResponse<CreditNoteView>)))]
 async fn list_credit_notes(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
-) -> Result<Json<ListResponse<serde_json::Value>>, ApiError> {
+) -> Result<Json<ListResponse<CreditNoteView>>, ApiError> {
     customers::get_row(&state.billing.db, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("customer", &id))?;
@@ -111,13 +156,26 @@ async fn list_credit_notes(
     )))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ApplyRetainer {
+pub(crate) struct ApplyRetainer {
+    /// One of the customer's open invoices.
+    #[schema(value_type = InvoiceId)]
     invoice_id: String,
+    /// Default: as much as the retainer and the invoice allow.
+    #[schema(value_type = Option<Amount>)]
     amount: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/customers/{id}/retainer/apply", tag = "credits",
+    operation_id = "apply_retainer",
+    params(("id" = CustomerId, Path, description = "The customer.")),
+    request_body = ApplyRetainer,
+    responses(
+        (status = 200, description = "The invoice with the retainer applied.", body = InvoiceView),
+        (status = 409, description = "The invoice takes no retainer in its status, or the \
+            customer has none.", body = ErrorBody),
+    ))]
 async fn apply_retainer(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
@@ -139,32 +197,86 @@ async fn apply_retainer(
     Ok(Json(load_view(&state.billing.db, row).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RefundRetainer {
+pub(crate) struct RefundRetainer {
+    /// Greater than zero, at most the retainer balance.
+    #[schema(value_type = Amount)]
     amount: String,
+}
+
+/// A refund of unused retainer, newest deposit first.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct RetainerRefund {
+    #[schema(value_type = String, pattern = "^retainer_refund$")]
+    object: &'static str,
+    /// `succeeded`, `pending` (a gateway's answer is not known yet), `partially_failed` or
+    /// `failed`.
+    #[schema(pattern = "^(succeeded|pending|partially_failed|failed)$")]
+    status: &'static str,
+    #[schema(value_type = CustomerId)]
+    customer_id: String,
+    #[schema(value_type = Amount)]
+    amount: String,
+    #[schema(value_type = wire::Currency)]
+    currency: String,
+    /// One part per deposit refunded.
+    refunds: Vec<RetainerRefundPart>,
+    /// What is left.
+    #[schema(value_type = Amount)]
+    retainer_balance: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct RetainerRefundPart {
+    /// The refund, when one was recorded.
+    #[schema(value_type = Option<RefundId>, required = true)]
+    id: Option<String>,
+    #[schema(value_type = RetainerId)]
+    retainer_id: String,
+    #[schema(value_type = Amount)]
+    amount: String,
+    #[schema(required = true)]
+    gateway_refund_id: Option<String>,
+    #[schema(pattern = "^(pending|succeeded|failed)$")]
+    status: String,
+    #[schema(required = true)]
+    failure_reason: Option<String>,
 }
 
 /// Refunds unused retainer, newest deposit first; deposits paid through the gateway are refunded
 /// there (under a key derived from the retainer and its remaining balance, so a retried request
 /// never refunds twice), others by record.
+#[utoipa::path(post, path = "/v1/customers/{id}/retainer/refund", tag = "credits",
+    operation_id = "refund_retainer",
+    params(("id" = CustomerId, Path, description = "The customer.")),
+    request_body = RefundRetainer,
+    responses(
+        (status = 200, description = "What was refunded, deposit by deposit.",
+            body = RetainerRefund),
+        (status = 409, description = "Less retainer than asked for, or a refund of it is in \
+            flight.", body = ErrorBody),
+        (status = 502, description = "The gateway did not answer; try again.", body = ErrorBody),
+    ))]
 async fn refund_retainer(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<RefundRetainer>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<RetainerRefund>, ApiError> {
     let customer = customers::get_row(&state.billing.db, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("customer", &id))?;
     let requested = money(&body.amount, &customer.currency, "amount")?;
     let parts = retainers::refund(&state.billing, &id, requested).await?;
-    let refunds: Vec<serde_json::Value> = parts
+    let refunds: Vec<RetainerRefundPart> = parts
         .iter()
-        .map(|p| {
-            json!({"id": p.id, "retainer_id": p.retainer_id,
-                   "amount": amount(p.amount, &customer.currency),
-                   "gateway_refund_id": p.gateway_refund_id,
-                   "status": p.status, "failure_reason": p.failure_reason})
+        .map(|p| RetainerRefundPart {
+            id: p.id.clone(),
+            retainer_id: p.retainer_id.clone(),
+            amount: amount(p.amount, &customer.currency),
+            gateway_refund_id: p.gateway_refund_id.clone(),
+            status: p.status.clone(),
+            failure_reason: p.failure_reason.clone(),
         })
         .collect();
     let status = if !parts.is_empty() && parts.iter().all(|p| p.status == "failed") {
@@ -179,23 +291,30 @@ async fn refund_retainer(
     let c = customers::get(&state.billing.db, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("customer", &id))?;
-    Ok(Json(json!({
-        "object": "retainer_refund",
-        "status": status,
-        "customer_id": id,
-        "amount": amount(requested, &customer.currency),
-        "currency": customer.currency,
-        "refunds": refunds,
-        "retainer_balance": amount(c.retainer_balance, &customer.currency),
-    })))
+    Ok(Json(RetainerRefund {
+        object: "retainer_refund",
+        status,
+        customer_id: id,
+        amount: amount(requested, &customer.currency),
+        retainer_balance: amount(c.retainer_balance, &customer.currency),
+        currency: customer.currency,
+        refunds,
+    }))
 }
 
-#[derive(Deserialize)]
+/// A payment made outside the gateway, as an operator records it.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct OfflinePayment {
+pub(crate) struct OfflinePayment {
+    /// Greater than zero; more than is due becomes credit.
+    #[schema(value_type = Amount)]
     amount: String,
+    #[schema(value_type = wire::OfflineMethod)]
     method: String,
+    /// At most 200 characters (a bank reference, a cheque number).
     reference: Option<String>,
+    /// When given, the currency due.
+    #[schema(value_type = Option<CurrencyInput>)]
     currency: Option<String>,
 }
 
@@ -225,6 +344,16 @@ fn check_offline(body: &OfflinePayment, currency: &str) -> Result<i64, ApiError>
 
 /// `POST /v1/invoices/{id}/payments`: a wire, cheque or cash payment recorded by an operator;
 /// a part leaves the invoice partially paid, more than due becomes credit.
+#[utoipa::path(post, path = "/v1/invoices/{id}/payments", tag = "invoices",
+    operation_id = "record_invoice_payment",
+    params(("id" = InvoiceId, Path, description = "The invoice.")),
+    request_body = OfflinePayment,
+    responses(
+        (status = 201, description = "The payment; more than due becomes credit.",
+            body = PaymentView),
+        (status = 409, description = "The invoice takes no payment in its status \
+            (`invoice_not_open`).", body = ErrorBody),
+    ))]
 async fn invoice_payment(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
@@ -253,6 +382,12 @@ async fn invoice_payment(
 
 /// `POST /v1/customers/{id}/payments`: an offline payment toward the whole balance, allocated to
 /// open invoices oldest due first; any excess becomes credit.
+#[utoipa::path(post, path = "/v1/customers/{id}/payments", tag = "customers",
+    operation_id = "record_customer_payment",
+    params(("id" = CustomerId, Path, description = "The customer.")),
+    request_body = OfflinePayment,
+    responses((status = 201, description = "The payment, allocated to open invoices oldest due \
+        first; any excess becomes credit.", body = PaymentView)))]
 async fn customer_payment(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
@@ -286,6 +421,14 @@ async fn record_offline(
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
+#[utoipa::path(post, path = "/v1/invoices/{id}/void", tag = "invoices", operation_id = "void_invoice",
+    params(("id" = InvoiceId, Path, description = "The invoice.")),
+    responses(
+        (status = 200, description = "The invoice, void; credit and retainer applied to it are \
+            given back.", body = InvoiceView),
+        (status = 409, description = "A payment is recorded, or it is void already.",
+            body = ErrorBody),
+    ))]
 async fn void(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
@@ -297,121 +440,24 @@ async fn void(
     Ok(Json(load_view(&state.billing.db, row).await?))
 }
 
-#[derive(Deserialize)]
-struct StatementQuery {
-    from: Option<String>,
-    to: Option<String>,
-}
-
-fn instant(v: &Option<String>, field: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
-    v.as_ref()
-        .map(|s| {
-            DateTime::parse_from_rfc3339(s)
-                .map(|d| d.with_timezone(&Utc))
-                .or_else(|_| {
-                    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
-                        .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())
-                })
-                .map_err(|_| ApiError::invalid(field, "must be an RFC 3339 instant or a date"))
-        })
-        .transpose()
-}
-
-/// `GET /v1/customers/{id}/statement?from=&to=`: JSON, or CSV with `Accept: text/csv`.
-async fn statement(
-    AxState(state): AxState<Arc<AppState>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    ApiQuery(q): ApiQuery<StatementQuery>,
-) -> Result<Response, ApiError> {
-    let customer = customers::get_row(&state.billing.db, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("customer", &id))?;
-    let from = instant(&q.from, "from")?.unwrap_or_else(|| from_ms(0));
-    let to = instant(&q.to, "to")?
-        .unwrap_or_else(|| state.billing.now() + chrono::Duration::milliseconds(1));
-    if to <= from {
-        return Err(ApiError::invalid("to", "must be after from"));
-    }
-    let cur = &customer.currency;
-    let s = statements::statement(&state.billing.db, &id, cur, ms(from), ms(to)).await?;
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if accept.contains("application/pdf") {
-        let snap = statements::snapshot(s, cur, ms(from), ms(to), 0);
-        let pdf = crate::outbox::statement_pdf(
-            &state.billing.config,
-            &customer,
-            snap,
-            state.billing.now(),
-        );
-        return Ok((
-            [
-                (header::CONTENT_TYPE, "application/pdf".to_string()),
-                (
-                    header::CONTENT_DISPOSITION,
-                    format!("inline; filename=\"statement-{id}.pdf\""),
-                ),
-            ],
-            pdf,
-        )
-            .into_response());
-    }
-    let csv = accept.contains("text/csv");
-    if csv {
-        let mut out = String::from("date,kind,reference,amount,balance\n");
-        out.push_str(&format!(",opening,,,{}\n", amount(s.opening, cur)));
-        for e in &s.entries {
-            out.push_str(&format!(
-                "{},{},{},{},{}\n",
-                rfc3339_ms(e.at),
-                e.kind,
-                csv_field(&e.reference),
-                amount(e.amount, cur),
-                amount(e.balance, cur)
-            ));
-        }
-        out.push_str(&format!(",closing,,,{}\n", amount(s.closing, cur)));
-        return Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response());
-    }
-    let entries: Vec<serde_json::Value> = s
-        .entries
-        .iter()
-        .map(|e| {
-            json!({"at": rfc3339_ms(e.at), "kind": e.kind, "reference": e.reference,
-                   "amount": amount(e.amount, cur), "balance": amount(e.balance, cur)})
-        })
-        .collect();
-    Ok(Json(json!({
-        "object": "statement",
-        "customer_id": id,
-        "currency": cur,
-        "from": rfc3339(from),
-        "to": rfc3339(to),
-        "opening_balance": amount(s.opening, cur),
-        "entries": entries,
-        "closing_balance": amount(s.closing, cur),
-    }))
-    .into_response())
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
+/// What the ledger check found.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct LedgerCheck {
+    /// True when every cent is accounted for.
+    ok: bool,
+    /// One sentence per difference between the ledger's sums and the records.
+    problems: Vec<String>,
 }
 
 /// `GET /v1/ledger/check`: compares the ledger's sums with the records; `ok` with no problems
 /// when every cent is accounted for.
-async fn check(
-    AxState(state): AxState<Arc<AppState>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(get, path = "/v1/ledger/check", tag = "credits", operation_id = "check_ledger",
+    responses((status = 200, description = "The ledger's sums compared with the records.",
+        body = LedgerCheck)))]
+async fn check(AxState(state): AxState<Arc<AppState>>) -> Result<Json<LedgerCheck>, ApiError> {
     let problems = ledger::check(&state.billing.db).await?;
-    Ok(Json(
-        json!({"ok": problems.is_empty(), "problems": problems}),
-    ))
+    Ok(Json(LedgerCheck {
+        ok: problems.is_empty(),
+        problems,
+    }))
 }

@@ -11,11 +11,15 @@ use settled_jobs::gateway::GatewayError;
 use settled_jobs::ids::{new_id, prefix};
 use settled_jobs::money::Currency;
 
-use super::extract::{ApiJson, ApiQuery, parse};
+use super::extract::{ApiBytes, ApiJson, ApiQuery, parse};
 use super::format::{amount, rfc3339_ms};
+use super::openapi::wire::{
+    self, Amount, CurrencyInput, CustomerId, ErrorBody, PaymentMethodId, Timestamp,
+};
 use super::{ApiError, AppState, ListResponse, Paging};
 use crate::store::customers::{self as store, Customer, CustomerPatch, NewCustomer};
 use crate::store::payment_methods::{self, PaymentMethodRow};
+use utoipa::{IntoParams, ToSchema};
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
@@ -35,22 +39,38 @@ pub fn router() -> Router<Arc<AppState>> {
         )
 }
 
-#[derive(Serialize)]
+/// A customer with its balances.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Customer)]
 pub struct CustomerView {
+    #[schema(value_type = CustomerId)]
     pub id: String,
+    #[schema(value_type = String, pattern = "^customer$")]
     pub object: &'static str,
     pub email: String,
     pub name: String,
+    #[schema(value_type = wire::Currency)]
     pub currency: String,
+    /// The IANA time zone its schedules and statements are read in.
     pub timezone: String,
+    /// Who receives its invoices and receipts.
     pub billing_emails: Vec<String>,
     pub auto_charge: bool,
     pub apply_retainer: bool,
     pub statement_emails: bool,
+    /// The customer at the gateway (`cus_...`), when there is one.
+    #[schema(required = true)]
     pub gateway_customer_id: Option<String>,
+    /// Credit held, applied to its next invoices.
+    #[schema(value_type = Amount)]
     pub credit_balance: String,
+    /// Retainer deposits paid and not yet applied or refunded.
+    #[schema(value_type = Amount)]
     pub retainer_balance: String,
+    /// What its open invoices still owe.
+    #[schema(value_type = Amount)]
     pub outstanding: String,
+    #[schema(value_type = Timestamp)]
     pub created_at: String,
 }
 
@@ -77,17 +97,26 @@ impl From<Customer> for CustomerView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateCustomer {
+pub(crate) struct CreateCustomer {
+    /// The customer's address; the default billing contact.
     email: String,
+    /// 1 to 200 characters.
     name: String,
+    #[schema(value_type = CurrencyInput)]
     currency: String,
+    /// An IANA time zone; default `UTC`.
     timezone: Option<String>,
+    /// 1 to 20 addresses; default `[email]`.
     billing_emails: Option<Vec<String>>,
+    /// Default true.
     auto_charge: Option<bool>,
+    /// Default false.
     apply_retainer: Option<bool>,
+    /// Default false.
     statement_emails: Option<bool>,
+    /// The customer at the gateway, `cus_...`.
     gateway_customer_id: Option<String>,
 }
 
@@ -173,6 +202,9 @@ fn check_gateway_customer(id: &str) -> Result<String, ApiError> {
     }
 }
 
+#[utoipa::path(post, path = "/v1/customers", tag = "customers", operation_id = "create_customer",
+    request_body = CreateCustomer,
+    responses((status = 201, description = "The customer, created.", body = CustomerView)))]
 async fn create(
     AxState(state): AxState<Arc<AppState>>,
     ApiJson(body): ApiJson<CreateCustomer>,
@@ -215,6 +247,9 @@ async fn create(
     Ok((StatusCode::CREATED, Json(customer.into())))
 }
 
+#[utoipa::path(get, path = "/v1/customers/{id}", tag = "customers", operation_id = "get_customer",
+    params(("id" = CustomerId, Path, description = "The customer.")),
+    responses((status = 200, description = "The customer with its balances.", body = CustomerView)))]
 async fn show(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
@@ -225,13 +260,20 @@ async fn show(
         .ok_or_else(|| ApiError::not_found("customer", &id))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct CustomerQuery {
+    /// Only the customers this address receives bills for.
     billing_email: Option<String>,
     #[serde(flatten)]
+    #[param(ignore)]
     paging: Paging,
 }
 
+#[utoipa::path(get, path = "/v1/customers", tag = "customers", operation_id = "list_customers",
+    params(CustomerQuery, Paging),
+    responses((status = 200, description = "A page of customers, oldest first.",
+        body = ListResponse<CustomerView>)))]
 async fn list(
     AxState(state): AxState<Arc<AppState>>,
     ApiQuery(q): ApiQuery<CustomerQuery>,
@@ -250,9 +292,10 @@ async fn list(
     )))
 }
 
-#[derive(Deserialize)]
+/// Only the fields given change.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct UpdateCustomer {
+pub(crate) struct UpdateCustomer {
     name: Option<String>,
     email: Option<String>,
     billing_emails: Option<Vec<String>>,
@@ -263,6 +306,10 @@ struct UpdateCustomer {
     gateway_customer_id: Option<String>,
 }
 
+#[utoipa::path(patch, path = "/v1/customers/{id}", tag = "customers", operation_id = "update_customer",
+    params(("id" = CustomerId, Path, description = "The customer.")),
+    request_body = UpdateCustomer,
+    responses((status = 200, description = "The customer as it is now.", body = CustomerView)))]
 async fn update(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
@@ -298,18 +345,25 @@ async fn update(
     show(AxState(state), Path(id)).await
 }
 
-#[derive(Serialize)]
+/// A saved card: the gateway's token with brand, last 4 digits and expiry; never the number.
+#[derive(Serialize, ToSchema)]
+#[schema(as = PaymentMethod)]
 pub struct PaymentMethodView {
+    #[schema(value_type = PaymentMethodId)]
     pub id: String,
+    #[schema(value_type = String, pattern = "^payment_method$")]
     pub object: &'static str,
+    #[schema(value_type = CustomerId)]
     pub customer_id: String,
     pub gateway: String,
+    /// The gateway's payment method token (`pm_...`).
     pub token: String,
     pub brand: String,
     pub last4: String,
     pub exp_month: i64,
     pub exp_year: i64,
     pub default: bool,
+    #[schema(value_type = Timestamp)]
     pub created_at: String,
 }
 
@@ -331,12 +385,29 @@ impl From<PaymentMethodRow> for PaymentMethodView {
     }
 }
 
-#[derive(Deserialize)]
+/// A card tokenized at the gateway. A body carrying a card number or security code anywhere is
+/// refused (422 `card_data_refused`).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct AddPaymentMethod {
+pub(crate) struct AddPaymentMethod {
+    /// The gateway's name: `stripe`.
     gateway: String,
+    /// The gateway's payment method token, `pm_...`.
     token: String,
+    /// Make it the default one (the first saved method is the default anyway).
     default: Option<bool>,
+}
+
+/// What `DELETE` answers.
+#[derive(Serialize, ToSchema)]
+#[schema(as = DeletedPaymentMethod)]
+pub struct DeletedView {
+    #[schema(value_type = PaymentMethodId)]
+    pub id: String,
+    #[schema(value_type = String, pattern = "^payment_method$")]
+    pub object: &'static str,
+    /// Always true.
+    pub deleted: bool,
 }
 
 /// Keys that would carry raw card data. Their presence refuses the request outright, and the body
@@ -355,10 +426,22 @@ const CARD_FIELDS: &[&str] = &[
     "security_code",
 ];
 
+#[utoipa::path(post, path = "/v1/customers/{id}/payment_methods", tag = "payment_methods",
+    operation_id = "add_payment_method",
+    params(("id" = CustomerId, Path, description = "The customer.")),
+    request_body = AddPaymentMethod,
+    responses(
+        (status = 201, description = "The saved method; card details read from the gateway.",
+            body = PaymentMethodView),
+        (status = 409, description = "No payment gateway is configured (`gateway_not_configured`).",
+            body = ErrorBody),
+        (status = 502, description = "The gateway did not answer (`gateway_error`); try again.",
+            body = ErrorBody),
+    ))]
 async fn add_payment_method(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Result<(StatusCode, Json<PaymentMethodView>), ApiError> {
     // Read as a number-preserving value only to look: a card number sent as a JSON number must
     // not reach the typed parse, whose error would echo it.
@@ -433,6 +516,11 @@ fn gateway_error(e: GatewayError) -> ApiError {
     }
 }
 
+#[utoipa::path(get, path = "/v1/customers/{id}/payment_methods", tag = "payment_methods",
+    operation_id = "list_payment_methods",
+    params(("id" = CustomerId, Path, description = "The customer.")),
+    responses((status = 200, description = "Every saved method of the customer (one page).",
+        body = ListResponse<PaymentMethodView>)))]
 async fn list_payment_methods(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
@@ -449,6 +537,11 @@ async fn list_payment_methods(
     Ok(Json(ListResponse::page(items, limit)))
 }
 
+#[utoipa::path(get, path = "/v1/customers/{id}/payment_methods/{pm}", tag = "payment_methods",
+    operation_id = "get_payment_method",
+    params(("id" = CustomerId, Path, description = "The customer."),
+        ("pm" = PaymentMethodId, Path, description = "The saved method.")),
+    responses((status = 200, description = "The saved method.", body = PaymentMethodView)))]
 async fn show_payment_method(
     AxState(state): AxState<Arc<AppState>>,
     Path((id, pm)): Path<(String, String)>,
@@ -459,6 +552,12 @@ async fn show_payment_method(
         .ok_or_else(|| ApiError::not_found("payment method", &pm))
 }
 
+#[utoipa::path(post, path = "/v1/customers/{id}/payment_methods/{pm}/default", tag = "payment_methods",
+    operation_id = "make_default_payment_method",
+    params(("id" = CustomerId, Path, description = "The customer."),
+        ("pm" = PaymentMethodId, Path, description = "The saved method.")),
+    responses((status = 200, description = "The method, now the default one.",
+        body = PaymentMethodView)))]
 async fn make_default(
     AxState(state): AxState<Arc<AppState>>,
     Path((id, pm)): Path<(String, String)>,
@@ -469,14 +568,25 @@ async fn make_default(
     show_payment_method(AxState(state), Path((id, pm))).await
 }
 
+#[utoipa::path(delete, path = "/v1/customers/{id}/payment_methods/{pm}", tag = "payment_methods",
+    operation_id = "remove_payment_method",
+    params(("id" = CustomerId, Path, description = "The customer."),
+        ("pm" = PaymentMethodId, Path, description = "The saved method.")),
+    responses(
+        (status = 200, description = "Removed here and detached at the gateway.", body = DeletedView),
+        (status = 409, description = "No payment gateway is configured.", body = ErrorBody),
+        (status = 502, description = "The gateway did not answer; try again.", body = ErrorBody),
+    ))]
 async fn remove_payment_method(
     AxState(state): AxState<Arc<AppState>>,
     Path((id, pm)): Path<(String, String)>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<DeletedView>, ApiError> {
     crate::billing::customers::remove_payment_method(&state.billing, &id, &pm)
         .await
         .map_err(payment_method_error)?;
-    Ok(Json(
-        serde_json::json!({"id": pm, "object": "payment_method", "deleted": true}),
-    ))
+    Ok(Json(DeletedView {
+        id: pm,
+        object: "payment_method",
+        deleted: true,
+    }))
 }

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use settled_jobs::template::Template;
 
+use super::openapi::wire::{ErrorBody, InvoiceId, PaymentId};
 use super::{ApiError, AppState};
 
 pub fn router() -> Router<Arc<AppState>> {
@@ -18,6 +19,13 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/payments/{id}/receipt.pdf", get(receipt_pdf))
 }
 
+#[utoipa::path(get, path = "/v1/invoices/{id}/pdf", tag = "invoices", operation_id = "get_invoice_pdf",
+    params(("id" = InvoiceId, Path, description = "The invoice.")),
+    responses(
+        (status = 200, description = "The invoice PDF, the same bytes as the email's attachment.",
+            content_type = "application/pdf", body = Vec<u8>),
+        (status = 404, description = "No such invoice, or not issued yet.", body = ErrorBody),
+    ))]
 async fn invoice_pdf(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -25,6 +33,14 @@ async fn invoice_pdf(
     pdf(&state, Template::Invoice, &id, "invoice").await
 }
 
+#[utoipa::path(get, path = "/v1/payments/{id}/receipt.pdf", tag = "payments",
+    operation_id = "get_receipt_pdf",
+    params(("id" = PaymentId, Path, description = "The payment.")),
+    responses(
+        (status = 200, description = "The receipt PDF, the same bytes as the email's attachment.",
+            content_type = "application/pdf", body = Vec<u8>),
+        (status = 404, description = "No such payment, or no receipt for it.", body = ErrorBody),
+    ))]
 async fn receipt_pdf(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,

@@ -13,8 +13,12 @@ use settled_jobs::template::Template;
 use super::AppState;
 use super::extract::ApiQuery;
 use super::format::rfc3339_ms;
+use super::openapi::wire::{
+    self, CustomerId, EmailId, EmailTemplate, ErrorBody, InvoiceId, PaymentId, Timestamp,
+};
 use super::{ApiError, ListResponse, Paging};
 use crate::store::emails::{self as store, EMAIL_STATUSES, EmailFilter, EmailRow, RetryOutcome};
+use utoipa::{IntoParams, ToSchema};
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
@@ -23,22 +27,35 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/emails/{id}/retry", post(retry))
 }
 
-#[derive(Serialize)]
+/// One message of the outbox.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Email)]
 pub struct EmailView {
+    #[schema(value_type = EmailId)]
     pub id: String,
+    #[schema(value_type = String, pattern = "^email$")]
     pub object: &'static str,
+    #[schema(value_type = EmailTemplate)]
     pub template: String,
     pub to: Vec<String>,
     pub subject: String,
+    #[schema(value_type = wire::EmailStatus)]
     pub status: String,
     pub attempts: i64,
+    #[schema(value_type = Option<Timestamp>, required = true)]
     pub sent_at: Option<String>,
+    #[schema(required = true)]
     pub last_error: Option<String>,
+    #[schema(value_type = Option<CustomerId>, required = true)]
     pub customer_id: Option<String>,
+    #[schema(value_type = Option<InvoiceId>, required = true)]
     pub invoice_id: Option<String>,
+    #[schema(value_type = Option<PaymentId>, required = true)]
     pub payment_id: Option<String>,
+    /// The id of the object the email is about.
     pub subject_id: String,
     pub message_id: String,
+    #[schema(value_type = Timestamp)]
     pub created_at: String,
 }
 
@@ -64,16 +81,27 @@ impl From<EmailRow> for EmailView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct EmailQuery {
+    /// Only those to this customer.
     customer_id: Option<String>,
+    /// Only those about this invoice.
     invoice_id: Option<String>,
+    /// Only those in this status.
+    #[param(value_type = Option<wire::EmailStatus>)]
     status: Option<String>,
+    /// Only this kind.
+    #[param(value_type = Option<EmailTemplate>)]
     template: Option<String>,
     #[serde(flatten)]
+    #[param(ignore)]
     paging: Paging,
 }
 
+#[utoipa::path(get, path = "/v1/emails", tag = "emails", operation_id = "list_emails",
+    params(EmailQuery, Paging),
+    responses((status = 200, description = "A page of the outbox.", body = ListResponse<EmailView>)))]
 async fn list(
     AxState(state): AxState<Arc<AppState>>,
     ApiQuery(q): ApiQuery<EmailQuery>,
@@ -112,6 +140,9 @@ async fn list(
     Ok(Json(ListResponse::page(views, limit)))
 }
 
+#[utoipa::path(get, path = "/v1/emails/{id}", tag = "emails", operation_id = "get_email",
+    params(("id" = EmailId, Path, description = "The email.")),
+    responses((status = 200, description = "The email.", body = EmailView)))]
 async fn show(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
@@ -122,6 +153,13 @@ async fn show(
         .ok_or_else(|| ApiError::not_found("email", &id))
 }
 
+#[utoipa::path(post, path = "/v1/emails/{id}/retry", tag = "emails", operation_id = "retry_email",
+    params(("id" = EmailId, Path, description = "The email.")),
+    responses(
+        (status = 200, description = "Pending again; it is sent shortly.", body = EmailView),
+        (status = 409, description = "Only failed emails can be retried (`email_not_failed`).",
+            body = ErrorBody),
+    ))]
 async fn retry(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,

@@ -17,21 +17,34 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = match Bytes::from_request(req, state).await {
-            Ok(b) => b,
-            Err(rejection) => {
-                return Err(
-                    if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                        ApiError::TooLarge(0)
-                    } else if body_timed_out(&rejection) {
-                        ApiError::BodyTimeout
-                    } else {
-                        ApiError::Malformed(rejection.body_text())
-                    },
-                );
-            }
-        };
+        let ApiBytes(bytes) = ApiBytes::from_request(req, state).await?;
         parse(&bytes).map(ApiJson)
+    }
+}
+
+/// The raw body, refused in the API's error format: over the limit 413, too slow 408, unreadable
+/// 400, each as `{"error": ...}` JSON (axum's own rejections answer plain text).
+pub struct ApiBytes(pub Bytes);
+
+impl<S> FromRequest<S> for ApiBytes
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state)
+            .await
+            .map(ApiBytes)
+            .map_err(|rejection| {
+                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::TooLarge(0)
+                } else if body_timed_out(&rejection) {
+                    ApiError::BodyTimeout
+                } else {
+                    ApiError::Malformed(rejection.body_text())
+                }
+            })
     }
 }
 
@@ -148,4 +161,55 @@ where
             .map(|q| ApiQuery(q.0))
             .map_err(|e| ApiError::Malformed(e.body_text()))
     }
+}
+
+/// Ids and query values never hold control characters. One that does (a NUL would reach
+/// PostgreSQL, which refuses it in text) is answered before any handler runs: a path that is not
+/// UTF-8 or holds one names no object (404); a query string holding one cannot be read (400).
+pub async fn refuse_control_characters(
+    req: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let bad = |s: &str| {
+        s.chars()
+            .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    };
+    let path = percent_decoded(req.uri().path());
+    if std::str::from_utf8(&path).map_or(true, bad) {
+        return ApiError::NotFound("no such object".into()).into_response();
+    }
+    if let Some(query) = req.uri().query()
+        && url::form_urlencoded::parse(query.as_bytes()).any(|(k, v)| bad(&k) || bad(&v))
+    {
+        return ApiError::Malformed(
+            "the query string holds a control character; only tab and line breaks are accepted"
+                .into(),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// A URL path with its `%XX` escapes decoded, as bytes.
+fn percent_decoded(path: &str) -> Vec<u8> {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(Some(h)), Some(Some(l))) = (
+                bytes.get(i + 1).map(|b| hex(*b)),
+                bytes.get(i + 2).map(|b| hex(*b)),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
 }

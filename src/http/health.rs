@@ -7,7 +7,6 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
 
 use super::AppState;
 
@@ -18,23 +17,84 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/metrics", get(metrics))
 }
 
+/// `{"status": "ok"}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    #[schema(pattern = "^ok$")]
+    pub status: String,
+}
+
+/// What `/readyz` answers.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// `ready`, or `unavailable` with a reason.
+    #[schema(pattern = "^(ready|unavailable)$")]
+    pub status: String,
+    /// Why the daemon is not ready (503 only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub reason: Option<String>,
+    /// Kinds of work with items that keep failing (the daemon is ready all the same).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub warnings: Option<Vec<ReadinessWarning>>,
+}
+
+impl Readiness {
+    fn ready(warnings: Option<Vec<ReadinessWarning>>) -> Readiness {
+        Readiness {
+            status: "ready".into(),
+            reason: None,
+            warnings,
+        }
+    }
+
+    fn unavailable(reason: &str) -> Readiness {
+        Readiness {
+            status: "unavailable".into(),
+            reason: Some(reason.into()),
+            warnings: None,
+        }
+    }
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ReadinessWarning {
+    #[schema(value_type = super::openapi::wire::WorkKind)]
+    pub kind: String,
+    pub failed_items: i64,
+    pub failing_for_seconds: i64,
+    pub message: String,
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "ops", operation_id = "healthz",
+    responses((status = 200, description = "The process runs.", body = Health)))]
 async fn healthz() -> impl IntoResponse {
-    Json(json!({"status": "ok"}))
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
 /// Ready when the database answers and every migration is applied.
+#[utoipa::path(get, path = "/readyz", tag = "ops", operation_id = "readyz",
+    responses(
+        (status = 200, description = "The database answers and is migrated; `warnings` lists \
+            work that keeps failing.", body = Readiness),
+        (status = 503, description = "Not ready: the database does not answer or is not \
+            migrated yet.", body = Readiness),
+    ))]
 async fn readyz(AxState(state): AxState<Arc<AppState>>) -> impl IntoResponse {
     let db = &state.billing.db;
     if !db.ping().await {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "reason": "the database does not answer"})),
+            Json(Readiness::unavailable("the database does not answer")),
         );
     }
     if !db.migrations_applied().await || !state.is_ready() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "reason": "migrations are not applied"})),
+            Json(Readiness::unavailable("migrations are not applied")),
         );
     }
     // Work that keeps failing does not make the daemon unready (everything else still runs),
@@ -46,29 +106,29 @@ async fn readyz(AxState(state): AxState<Arc<AppState>>) -> impl IntoResponse {
     .await
     .unwrap_or_default();
     if failing.is_empty() {
-        return (StatusCode::OK, Json(json!({"status": "ready"})));
+        return (StatusCode::OK, Json(Readiness::ready(None)));
     }
     let now = crate::store::wall_ms();
     let warnings: Vec<_> = failing
         .iter()
-        .map(|(kind, count, since)| {
-            json!({
-                "kind": kind,
-                "failed_items": count,
-                "failing_for_seconds": ((now - since) / 1000).max(0),
-                "message": format!(
-                    "{count} {kind} item(s) keep failing; see GET /v1/jobs?status=failed"
-                ),
-            })
+        .map(|(kind, count, since)| ReadinessWarning {
+            kind: kind.to_string(),
+            failed_items: *count,
+            failing_for_seconds: ((now - since) / 1000).max(0),
+            message: format!("{count} {kind} item(s) keep failing; see GET /v1/jobs?status=failed"),
         })
         .collect();
-    (
-        StatusCode::OK,
-        Json(json!({"status": "ready", "warnings": warnings})),
-    )
+    (StatusCode::OK, Json(Readiness::ready(Some(warnings))))
 }
 
 /// `GET /metrics` (Prometheus text format).
+#[utoipa::path(get, path = "/metrics", tag = "ops", operation_id = "metrics",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4.",
+            content_type = "text/plain", body = String),
+        (status = 503, description = "No metrics recorder could be installed in this process.",
+            content_type = "text/plain", body = String),
+    ))]
 async fn metrics(AxState(state): AxState<Arc<AppState>>) -> impl IntoResponse {
     let mut pools = vec![("main", state.billing.db.clone())];
     if let Some(queue) = state.scheduler.queue_db() {

@@ -16,10 +16,15 @@ use settled_jobs::status::{AttemptStatus, InvoiceKind, InvoiceStatus};
 
 use super::extract::{ApiJson, ApiQuery};
 use super::format::{amount, rfc3339_ms};
+use super::openapi::wire::{
+    self, Amount, CurrencyInput, CustomerId, Decimal, Instant, InvoiceId, LineId, SubscriptionId,
+    Timestamp,
+};
 use super::payments::PaymentView;
 use super::{ApiError, AppState, ListResponse, Paging};
 use crate::store::invoices::{self as store, InvoiceFilter, InvoiceRow, LineRow};
 use crate::store::{charge_attempts, customers, payments};
+use utoipa::{IntoParams, ToSchema};
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
@@ -28,12 +33,20 @@ pub fn router() -> Router<Arc<AppState>> {
 }
 
 /// An item as the API takes it: amounts and quantities are strings, never JSON numbers.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Item)]
 pub struct ItemInput {
+    /// 1 to 500 characters.
     pub description: String,
+    /// Greater than 0; default "1".
+    #[schema(value_type = Option<Decimal>)]
     pub quantity: Option<String>,
+    /// Not negative; at most the currency's decimal places.
+    #[schema(value_type = Amount)]
     pub unit_amount: String,
+    /// A fraction between 0 and 1 ("0.20").
+    #[schema(value_type = Option<Decimal>)]
     pub tax_rate: Option<String>,
 }
 
@@ -84,14 +97,24 @@ pub fn items_from_input(
     Ok(out)
 }
 
-#[derive(Serialize)]
+/// One line of an invoice.
+#[derive(Serialize, ToSchema)]
+#[schema(as = InvoiceLine)]
 pub struct LineView {
+    /// Null on a preview.
+    #[schema(value_type = Option<LineId>, required = true)]
     pub id: Option<String>,
+    /// `item`, or `late_fee` for a late fee added after the due date.
     pub kind: String,
     pub description: String,
+    #[schema(value_type = Decimal)]
     pub quantity: String,
+    #[schema(value_type = Amount)]
     pub unit_amount: String,
+    /// Quantity × unit amount, rounded once.
+    #[schema(value_type = Amount)]
     pub amount: String,
+    #[schema(value_type = Option<Decimal>, required = true)]
     pub tax_rate: Option<String>,
 }
 
@@ -121,31 +144,57 @@ impl LineView {
     }
 }
 
-#[derive(Serialize)]
+/// An invoice with its lines, payments and charge attempts.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Invoice)]
 pub struct InvoiceView {
+    #[schema(value_type = InvoiceId)]
     pub id: String,
+    #[schema(value_type = String, pattern = "^invoice$")]
     pub object: &'static str,
+    /// The gapless number (`INV-2027-000001`); null while a draft.
+    #[schema(required = true)]
     pub number: Option<String>,
+    #[schema(value_type = CustomerId)]
     pub customer_id: String,
+    /// The subscription that generated it; null for a one-off invoice.
+    #[schema(value_type = Option<SubscriptionId>, required = true)]
     pub subscription_id: Option<String>,
+    #[schema(value_type = wire::InvoiceKind)]
     pub kind: String,
+    #[schema(value_type = wire::InvoiceStatus)]
     pub status: String,
+    #[schema(value_type = wire::Currency)]
     pub currency: String,
+    #[schema(value_type = Option<Timestamp>, required = true)]
     pub period_start: Option<String>,
+    #[schema(value_type = Option<Timestamp>, required = true)]
     pub period_end: Option<String>,
+    #[schema(value_type = Amount)]
     pub subtotal: String,
+    #[schema(value_type = Amount)]
     pub tax: String,
+    #[schema(value_type = Amount)]
     pub total: String,
+    #[schema(value_type = Amount)]
     pub credits_applied: String,
+    #[schema(value_type = Amount)]
     pub retainer_applied: String,
+    #[schema(value_type = Amount)]
     pub amount_paid: String,
+    #[schema(value_type = Amount)]
     pub amount_due: String,
     pub auto_charge: bool,
+    #[schema(value_type = Option<Timestamp>, required = true)]
     pub due_at: Option<String>,
+    #[schema(value_type = Option<Timestamp>, required = true)]
     pub finalized_at: Option<String>,
+    #[schema(value_type = Option<Timestamp>, required = true)]
     pub paid_at: Option<String>,
+    #[schema(value_type = Timestamp)]
     pub created_at: String,
     /// When the next automatic charge attempt is scheduled, if one is.
+    #[schema(value_type = Option<Timestamp>, required = true)]
     pub next_attempt_at: Option<String>,
     pub lines: Vec<LineView>,
     pub payments: Vec<PaymentView>,
@@ -154,21 +203,30 @@ pub struct InvoiceView {
 
 /// One charge attempt as the invoice shows it. Scheduled attempts that have not run yet are not
 /// listed; the invoice's `next_attempt_at` says when the next one is due.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = ChargeAttempt)]
 pub struct AttemptView {
     pub attempt: i64,
+    /// When it was sent.
+    #[schema(value_type = Option<Timestamp>, required = true)]
     pub at: Option<String>,
+    #[schema(value_type = Amount)]
     pub amount: String,
     pub automatic: bool,
     /// succeeded, failed, or unknown (sent, outcome not yet known).
+    #[schema(value_type = String, pattern = "^(succeeded|failed|unknown)$")]
     pub outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub decline_code: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub failure_message: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Timestamp)]
     pub next_attempt_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub gateway_payment_id: Option<String>,
 }
 
@@ -240,17 +298,31 @@ pub fn invoice_view(row: InvoiceRow, lines: Vec<LineRow>) -> InvoiceView {
     }
 }
 
-#[derive(Deserialize)]
+/// A one-off invoice, finalised at once.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateInvoice {
+pub(crate) struct CreateInvoice {
+    #[schema(value_type = CustomerId)]
     customer_id: String,
+    /// 1 to 250 items.
     items: Vec<ItemInput>,
+    /// Default now plus `billing.net_days`.
+    #[schema(value_type = Option<Instant>)]
     due_at: Option<String>,
+    /// Default false.
     auto_charge: Option<bool>,
+    /// `standard` (default) or `retainer` (a deposit: once paid, retainer balance).
+    #[schema(pattern = "^(standard|retainer)$")]
     kind: Option<String>,
+    /// When given, the customer's currency.
+    #[schema(value_type = Option<CurrencyInput>)]
     currency: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/invoices", tag = "invoices", operation_id = "create_invoice",
+    request_body = CreateInvoice,
+    responses((status = 201, description = "The invoice, numbered and finalised.",
+        body = InvoiceView)))]
 async fn create(
     AxState(state): AxState<Arc<AppState>>,
     ApiJson(body): ApiJson<CreateInvoice>,
@@ -315,6 +387,9 @@ async fn create(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/invoices/{id}", tag = "invoices", operation_id = "get_invoice",
+    params(("id" = InvoiceId, Path, description = "The invoice.")),
+    responses((status = 200, description = "The invoice.", body = InvoiceView)))]
 async fn show(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
@@ -325,15 +400,25 @@ async fn show(
     Ok(Json(load_view(&state.billing.db, row).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct InvoiceQuery {
+    /// Only this customer's.
     customer_id: Option<String>,
+    /// Only this subscription's.
     subscription_id: Option<String>,
+    /// Only those in this status.
+    #[param(value_type = Option<wire::InvoiceStatus>)]
     status: Option<String>,
     #[serde(flatten)]
+    #[param(ignore)]
     paging: Paging,
 }
 
+#[utoipa::path(get, path = "/v1/invoices", tag = "invoices", operation_id = "list_invoices",
+    params(InvoiceQuery, Paging),
+    responses((status = 200, description = "A page of invoices, oldest first.",
+        body = ListResponse<InvoiceView>)))]
 async fn list(
     AxState(state): AxState<Arc<AppState>>,
     ApiQuery(q): ApiQuery<InvoiceQuery>,

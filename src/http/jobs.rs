@@ -13,8 +13,10 @@ use settled_jobs::job::WorkKind;
 
 use super::extract::ApiQuery;
 use super::format::rfc3339_ms;
+use super::openapi::wire::{self, JobId, Timestamp};
 use super::{ApiError, AppState, ListResponse, Paging};
 use crate::store::work_failures::{self, FailureRow, REPORTED_AFTER_TRIES};
+use utoipa::{IntoParams, ToSchema};
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
@@ -28,20 +30,31 @@ pub fn router() -> Router<Arc<AppState>> {
 /// clock, `retrying` ones not yet.
 const STATUSES: &[&str] = &["failed", "retrying"];
 
-#[derive(Debug, Serialize)]
+/// An item of work set aside after a failure.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Job)]
 pub struct JobView {
+    #[schema(value_type = JobId)]
     pub id: String,
+    #[schema(value_type = String, pattern = "^job$")]
     pub object: &'static str,
+    #[schema(value_type = wire::WorkKind)]
     pub kind: String,
+    /// `failed` after 3 tries (it no longer holds up the manual clock), `retrying` before.
+    #[schema(value_type = String, pattern = "^(failed|retrying)$")]
     pub status: &'static str,
     /// Tries so far.
     pub attempts: i64,
+    #[schema(value_type = Timestamp)]
     pub first_failed_at: String,
+    #[schema(value_type = Timestamp)]
     pub failed_at: String,
     /// The next try.
+    #[schema(value_type = Timestamp)]
     pub run_at: String,
     pub last_error: String,
     /// What the item is, by the field that names it (`subscription_id`, `event_id`, ...).
+    #[schema(value_type = std::collections::HashMap<String, String>)]
     pub args: serde_json::Value,
 }
 
@@ -86,14 +99,24 @@ fn parse_id(id: &str) -> Option<(WorkKind, &str)> {
     Some((WorkKind::parse(kind)?, item))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct JobQuery {
+    /// Only those in this status.
+    #[param(pattern = "^(failed|retrying)$")]
     status: Option<String>,
+    /// Only this kind of work.
+    #[param(value_type = Option<wire::WorkKind>)]
     kind: Option<String>,
     #[serde(flatten)]
+    #[param(ignore)]
     paging: Paging,
 }
 
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", operation_id = "list_jobs",
+    params(JobQuery, Paging),
+    responses((status = 200, description = "A page of set-aside work.",
+        body = ListResponse<JobView>)))]
 async fn list(
     AxState(state): AxState<Arc<AppState>>,
     ApiQuery(q): ApiQuery<JobQuery>,
@@ -144,6 +167,9 @@ async fn list(
     )))
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", operation_id = "get_job",
+    params(("id" = JobId, Path, description = "The item: `{kind}:{item id}`.")),
+    responses((status = 200, description = "The item.", body = JobView)))]
 async fn show(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
@@ -156,6 +182,10 @@ async fn show(
 }
 
 /// Makes the item due at once; the next drain of its kind takes it.
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", operation_id = "retry_job",
+    params(("id" = JobId, Path, description = "The item: `{kind}:{item id}`.")),
+    responses((status = 200, description = "Due at once; the next drain of its kind takes it.",
+        body = JobView)))]
 async fn retry(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,

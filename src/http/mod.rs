@@ -17,8 +17,10 @@ pub mod idempotency;
 pub mod invoices;
 pub mod jobs;
 pub mod listener;
+pub mod openapi;
 pub mod payments;
 pub mod state;
+pub mod statements;
 pub mod subscriptions;
 pub mod webhooks;
 
@@ -42,14 +44,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(charges::router())
         .merge(payments::router())
         .merge(credits::router())
+        .merge(statements::router())
         .merge(clock::router())
         .merge(jobs::router())
         .merge(webhooks::admin_router())
         .merge(emails::router())
         .merge(documents::router())
+        .merge(openapi::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             idempotency::guard,
+        ))
+        .layer(axum::middleware::from_fn(
+            extract::refuse_control_characters,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -142,11 +149,13 @@ fn observed(router: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
         )
 }
 
-/// `{"data": [...], "has_more": bool}` for every list.
-#[derive(serde::Serialize)]
+/// `{"object": "list", "data": [...], "has_more": bool}` for every list.
+#[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct ListResponse<T> {
+    #[schema(value_type = String, pattern = "^list$")]
     pub object: &'static str,
     pub data: Vec<T>,
+    /// Whether more items follow the last one (ask again with `starting_after` = its id).
     pub has_more: bool,
 }
 
@@ -165,9 +174,13 @@ impl<T> ListResponse<T> {
 
 /// `?limit=` (default 100, 1..=1000) and `?starting_after=`. The limit is read as text because
 /// query structs flatten this one, and flattened query fields only arrive as strings.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Paging {
+    /// How many items a page holds: 1 to 1000, default 100.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
+    /// The id of the last item of the previous page.
     pub starting_after: Option<String>,
 }
 

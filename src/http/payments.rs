@@ -11,10 +11,14 @@ use settled_jobs::money::{Currency, Money};
 
 use super::extract::{ApiJson, ApiQuery};
 use super::format::{amount, rfc3339_ms};
+use super::openapi::wire::{
+    self, Amount, CustomerId, ErrorBody, InvoiceId, PaymentId, RefundId, Timestamp,
+};
 use super::{ApiError, AppState, ListResponse, Paging};
 use crate::billing::refunds::outgoing::{self, Sent};
 use crate::store::payments::{self, PaymentRow};
 use crate::store::refunds::{self, RefundRow};
+use utoipa::{IntoParams, ToSchema};
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
@@ -24,21 +28,33 @@ pub fn router() -> Router<Arc<AppState>> {
 }
 
 /// A refund as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Refund)]
 pub struct RefundView {
+    #[schema(value_type = RefundId)]
     pub id: String,
+    #[schema(value_type = String, pattern = "^refund$")]
     pub object: &'static str,
+    #[schema(value_type = PaymentId)]
     pub payment_id: String,
+    #[schema(value_type = Amount)]
     pub amount: String,
+    #[schema(value_type = wire::Currency)]
     pub currency: String,
     /// pending (sent, its answer not known yet), succeeded or failed.
+    #[schema(pattern = "^(pending|succeeded|failed)$")]
     pub status: String,
     pub gateway: String,
+    #[schema(required = true)]
     pub gateway_refund_id: Option<String>,
+    #[schema(required = true)]
     pub reason: Option<String>,
+    /// Kept as customer credit instead of paid back.
     pub as_credit: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub failure_reason: Option<String>,
+    #[schema(value_type = Timestamp)]
     pub at: String,
 }
 
@@ -61,25 +77,44 @@ impl From<RefundRow> for RefundView {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// Money received: a card charge, a gateway webhook, or an offline payment.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Payment)]
 pub struct PaymentView {
+    #[schema(value_type = PaymentId)]
     pub id: String,
+    #[schema(value_type = String, pattern = "^payment$")]
     pub object: &'static str,
+    /// The invoice it paid first; null for a payment toward a whole balance.
+    #[schema(value_type = Option<InvoiceId>, required = true)]
     pub invoice_id: Option<String>,
+    #[schema(value_type = CustomerId)]
     pub customer_id: String,
+    #[schema(value_type = Amount)]
     pub amount: String,
+    #[schema(value_type = wire::Currency)]
     pub currency: String,
+    /// The gateway it came through (`stripe`, a Standard Webhooks source, `offline`).
     pub gateway: String,
+    #[schema(required = true)]
     pub gateway_payment_id: Option<String>,
+    /// `card`, or how an offline payment was made (`wire`, `check`, `cash`, `other`).
     pub method: String,
+    #[schema(required = true)]
     pub reference: Option<String>,
+    #[schema(required = true)]
     pub brand: Option<String>,
+    #[schema(required = true)]
     pub last4: Option<String>,
+    #[schema(value_type = wire::PaymentStatus)]
     pub status: String,
+    #[schema(value_type = Amount)]
     pub amount_refunded: String,
+    #[schema(value_type = Timestamp)]
     pub at: String,
     /// On the single-payment view.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub refunds: Option<Vec<RefundView>>,
 }
 
@@ -106,14 +141,21 @@ impl From<PaymentRow> for PaymentView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PaymentQuery {
+    /// Only this customer's.
     customer_id: Option<String>,
+    /// Only those that paid this invoice.
     invoice_id: Option<String>,
     #[serde(flatten)]
+    #[param(ignore)]
     paging: Paging,
 }
 
+#[utoipa::path(get, path = "/v1/payments", tag = "payments", operation_id = "list_payments",
+    params(PaymentQuery, Paging),
+    responses((status = 200, description = "A page of payments.", body = ListResponse<PaymentView>)))]
 async fn list_payments(
     AxState(state): AxState<Arc<AppState>>,
     ApiQuery(q): ApiQuery<PaymentQuery>,
@@ -133,6 +175,9 @@ async fn list_payments(
     )))
 }
 
+#[utoipa::path(get, path = "/v1/payments/{id}", tag = "payments", operation_id = "get_payment",
+    params(("id" = PaymentId, Path, description = "The payment.")),
+    responses((status = 200, description = "The payment with its refunds.", body = PaymentView)))]
 async fn show_payment(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
@@ -151,11 +196,15 @@ async fn show_payment(
     Ok(Json(view))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewRefund {
+pub(crate) struct NewRefund {
+    /// Default: all that is left of the payment.
+    #[schema(value_type = Option<Amount>)]
     amount: Option<String>,
+    /// At most 500 characters.
     reason: Option<String>,
+    /// Keep the amount as customer credit instead of paying it back; default false.
     #[serde(default)]
     as_credit: bool,
 }
@@ -163,6 +212,18 @@ struct NewRefund {
 /// Refunds a payment (all that is left when no amount is given): 201 succeeded, 202 sent and its
 /// answer not known yet (it is asked again under the same key), 422 `refund_failed` when the
 /// gateway refused it (nothing was paid back).
+#[utoipa::path(post, path = "/v1/payments/{id}/refunds", tag = "payments",
+    operation_id = "refund_payment",
+    params(("id" = PaymentId, Path, description = "The payment.")),
+    request_body = NewRefund,
+    responses(
+        (status = 201, description = "Refunded (or kept as credit).", body = RefundView),
+        (status = 202, description = "Sent to the gateway; its answer is not known yet and is \
+            asked for again under the same key.", body = RefundView),
+        (status = 409, description = "The payment cannot be refunded now, or no gateway is \
+            configured.", body = ErrorBody),
+        (status = 502, description = "The gateway did not answer; try again.", body = ErrorBody),
+    ))]
 async fn refund_payment(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,

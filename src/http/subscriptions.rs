@@ -18,9 +18,13 @@ use super::AppState;
 use super::extract::{ApiJson, ApiQuery};
 use super::format::{amount, rfc3339, rfc3339_ms};
 use super::invoices::{ItemInput, LineView, items_from_input};
+use super::openapi::wire::{
+    self, Amount, CustomerId, Decimal, ErrorBody, Instant, SubscriptionId, Timestamp,
+};
 use super::{ApiError, ListResponse, Paging};
 use crate::store::subscriptions::{self as store, SubscriptionRow, subscription_from_row};
 use crate::store::{customers, ms};
+use utoipa::{IntoParams, ToSchema};
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
@@ -32,53 +36,109 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/subscriptions/{id}/preview", get(preview))
 }
 
-#[derive(Deserialize)]
+/// Either `every` (with `interval` and `anchor`) or `cron`, not both.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ScheduleInput {
+pub(crate) struct ScheduleInput {
+    #[schema(value_type = Option<wire::Unit>)]
     every: Option<String>,
+    /// How many units a period lasts; default 1.
+    #[schema(minimum = 1)]
     interval: Option<u32>,
+    /// The instant periods are counted from; default `start_at`.
+    #[schema(value_type = Option<Instant>)]
     anchor: Option<String>,
+    /// A cron expression with seconds (`0 0 9 1 * *`).
     cron: Option<String>,
+    /// An IANA time zone; default the customer's.
     timezone: Option<String>,
     /// A cron schedule firing more often than hourly is refused unless this is true.
     allow_frequent: Option<bool>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateSubscription {
+pub(crate) struct CreateSubscription {
+    #[schema(value_type = CustomerId)]
     customer_id: String,
+    /// 1 to 250 items.
     items: Vec<ItemInput>,
     schedule: ScheduleInput,
+    /// The first period's start, not in the past; default now.
+    #[schema(value_type = Option<Instant>)]
     start_at: Option<String>,
+    /// Default true.
     auto_charge: Option<bool>,
+    /// Days from a period's start to its invoice's due date; default `billing.net_days`.
+    #[schema(maximum = 365)]
     net_days: Option<u32>,
+    /// Default `all`.
+    #[schema(value_type = Option<wire::CatchUp>)]
     catch_up: Option<String>,
 }
 
-#[derive(Serialize)]
+/// An item billed each period.
+#[derive(Serialize, ToSchema)]
+#[schema(as = SubscriptionItem)]
 pub struct ItemView {
     pub description: String,
+    #[schema(value_type = Decimal)]
     pub quantity: String,
+    #[schema(value_type = Amount)]
     pub unit_amount: String,
+    #[schema(value_type = Option<Decimal>, required = true)]
     pub tax_rate: Option<String>,
 }
 
-#[derive(Serialize)]
+/// A recurring invoice profile.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Subscription)]
 pub struct SubscriptionView {
+    #[schema(value_type = SubscriptionId)]
     pub id: String,
+    #[schema(value_type = String, pattern = "^subscription$")]
     pub object: &'static str,
+    #[schema(value_type = CustomerId)]
     pub customer_id: String,
+    #[schema(value_type = wire::Currency)]
     pub currency: String,
     pub items: Vec<ItemView>,
+    #[schema(value_type = ScheduleView)]
     pub schedule: serde_json::Value,
+    #[schema(value_type = Timestamp)]
     pub start_at: String,
+    /// When the next period starts (and its invoice is generated); null once canceled or when
+    /// the schedule ends.
+    #[schema(value_type = Option<Timestamp>, required = true)]
     pub next_period_start: Option<String>,
     pub auto_charge: bool,
     pub net_days: i64,
+    #[schema(value_type = wire::CatchUp)]
     pub catch_up: String,
+    #[schema(value_type = wire::SubscriptionStatus)]
     pub status: String,
+    #[schema(value_type = Timestamp)]
     pub created_at: String,
+}
+
+/// A schedule as stored: an interval from an anchor, or a cron expression.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[schema(as = Schedule)]
+#[allow(dead_code)]
+pub enum ScheduleView {
+    Every {
+        #[schema(value_type = wire::Unit)]
+        every: String,
+        interval: u32,
+        #[schema(value_type = Timestamp)]
+        anchor: String,
+        timezone: String,
+    },
+    Cron {
+        cron: String,
+        timezone: String,
+    },
 }
 
 fn view(row: SubscriptionRow) -> Result<SubscriptionView, ApiError> {
@@ -199,6 +259,11 @@ fn schedule_spec(
     Ok((spec, schedule))
 }
 
+#[utoipa::path(post, path = "/v1/subscriptions", tag = "subscriptions",
+    operation_id = "create_subscription",
+    request_body = CreateSubscription,
+    responses((status = 201, description = "The subscription; its first period starts at \
+        `start_at`.", body = SubscriptionView)))]
 async fn create(
     AxState(state): AxState<Arc<AppState>>,
     ApiJson(body): ApiJson<CreateSubscription>,
@@ -261,6 +326,10 @@ async fn create(
     Ok((StatusCode::CREATED, Json(view(row)?)))
 }
 
+#[utoipa::path(get, path = "/v1/subscriptions/{id}", tag = "subscriptions",
+    operation_id = "get_subscription",
+    params(("id" = SubscriptionId, Path, description = "The subscription.")),
+    responses((status = 200, description = "The subscription.", body = SubscriptionView)))]
 async fn show(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
@@ -271,19 +340,40 @@ async fn show(
     Ok(Json(view(row)?))
 }
 
-#[derive(Deserialize)]
+/// The statuses a subscription can be in (`?status=` takes these).
+pub const STATUSES: [&str; 3] = ["active", "paused", "canceled"];
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct SubscriptionQuery {
+    /// Only this customer's.
     customer_id: Option<String>,
+    /// Only those in this status.
+    #[param(value_type = Option<wire::SubscriptionStatus>)]
     status: Option<String>,
     #[serde(flatten)]
+    #[param(ignore)]
     paging: Paging,
 }
 
+#[utoipa::path(get, path = "/v1/subscriptions", tag = "subscriptions",
+    operation_id = "list_subscriptions",
+    params(SubscriptionQuery, Paging),
+    responses((status = 200, description = "A page of subscriptions.",
+        body = ListResponse<SubscriptionView>)))]
 async fn list(
     AxState(state): AxState<Arc<AppState>>,
     ApiQuery(q): ApiQuery<SubscriptionQuery>,
 ) -> Result<Json<ListResponse<SubscriptionView>>, ApiError> {
     let limit = q.paging.limit()?;
+    if let Some(status) = &q.status
+        && !STATUSES.contains(&status.as_str())
+    {
+        return Err(ApiError::invalid(
+            "status",
+            format!("must be one of {}", STATUSES.join(", ")),
+        ));
+    }
     let rows = store::list(
         &state.billing.db,
         q.customer_id.as_deref(),
@@ -331,6 +421,13 @@ async fn transition(
     show(AxState(state), Path(id)).await
 }
 
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/pause", tag = "subscriptions",
+    operation_id = "pause_subscription", description = "Pauses billing; the next period start is kept.",
+    params(("id" = SubscriptionId, Path, description = "The subscription.")),
+    responses(
+        (status = 200, description = "The subscription as it is now.", body = SubscriptionView),
+        (status = 409, description = "Not possible in its status (`invalid_state`).", body = ErrorBody),
+    ))]
 async fn pause(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
@@ -338,6 +435,13 @@ async fn pause(
     transition(state, id, store::Action::Pause).await
 }
 
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/resume", tag = "subscriptions",
+    operation_id = "resume_subscription", description = "Resumes billing; the catch-up policy decides what the paused periods become.",
+    params(("id" = SubscriptionId, Path, description = "The subscription.")),
+    responses(
+        (status = 200, description = "The subscription as it is now.", body = SubscriptionView),
+        (status = 409, description = "Not possible in its status (`invalid_state`).", body = ErrorBody),
+    ))]
 async fn resume(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
@@ -345,6 +449,13 @@ async fn resume(
     transition(state, id, store::Action::Resume).await
 }
 
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/cancel", tag = "subscriptions",
+    operation_id = "cancel_subscription", description = "Cancels for good; no period is billed after it.",
+    params(("id" = SubscriptionId, Path, description = "The subscription.")),
+    responses(
+        (status = 200, description = "The subscription as it is now.", body = SubscriptionView),
+        (status = 409, description = "Not possible in its status (`invalid_state`).", body = ErrorBody),
+    ))]
 async fn cancel(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
@@ -352,27 +463,46 @@ async fn cancel(
     transition(state, id, store::Action::Cancel).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PreviewQuery {
+    /// How many periods to show: 1 to 120, default 3.
+    #[param(minimum = 1, maximum = 120)]
     periods: Option<u32>,
 }
 
-#[derive(Serialize)]
-struct PreviewInvoice {
+/// An invoice as generation would build it; nothing is stored.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct PreviewInvoice {
+    #[schema(value_type = String, pattern = "^invoice_preview$")]
     object: &'static str,
+    #[schema(value_type = CustomerId)]
     customer_id: String,
+    #[schema(value_type = SubscriptionId)]
     subscription_id: String,
+    #[schema(value_type = wire::Currency)]
     currency: String,
+    #[schema(value_type = Timestamp)]
     period_start: String,
+    #[schema(value_type = Timestamp)]
     period_end: String,
+    #[schema(value_type = Timestamp)]
     due_at: String,
+    #[schema(value_type = Amount)]
     subtotal: String,
+    #[schema(value_type = Amount)]
     tax: String,
+    #[schema(value_type = Amount)]
     total: String,
     lines: Vec<LineView>,
 }
 
 /// The next invoices exactly as generation would build them; nothing is stored.
+#[utoipa::path(get, path = "/v1/subscriptions/{id}/preview", tag = "subscriptions",
+    operation_id = "preview_subscription",
+    params(("id" = SubscriptionId, Path, description = "The subscription."), PreviewQuery),
+    responses((status = 200, description = "The next invoices as they would be generated.",
+        body = ListResponse<PreviewInvoice>)))]
 async fn preview(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,

@@ -21,6 +21,7 @@ mod listener;
 mod metrics;
 mod money_paths;
 mod money_safety;
+mod openapi;
 mod operator_cli;
 mod reload;
 mod statements;

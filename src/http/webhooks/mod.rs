@@ -25,12 +25,14 @@ use settled_jobs::status::EventStatus;
 
 use super::extract::ApiQuery;
 use super::format::rfc3339_ms;
+use super::openapi::wire::{self, ErrorBody, Timestamp, WebhookEventId};
 use super::{ApiError, AppState, ListResponse, Paging};
 use crate::gateway::stripe::NAME as STRIPE;
 use crate::metrics::{self, reason};
 use crate::store::webhook_events::{self as store, EventRow, NewEvent};
 use intake::{Intake, Stored};
 use signature::Refusal;
+use utoipa::{IntoParams, ToSchema};
 
 pub mod intake;
 mod shape;
@@ -227,6 +229,43 @@ fn parse_body(
     Ok((text, id, kind))
 }
 
+/// What intake answers once the event is stored.
+#[derive(Serialize, ToSchema)]
+#[schema(as = WebhookAccepted)]
+pub(crate) struct Accepted {
+    /// Always true.
+    received: bool,
+    /// The stored event (null in the rare case a duplicate's row cannot be read back).
+    #[schema(value_type = Option<WebhookEventId>, required = true)]
+    id: Option<String>,
+    /// True when this event was stored before (nothing new was stored).
+    duplicate: bool,
+}
+
+/// A Stripe event as intake reads it; everything else in it is stored as sent.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct StripeEvent {
+    /// The event's id (`evt_...`), at most 255 characters.
+    #[schema(min_length = 1, max_length = 255)]
+    id: String,
+    /// The event's type (`payment_intent.succeeded`, ...).
+    #[schema(rename = "type", min_length = 1, max_length = 255)]
+    kind: String,
+    #[schema(additional_properties)]
+    data: Option<serde_json::Value>,
+}
+
+/// A Standard Webhooks event: `{"type": "payment.received", "data": {"invoice_id" |
+/// "invoice_number", "amount", "currency", "reference"}}`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct StandardEvent {
+    #[schema(rename = "type", min_length = 1, max_length = 255)]
+    kind: String,
+    data: Option<serde_json::Value>,
+}
+
 /// Stores the verified event and answers.
 async fn accept(
     intake: &Intake,
@@ -250,11 +289,12 @@ async fn accept(
         Ok(Stored::New) => {
             metrics::webhook_received(source);
             tracing::debug!(source, event_id = %event_id, id = %id, "webhook stored");
-            (
-                StatusCode::OK,
-                Json(json!({"received": true, "id": id, "duplicate": false})),
-            )
-                .into_response()
+            let answer = Accepted {
+                received: true,
+                id: Some(id),
+                duplicate: false,
+            };
+            (StatusCode::OK, Json(answer)).into_response()
         }
         Ok(Stored::Duplicate) => {
             metrics::webhook_duplicate(source);
@@ -263,11 +303,12 @@ async fn accept(
                 .await
                 .ok()
                 .flatten();
-            (
-                StatusCode::OK,
-                Json(json!({"received": true, "id": existing, "duplicate": true})),
-            )
-                .into_response()
+            let answer = Accepted {
+                received: true,
+                id: existing,
+                duplicate: true,
+            };
+            (StatusCode::OK, Json(answer)).into_response()
         }
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -280,6 +321,25 @@ async fn accept(
     }
 }
 
+#[utoipa::path(post, path = "/webhooks/stripe", tag = "webhooks", operation_id = "stripe_webhook",
+    params(("Stripe-Signature" = String, Header,
+        description = "`t=<unix time>,v1=<hex HMAC-SHA256 of \"{t}.{body}\">` (several `v1` \
+            allowed), checked against every configured secret.")),
+    request_body(content = StripeEvent, content_type = "application/json",
+        description = "The event as Stripe sends it; stored byte for byte."),
+    responses(
+        (status = 200, description = "Stored (or stored before: a duplicate is 200 too).",
+            body = Accepted),
+        (status = 400, description = "Missing, malformed or non-matching signature \
+            (`invalid_signature`), a timestamp outside the tolerance \
+            (`timestamp_out_of_tolerance`), or a body that is not a JSON object with a string \
+            `id` and `type` (`invalid_body`). Nothing is stored.", body = ErrorBody),
+        (status = 413, description = "The body is larger than `stripe.webhook_max_body_bytes` \
+            (`body_too_large`).", body = ErrorBody),
+        (status = 503, description = "No signing secret is configured \
+            (`webhook_secret_not_configured`), the daemon is not ready (`not_ready`), or the \
+            event could not be stored (`unavailable`): deliver it again later.", body = ErrorBody),
+    ))]
 async fn stripe(AxState(intake): AxState<Arc<Intake>>, headers: HeaderMap, body: Body) -> Response {
     let config = &intake.billing.config;
     let raw = match read_body(STRIPE, &headers, body, config.stripe.webhook_max_body_bytes).await {
@@ -307,6 +367,33 @@ async fn stripe(AxState(intake): AxState<Arc<Intake>>, headers: HeaderMap, body:
     }
 }
 
+#[utoipa::path(post, path = "/webhooks/standard/{source}", tag = "webhooks",
+    operation_id = "standard_webhook",
+    params(
+        ("source" = String, Path, description = "A source configured under \
+            `[standard_webhooks.sources.<source>]`."),
+        ("webhook-id" = String, Header, description = "The event's id."),
+        ("webhook-timestamp" = String, Header, description = "Unix time of the signature."),
+        ("webhook-signature" = String, Header, description = "`v1,<base64 HMAC-SHA256 of \
+            \"{id}.{timestamp}.{body}\">`, space-separated when several."),
+    ),
+    request_body(content = StandardEvent, content_type = "application/json",
+        description = "The event; stored byte for byte."),
+    responses(
+        (status = 200, description = "Stored (or stored before: a duplicate is 200 too).",
+            body = Accepted),
+        (status = 400, description = "Missing, malformed or non-matching signature \
+            (`invalid_signature`), a timestamp outside the tolerance \
+            (`timestamp_out_of_tolerance`), or a body that is not a JSON object with a string \
+            `type` (`invalid_body`). Nothing is stored.", body = ErrorBody),
+        (status = 404, description = "No such source is configured (`unknown_source`).",
+            body = ErrorBody),
+        (status = 413, description = "The body is larger than \
+            `standard_webhooks.max_body_bytes` (`body_too_large`).", body = ErrorBody),
+        (status = 503, description = "No signing secret is configured for the source \
+            (`webhook_secret_not_configured`), the daemon is not ready (`not_ready`), or the \
+            event could not be stored (`unavailable`): deliver it again later.", body = ErrorBody),
+    ))]
 async fn standard(
     AxState(intake): AxState<Arc<Intake>>,
     Path(source): Path<String>,
@@ -362,22 +449,33 @@ async fn standard(
 }
 
 /// A stored event as the operator sees it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = WebhookEvent)]
 pub struct EventView {
+    #[schema(value_type = String, pattern = "^webhook_event$")]
     pub object: &'static str,
+    #[schema(value_type = WebhookEventId)]
     pub id: String,
+    /// `stripe` or a Standard Webhooks source's name.
     pub source: String,
+    /// The sender's event id.
     pub event_id: String,
     #[serde(rename = "type")]
     pub kind: String,
+    #[schema(value_type = wire::EventStatus)]
     pub status: String,
+    #[schema(value_type = Timestamp)]
     pub received_at: String,
+    #[schema(value_type = Option<Timestamp>, required = true)]
     pub processed_at: Option<String>,
+    /// Why it was ignored or failed.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub error: Option<String>,
     pub replays: i64,
     /// The stored body, on the single-event view only.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object, nullable = false)]
     pub payload: Option<serde_json::Value>,
 }
 
@@ -402,14 +500,23 @@ impl EventView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct EventQuery {
+    /// Only those in this status.
+    #[param(value_type = Option<wire::EventStatus>)]
     status: Option<String>,
+    /// Only this source's.
     source: Option<String>,
     #[serde(flatten)]
+    #[param(ignore)]
     paging: Paging,
 }
 
+#[utoipa::path(get, path = "/v1/webhook_events", tag = "webhooks", operation_id = "list_webhook_events",
+    params(EventQuery, Paging),
+    responses((status = 200, description = "A page of stored events.",
+        body = ListResponse<EventView>)))]
 async fn list(
     AxState(state): AxState<Arc<AppState>>,
     ApiQuery(q): ApiQuery<EventQuery>,
@@ -444,6 +551,10 @@ async fn list(
     Ok(Json(ListResponse::page(views, limit)))
 }
 
+#[utoipa::path(get, path = "/v1/webhook_events/{id}", tag = "webhooks",
+    operation_id = "get_webhook_event",
+    params(("id" = WebhookEventId, Path, description = "The stored event.")),
+    responses((status = 200, description = "The event with its stored body.", body = EventView)))]
 async fn show(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
@@ -455,6 +566,11 @@ async fn show(
 }
 
 /// Processes the event again (its effects are idempotent under their natural keys).
+#[utoipa::path(post, path = "/v1/webhook_events/{id}/replay", tag = "webhooks",
+    operation_id = "replay_webhook_event",
+    params(("id" = WebhookEventId, Path, description = "The stored event.")),
+    responses((status = 200, description = "`received` again; the events' drain applies it once \
+        more (its effects are idempotent).", body = EventView)))]
 async fn replay(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
