@@ -39,7 +39,10 @@ impl LettreMailer {
                 password.expose().to_string(),
             ));
         }
-        Ok(LettreMailer::Smtp(builder.build()))
+        // As many pooled connections as messages in flight, so none waits for a connection.
+        let pool = lettre::transport::smtp::PoolConfig::new()
+            .max_size(config.email.max_sends_in_flight.clamp(1, u32::MAX as usize) as u32);
+        Ok(LettreMailer::Smtp(builder.pool_config(pool).build()))
     }
 
     /// The folder of the file transport, if that is the one in use.

@@ -14,15 +14,15 @@ use super::{
 use crate::outbox::send::Sender;
 use crate::store::{self, charge_attempts, emails, subscriptions, wall_ms, webhook_events};
 
-/// One batch of `kind` (for charges, a pipeline of batches until none is due or `stop` is
-/// cancelled): returns how many items it took (0: nothing was due).
+/// One batch of `kind` (for charges and emails, a pipeline of batches until none is due or
+/// `stop` is cancelled): returns how many items it took (0: nothing was due).
 pub async fn drain(b: &Billing, kind: WorkKind, stop: &CancellationToken) -> Result<usize> {
     match kind {
         WorkKind::Periods => generation::drain(b).await,
         WorkKind::Drafts => invoices::drain_drafts(b).await,
         WorkKind::Charges => charges::drain(b, stop).await,
         WorkKind::Events => gateway_events::drain(b).await,
-        WorkKind::Emails => Ok(sender(b).drain().await?),
+        WorkKind::Emails => Ok(sender(b).drain(stop).await?),
         WorkKind::LateFees => dunning::drain_late_fees(b).await,
         WorkKind::Reminders => reminders::drain(b).await,
         WorkKind::Statements => statements::drain(b).await,

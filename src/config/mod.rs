@@ -185,6 +185,7 @@ pub struct EmailConfig {
     pub reminder_days: u32,
     pub templates_dir: String,
     pub smtp_timeout_seconds: u64,
+    pub max_sends_in_flight: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

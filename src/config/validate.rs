@@ -55,6 +55,9 @@ impl Config {
         if self.stripe.request_timeout_seconds == 0 {
             problems.push("stripe.request_timeout_seconds: must be positive".into());
         }
+        if self.email.max_sends_in_flight == 0 {
+            problems.push("email.max_sends_in_flight: must be at least 1".into());
+        }
         if self.stripe.max_requests_in_flight == 0 {
             problems.push("stripe.max_requests_in_flight: must be at least 1".into());
         }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
 
 use settled_jobs::clock::Clock;
 use settled_jobs::mailer::{MailError, Mailer, OutgoingEmail};
@@ -12,6 +12,7 @@ use settled_jobs::mailer::{MailError, Mailer, OutgoingEmail};
 use super::render;
 use super::snapshot::Snapshot;
 use crate::config::Config;
+use crate::pipeline::Widths;
 use crate::store::emails::{self, EmailRow, Outcome};
 use crate::store::{Db, Result, from_ms, wall_ms};
 
@@ -84,45 +85,50 @@ enum Tried {
     Retry { reason: String, delay: Duration },
 }
 
-/// Emails one batch claims at most, and messages handed to the transport at once.
-const BATCH: i64 = 200;
-const SENDS_IN_FLIGHT: usize = 8;
+/// Emails one claim takes at most.
+const BATCH: usize = 200;
 
-/// Finished tries recorded per transaction. Small, so a crash between the transport's "sent" and
-/// its record leaves few messages to go out a second time (with the same Message-ID).
+/// Finished tries recorded per transaction at most. Small, so a crash between the transport's
+/// "sent" and its record leaves few messages to go out a second time (with the same
+/// Message-ID); a record commits whatever finished meanwhile, so under light load that is one.
 const RECORD_CHUNK: usize = 16;
 
 impl Sender<'_> {
-    /// One batch of pending rows due: claims (leases) up to [`BATCH`] of them, renders and sends
-    /// them a few at a time with no transaction open, and records how each try ended a small
-    /// chunk per transaction. Returns how many it took (0: none was due).
-    pub async fn drain(&self) -> Result<usize> {
+    /// Pending rows due, as one pipeline ([`crate::pipeline`]): rows are claimed (leased) a batch
+    /// at a time while earlier ones are still being sent, rendered and handed to the transport
+    /// `email.max_sends_in_flight` at a time with no transaction open, and each finished try is
+    /// recorded at once (whatever finished meanwhile shares the transaction, at most
+    /// [`RECORD_CHUNK`]). It ends when nothing more is due, or, once `stop` is cancelled, when
+    /// the messages already taken are recorded. Returns how many rows it took (0: none was due).
+    pub async fn drain(&self, stop: &CancellationToken) -> Result<usize> {
+        let widths = Widths {
+            batch: self.config.jobs.batch_size.clamp(1, BATCH),
+            in_flight: self.config.email.max_sends_in_flight.max(1),
+            record_chunk: RECORD_CHUNK,
+            records_at_once: if self.db.backend() == "postgres" { 2 } else { 1 },
+        };
+        crate::pipeline::run(
+            stop,
+            widths,
+            |most| async move { Ok((self.claim(most as i64).await?, 0)) },
+            |row: EmailRow| async move {
+                let tried = self.try_one(&row).await;
+                (row, tried)
+            },
+            |chunk: Vec<(EmailRow, (String, Tried))>| self.record(chunk),
+        )
+        .await
+    }
+
+    /// Leases up to `most` pending rows that are due.
+    async fn claim(&self, most: i64) -> Result<Vec<EmailRow>> {
         let now = self.clock.now();
         let wall = wall_ms();
         let lease = wall + (self.config.email.smtp_timeout_seconds as i64 + 30) * 1000;
         let mut tx = self.db.begin().await?;
-        let rows = emails::claim(
-            &mut tx,
-            now,
-            wall,
-            lease,
-            self.config.jobs.batch_size.clamp(1, BATCH as usize) as i64,
-        )
-        .await?;
+        let rows = emails::claim(&mut tx, now, wall, lease, most).await?;
         tx.commit().await?;
-        let taken = rows.len();
-        let tries = futures::stream::iter(rows)
-            .map(|row| async move {
-                let tried = self.try_one(&row).await;
-                (row, tried)
-            })
-            .buffer_unordered(SENDS_IN_FLIGHT)
-            .ready_chunks(RECORD_CHUNK);
-        futures::pin_mut!(tries);
-        while let Some(chunk) = tries.next().await {
-            self.record(chunk).await?;
-        }
-        Ok(taken)
+        Ok(rows)
     }
 
     /// Renders a row and hands it to the transport; nothing is written.

@@ -2,10 +2,11 @@
 //! calls made with no transaction open, their outcomes recorded a chunk per transaction, all as
 //! one pipeline so the gateway's latency, not the database work around each call, sets the pace.
 
-use futures::StreamExt;
 use settled_jobs::job::WorkKind;
 use settled_jobs::status::InvoiceStatus;
 use tokio_util::sync::CancellationToken;
+
+use crate::pipeline::Widths;
 
 use crate::billing::dunning::{self, ChargeFailure};
 use super::{BATCH, Billing, Call, Error, RECORD_CHUNK, Result, call, record_in};
@@ -102,7 +103,8 @@ async fn claim(b: &Billing, most: i64) -> Result<(Vec<Claimed>, usize)> {
     let mut scheduled = attempts::claim_scheduled(&mut tx, now, wall, most).await?;
     // Locks are taken customer by customer, each customer's invoices in id order.
     scheduled.sort_by(|x, y| (&x.customer_id, &x.invoice_id).cmp(&(&y.customer_id, &y.invoice_id)));
-    let mut decided = 0;
+    // Attempts settled here without a call (dropped, failed at once, set aside).
+    let mut settled = 0;
     let mut claimed = Vec::new();
     let mut done: Vec<String> = Vec::new();
     for a in scheduled {
@@ -150,10 +152,12 @@ async fn claim(b: &Billing, most: i64) -> Result<(Vec<Claimed>, usize)> {
             Ok(Some(None)) => tx.release_savepoint().await?,
             Ok(c) => {
                 tx.release_savepoint().await?;
-                decided += 1;
                 match c.flatten() {
                     Some(c) => claimed.push(c),
-                    None => done.push(a.id.clone()),
+                    None => {
+                        done.push(a.id.clone());
+                        settled += 1;
+                    }
                 }
             }
             Err(Error::Store(e)) if !e.blames_the_data() => return Err(Error::Store(e)),
@@ -169,7 +173,7 @@ async fn claim(b: &Billing, most: i64) -> Result<(Vec<Claimed>, usize)> {
                 )
                 .await?;
                 tracing::error!(charge_attempt_id = %a.id, error = %e, "charge attempt set aside");
-                decided += 1;
+                settled += 1;
             }
         }
     }
@@ -190,66 +194,33 @@ async fn claim(b: &Billing, most: i64) -> Result<(Vec<Claimed>, usize)> {
     let done: Vec<&str> = done.iter().map(String::as_str).collect();
     work_failures::clear(&mut tx, WorkKind::Charges, &done).await?;
     tx.commit().await?;
-    Ok((claimed, decided))
+    Ok((claimed, settled))
 }
 
-/// Due charge work, as one pipeline: batches of attempts are claimed while the calls of earlier
-/// ones are still out, up to [`calls_in_flight`] calls at once, and outcomes are recorded a chunk
-/// per transaction as they come back (on PostgreSQL several chunks at once). The gateway's
-/// latency then bounds the rate, not the claims and records around each call. It ends when
-/// nothing more can be claimed and every call is recorded, or, once `stop` is cancelled, after the
-/// calls already made are recorded. Returns how many attempts it handled (0: none was due).
+/// Due charge work, as one pipeline ([`crate::pipeline`]): batches of attempts are claimed
+/// while the calls of earlier ones are still out, up to `stripe.max_requests_in_flight` calls at
+/// once, and outcomes are recorded a chunk per transaction as they come back (on PostgreSQL
+/// several chunks at once). It ends when nothing more can be claimed and every call is
+/// recorded, or, once `stop` is cancelled, after the calls already made are recorded. Returns
+/// how many attempts it handled (0: none was due).
 pub async fn drain(b: &Billing, stop: &CancellationToken) -> Result<usize> {
-    let in_flight = calls_in_flight(b);
-    // Claimed attempts wait here for a free call; small, so an attempt is claimed (and its
-    // in-flight time starts) only shortly before it is sent.
-    let (queue, waiting) = tokio::sync::mpsc::channel::<Claimed>(BATCH as usize);
-    let handled = std::sync::atomic::AtomicUsize::new(0);
-    let claiming = async {
-        let queue = queue;
-        while !stop.is_cancelled() {
-            // Room for a whole batch before claiming one, so nothing waits long once claimed.
-            let room = queue.capacity();
-            if room < (BATCH as usize) / 2 {
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                continue;
-            }
-            let (claimed, decided) = claim(b, room as i64).await?;
-            handled.fetch_add(
-                decided.max(claimed.len()),
-                std::sync::atomic::Ordering::Relaxed,
-            );
-            if claimed.is_empty() && decided == 0 {
-                break;
-            }
-            for c in claimed {
-                if queue.send(c).await.is_err() {
-                    break;
-                }
-            }
-        }
-        Ok::<_, Error>(())
+    let widths = Widths {
+        batch: b.batch_size(BATCH as usize),
+        in_flight: calls_in_flight(b),
+        record_chunk: RECORD_CHUNK,
+        records_at_once: records_at_once(b),
     };
-    let recording = tokio_stream_of(waiting)
-        .map(|c: Claimed| async move {
+    crate::pipeline::run(
+        stop,
+        widths,
+        |most| claim(b, most as i64),
+        |c: Claimed| async move {
             let result: Call = call(b, &c.attempt, &c.context).await;
             (c, result)
-        })
-        .buffer_unordered(in_flight)
-        .ready_chunks(RECORD_CHUNK)
-        .map(|chunk: Vec<(Claimed, Call)>| record_chunk(b, chunk))
-        .buffer_unordered(records_at_once(b))
-        .collect::<Vec<Result<()>>>();
-    let (claimed, recorded) = futures::join!(claiming, recording);
-    // Every call made was recorded (or tried) before an error ends the pass.
-    recorded.into_iter().collect::<Result<Vec<()>>>()?;
-    claimed?;
-    Ok(handled.into_inner())
-}
-
-/// The receiving end of a channel as a stream.
-fn tokio_stream_of<T>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+        },
+        |chunk: Vec<(Claimed, Call)>| record_chunk(b, chunk),
+    )
+    .await
 }
 
 /// Gateway calls one drain has out at once: `stripe.max_requests_in_flight`.
