@@ -79,7 +79,7 @@ async fn run(backend: &str, n: usize) -> f64 {
         ),
         (
             "SETTLED__ADMIN__TOKENS".to_string(),
-            "[\"bench\"]".to_string(),
+            "[\"bench-admin-token-0123456789abcdef\"]".to_string(),
         ),
     ];
     if let Some(c) = &concurrency {

@@ -141,9 +141,50 @@ pub fn build_message(email: &OutgoingEmail) -> Result<Message, MailError> {
     Ok(message)
 }
 
+impl LettreMailer {
+    /// `check-config --connect`: for SMTP a connection with EHLO, TLS as configured and AUTH
+    /// when a username is set, then QUIT, no message; for the file transport that its folder can
+    /// be made. What was checked, or why it failed (never the password).
+    pub async fn check(&self) -> anyhow::Result<String> {
+        match self {
+            LettreMailer::Smtp(t) => {
+                let ok = t
+                    .test_connection()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                anyhow::ensure!(ok, "the server did not answer NOOP after EHLO");
+                Ok("connected: EHLO, TLS as configured and AUTH when a username is set".into())
+            }
+            LettreMailer::File(_, dir) => {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                Ok(format!("file transport into {}", dir.display()))
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Mailer for LettreMailer {
     async fn send(&self, email: &OutgoingEmail) -> Result<(), MailError> {
+        let started = std::time::Instant::now();
+        let result = self.deliver(email).await;
+        let transport = match self {
+            LettreMailer::Smtp(_) => "smtp",
+            LettreMailer::File(..) => "file",
+        };
+        let outcome = match &result {
+            Ok(()) => "sent",
+            Err(MailError::Transient(_)) => "temporary",
+            Err(_) => "permanent",
+        };
+        crate::metrics::smtp_request(transport, outcome, started.elapsed());
+        result
+    }
+}
+
+impl LettreMailer {
+    async fn deliver(&self, email: &OutgoingEmail) -> Result<(), MailError> {
         let message = build_message(email)?;
         match self {
             LettreMailer::Smtp(t) => t.send(message).await.map(|_| ()).map_err(|e| {

@@ -1,4 +1,5 @@
-//! Liveness, readiness and metrics, for load balancers, systemd and Prometheus.
+//! Liveness, readiness and metrics, for load balancers, systemd and Prometheus. `/metrics` asks
+//! for `server.metrics_token` when one is set.
 
 use std::sync::Arc;
 
@@ -11,11 +12,17 @@ use serde_json::json;
 
 use super::AppState;
 
-pub fn router() -> Router<Arc<AppState>> {
-    Router::new()
+/// `/healthz` and `/readyz`, and `/metrics` when `with_metrics`.
+pub fn router(state: &Arc<AppState>, with_metrics: bool) -> Router<Arc<AppState>> {
+    let probes = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/readyz", get(readyz));
+    if !with_metrics {
+        return probes;
+    }
+    probes.merge(Router::new().route("/metrics", get(metrics)).layer(
+        axum::middleware::from_fn_with_state(state.clone(), super::auth::require_metrics_token),
+    ))
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -68,14 +75,31 @@ async fn readyz(AxState(state): AxState<Arc<AppState>>) -> impl IntoResponse {
     )
 }
 
-/// `GET /metrics` (Prometheus text format).
+/// `GET /metrics` (Prometheus text format). What it reads from the database is read at most
+/// once per [`crate::metrics::GAUGE_REFRESH`]; scrapes in between render what was read.
 async fn metrics(AxState(state): AxState<Arc<AppState>>) -> impl IntoResponse {
     let mut pools = vec![("main", state.billing.db.clone())];
     if let Some(queue) = state.scheduler.queue_db() {
         pools.push(("queue", queue));
     }
-    let pending = state.scheduler.pending().await.unwrap_or_default();
-    match crate::metrics::scrape(&state.billing.db, &pools, &pending).await {
+    let scheduler = state.scheduler.clone();
+    let db = state.billing.db.clone();
+    let read = || async move {
+        let pending = scheduler.pending().await.unwrap_or_default();
+        crate::metrics::DbGauges::read(&db, pending).await
+    };
+    let config = &state.billing.config;
+    let last_sweep = config
+        .daemon
+        .role
+        .runs_workers()
+        .then(|| state.scheduler.since_last_sweep())
+        .flatten();
+    let info = crate::metrics::BuildInfo {
+        backend: state.billing.db.backend(),
+        role: config.daemon.role.name(),
+    };
+    match crate::metrics::scrape(&state.metrics_cache, &pools, last_sweep, info, read).await {
         Some(text) => (
             StatusCode::OK,
             [(

@@ -319,6 +319,43 @@ impl Db {
         pending
     }
 
+    /// Every migration this binary knows with whether it is applied: (which history, version,
+    /// description, applied), in the order they run.
+    pub async fn migration_status(&self) -> Vec<(&'static str, i64, String, bool)> {
+        let pending = self.pending_migrations().await;
+        let mut all = Vec::new();
+        for (migrator, _, label) in self.migrators() {
+            for m in migrator
+                .iter()
+                .filter(|m| !m.migration_type.is_down_migration())
+            {
+                let waiting = pending
+                    .iter()
+                    .any(|(l, v, _)| *l == label && *v == m.version);
+                all.push((label, m.version, m.description.to_string(), !waiting));
+            }
+        }
+        all
+    }
+
+    /// A consistent copy of a SQLite database into a new file at `path` (`VACUUM INTO`), taken
+    /// while the daemon runs. PostgreSQL is backed up with pg_dump instead (see the README).
+    pub async fn backup_to(&self, path: &Path) -> anyhow::Result<()> {
+        let Db::Sqlite(pool) = self else {
+            anyhow::bail!("only a SQLite database is copied by settled backup");
+        };
+        anyhow::ensure!(!path.exists(), "{} exists already", path.display());
+        let target = path
+            .to_str()
+            .context("the backup path is not valid UTF-8")?
+            .replace('\'', "''");
+        sqlx::query(sqlx::AssertSqlSafe(format!("VACUUM INTO '{target}'")))
+            .execute(pool)
+            .await
+            .with_context(|| format!("cannot write the backup to {}", path.display()))?;
+        Ok(())
+    }
+
     /// Applies every pending migration one at a time, calling `report` after each one (what
     /// `settled migrate` shows progress with), then checks the whole history as `run` does.
     pub async fn migrate_reporting(
