@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use serde_json::json;
 
 use super::exit;
@@ -151,14 +151,8 @@ pub async fn check_connect(config: &Config) -> anyhow::Result<u8> {
 
 async fn check_database(config: &Config) -> anyhow::Result<String> {
     if let Some(path) = missing_sqlite(config) {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let probe = dir.join(".settled-check-config");
-        std::fs::create_dir_all(dir)
-            .and_then(|()| std::fs::write(&probe, b""))
-            .and_then(|()| std::fs::remove_file(&probe))
-            .with_context(|| format!("cannot write into {}", dir.display()))?;
         return Ok(format!(
-            "no database at {} yet; its folder is writable (serve creates it)",
+            "no database at {} yet (serve or migrate creates it)",
             path.display()
         ));
     }

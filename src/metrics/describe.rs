@@ -153,7 +153,7 @@ pub(super) fn describe() {
     );
     describe_histogram!(
         "settled_gateway_request_duration_seconds",
-        "Requests to a payment gateway, by gateway, operation (charge, refund, lookup, payment_method, detach, check) and outcome (ok, declined, error, unknown)."
+        "Requests to a payment gateway, by gateway, operation (charge, refund, lookup, customer, payment_method, detach, check) and outcome (ok, declined, error, unknown)."
     );
     describe_counter!(
         "settled_gateway_request_errors_total",

@@ -419,6 +419,14 @@ fn sqlite_pool(path: &Path, max: u32, timeout: Duration) -> anyhow::Result<Sqlit
         .connect_lazy_with(options))
 }
 
+/// `$from, $from+1, ...`: `n` numbered placeholders for an `IN (...)` list.
+pub fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The real wall clock in milliseconds: for leases, backoff and the gateway's key memory, which
 /// have nothing to do with billing time (the daemon's clock may be a manual one).
 pub fn wall_ms() -> i64 {

@@ -276,3 +276,65 @@ both!(
         );
     }
 );
+
+both!(
+    listing_invoices_with_limit_1000_costs_a_bounded_number_of_queries,
+    |backend| async move {
+        let options = DaemonOptions::default()
+            .env("RUST_LOG", "info,sqlx::query=debug")
+            .process();
+        let w = World::start_with(backend, options).await;
+        let d = &w.daemon;
+        let customer = d.customer("USD").await;
+        for n in 0..30 {
+            let (status, inv) = d
+                .post(
+                    "/v1/invoices",
+                    json!({"customer_id": customer, "items": [
+                        {"description": format!("Work {n}"), "unit_amount": "5.00"},
+                        {"description": "Travel", "unit_amount": "1.00"}]}),
+                )
+                .await;
+            assert_eq!(status, 201, "{inv}");
+        }
+        let (_, one) = d.get("/v1/invoices?limit=1").await;
+        let paid = one["data"][0]["id"].as_str().unwrap().to_string();
+        let (status, p) = d
+            .post(
+                &format!("/v1/invoices/{paid}/payments"),
+                json!({"amount": "2.00", "method": "wire", "reference": "W-1"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{p}");
+        let (status, page) = d.get("/v1/invoices?limit=1000").await;
+        assert_eq!(status, 200);
+        let data = page["data"].as_array().unwrap();
+        assert_eq!(data.len(), 30);
+        // Every invoice still carries its own lines and payments.
+        assert!(
+            data.iter()
+                .all(|i| i["lines"].as_array().unwrap().len() == 2)
+        );
+        let with_payment: Vec<&Value> = data.iter().filter(|i| i["id"] == paid.as_str()).collect();
+        assert_eq!(with_payment[0]["payments"].as_array().unwrap().len(), 1);
+        assert_eq!(with_payment[0]["amount_paid"], "2.00");
+        // The statements the list ran (each logged by the driver inside the request's span).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let queries = d
+            .log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| {
+                v["target"] == "sqlx::query"
+                    && v["span"]["method"] == "GET"
+                    && v["span"]["path"] == "/v1/invoices"
+            })
+            .count();
+        // Two lists ran: the one-invoice page and the thirty-invoice page.
+        assert!(
+            queries >= 2,
+            "no statement was logged; the check proves nothing"
+        );
+        assert!(queries <= 12, "{queries} statements for two pages");
+    }
+);

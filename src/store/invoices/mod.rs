@@ -308,6 +308,36 @@ pub async fn lines(db: &Db, invoice_id: &str) -> Result<Vec<LineRow>> {
     }))
 }
 
+/// A line with the invoice it belongs to.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct InvoiceLine {
+    pub invoice_id: String,
+    #[sqlx(flatten)]
+    pub line: LineRow,
+}
+
+/// The lines of every invoice in `ids`, in one query per 500 invoices (a list page's lines),
+/// ordered by invoice and position.
+pub async fn lines_of_many(db: &Db, ids: &[String]) -> Result<Vec<InvoiceLine>> {
+    let mut all = Vec::new();
+    for chunk in ids.chunks(500) {
+        let sql = format!(
+            "SELECT invoice_id, {LINE_COLUMNS} FROM invoice_lines WHERE invoice_id IN ({}) \
+             ORDER BY invoice_id, position",
+            super::placeholders(1, chunk.len())
+        );
+        let rows: Vec<InvoiceLine> = on_db!(db, p => {
+            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
+            for id in chunk {
+                q = q.bind(id);
+            }
+            q.fetch_all(p).await?
+        });
+        all.extend(rows);
+    }
+    Ok(all)
+}
+
 /// The invoice's lines, read inside `tx`.
 pub async fn lines_in(tx: &mut Tx, invoice_id: &str) -> Result<Vec<LineRow>> {
     let sql =
