@@ -108,9 +108,19 @@ fn native_journal() -> Option<tracing_journald::Layer> {
     if !stderr_is_journal() {
         return None;
     }
+    use tracing_journald::{Priority, PriorityMappings};
+    // The same priorities as the stream form's prefixes (`priority` below).
+    let mappings = PriorityMappings {
+        error: Priority::Error,
+        warn: Priority::Warning,
+        info: Priority::Informational,
+        debug: Priority::Debug,
+        trace: Priority::Debug,
+    };
     tracing_journald::layer().ok().map(|l| {
         l.with_field_prefix(None)
             .with_syslog_identifier("settled".into())
+            .with_priority_mappings(mappings)
     })
 }
 
