@@ -156,8 +156,23 @@ impl LettreMailer {
                 Ok("connected: EHLO, TLS as configured and AUTH when a username is set".into())
             }
             LettreMailer::File(_, dir) => {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                // Checked without creating anything: the folder, or the nearest one above it
+                // that exists, must be writable (the daemon makes the rest at its first send).
+                let existing = dir
+                    .ancestors()
+                    .find(|p| p.as_os_str().is_empty() || p.exists())
+                    .map(|p| {
+                        if p.as_os_str().is_empty() {
+                            std::path::Path::new(".")
+                        } else {
+                            p
+                        }
+                    })
+                    .unwrap_or(dir);
+                let writable = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes())
+                    // SAFETY: access only reads the NUL-terminated path it is given.
+                    .is_ok_and(|c| unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0);
+                anyhow::ensure!(writable, "{} is not writable", existing.display());
                 Ok(format!("file transport into {}", dir.display()))
             }
         }
