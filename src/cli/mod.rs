@@ -49,8 +49,9 @@ pub struct Cli {
 
     /// Send admin commands to a running daemon's admin API at URL (e.g. http://127.0.0.1:8080)
     /// instead of opening the database: no database credentials needed, no config read. The
-    /// token comes from --token-file or $SETTLED_TOKEN.
-    #[arg(long, global = true, value_name = "URL", env = "SETTLED_URL")]
+    /// token comes from --token-file or $SETTLED_TOKEN. $SETTLED_URL sets it for the admin
+    /// commands (the others ignore it).
+    #[arg(long, global = true, value_name = "URL")]
     pub url: Option<String>,
 
     /// With --url: a file holding the admin token (its first line).
@@ -265,7 +266,14 @@ pub fn main() -> ExitCode {
         print!("{}", config::DEFAULTS);
         return ExitCode::from(exit::OK);
     }
-    if let Some(url) = cli.url.clone().filter(|u| !u.is_empty()) {
+    // --url given: the admin API of a running daemon. $SETTLED_URL: the same, for the admin
+    // commands only, so an exported one does not stand in the way of `settled migrate`.
+    let url = cli.url.clone().or_else(|| {
+        std::env::var("SETTLED_URL")
+            .ok()
+            .filter(|_| cli.command.is_admin())
+    });
+    if let Some(url) = url.filter(|u| !u.is_empty()) {
         return main_remote(cli, url);
     }
     let path = config_path(&cli);
