@@ -32,6 +32,7 @@ pub async fn webhooks(target: &Target, cmd: WebhooksCommand) -> anyhow::Result<A
             source,
             wait,
             timeout,
+            dry_run,
         } => match (id, status) {
             (Some(id), _) => {
                 call(
@@ -41,6 +42,24 @@ pub async fn webhooks(target: &Target, cmd: WebhooksCommand) -> anyhow::Result<A
                     Some(json!({})),
                 )
                 .await
+            }
+            (None, Some(status)) if dry_run => {
+                let mut ids = match event_ids(target, &status, &source).await? {
+                    Ok(ids) => ids,
+                    Err(refused) => return Ok(refused),
+                };
+                ids.reverse();
+                Ok(Answer {
+                    status: 200,
+                    body: json!({
+                        "object": "replay_summary",
+                        "dry_run": true,
+                        "status": status,
+                        "selected": ids.len(),
+                        "replayed": 0,
+                        "ids": ids,
+                    }),
+                })
             }
             (None, Some(status)) => {
                 replay_all(target, status, source, wait, Duration::from_secs(timeout)).await
