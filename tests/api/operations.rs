@@ -338,3 +338,98 @@ both!(
         assert!(queries <= 12, "{queries} statements for two pages");
     }
 );
+
+/// The watchdog asks the database over a connection of its own: requests that hold every
+/// connection of the main pool (here waiting on a table another session has locked) do not
+/// withhold its ping, so systemd does not kill a daemon that is merely busy. PostgreSQL only:
+/// SQLite has no lock that holds readers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_pings_while_the_main_pool_is_saturated() {
+    use sqlx::Connection;
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let db = TestDb::new(Backend::Postgres, dir.path()).await;
+    let options = DaemonOptions {
+        notify_socket: Some(sock_path.clone()),
+        ..Default::default()
+    }
+    .env("WATCHDOG_USEC", "2000000")
+    // Four in all: two for the job queue, two for requests and work.
+    .env("SETTLED__DATABASE__MAX_CONNECTIONS", "4");
+    let daemon = Daemon::start(dir.path(), &db.url, options).await;
+    daemon.customer("USD").await;
+    let count_pings = |sock: UnixDatagram, during: Duration| {
+        let mut buf = [0u8; 4096];
+        let deadline = std::time::Instant::now() + during;
+        let mut pings = 0;
+        while std::time::Instant::now() < deadline {
+            if let Ok(n) = sock.recv(&mut buf) {
+                pings += String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .filter(|l| *l == "WATCHDOG=1")
+                    .count();
+            }
+        }
+        (sock, pings)
+    };
+    // Healthy first: the runner has swept, the pings come.
+    let (sock, before) =
+        tokio::task::spawn_blocking(move || count_pings(sock, Duration::from_secs(3)))
+            .await
+            .unwrap();
+    assert!(before >= 2, "{before} pings before the pool was saturated");
+
+    let mut locker = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::Executor::execute(&mut locker, "BEGIN").await.unwrap();
+    sqlx::Executor::execute(&mut locker, "LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut waiting = Vec::new();
+    for _ in 0..6 {
+        let req = daemon
+            .http
+            .get(daemon.url("/v1/customers"))
+            .bearer_auth(TOKEN)
+            .send();
+        waiting.push(tokio::spawn(req));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Saturated: a request that needs a connection of its own does not get one in time.
+    let starved = daemon
+        .http
+        .get(daemon.url("/readyz"))
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await;
+    assert!(
+        starved.is_err() || starved.as_ref().unwrap().status() == 503,
+        "the main pool is not saturated: {starved:?}"
+    );
+    // Within the runner's 10 s of grace since its last sweep (sweeps need the main pool too).
+    let (_, pings) = tokio::task::spawn_blocking(move || count_pings(sock, Duration::from_secs(4)))
+        .await
+        .unwrap();
+    sqlx::Executor::execute(&mut locker, "ROLLBACK")
+        .await
+        .unwrap();
+    // Those that had a connection answer once the lock goes; those that waited for one longer
+    // than the pool lets them answer 503 (the client may try again).
+    let mut answered = Vec::new();
+    for w in waiting {
+        answered.push(w.await.unwrap().unwrap().status().as_u16());
+    }
+    assert!(answered.contains(&200), "{answered:?}");
+    assert!(
+        answered.iter().all(|s| [200, 503].contains(s)),
+        "{answered:?}"
+    );
+    assert!(
+        pings >= 3,
+        "{pings} pings while the pool was saturated:\n{}",
+        daemon.log_text()
+    );
+}
