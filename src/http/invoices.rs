@@ -19,7 +19,7 @@ use super::format::{amount, rfc3339_ms};
 use super::payments::PaymentView;
 use super::{ApiError, AppState, ListResponse, Paging};
 use crate::store::invoices::{self as store, InvoiceFilter, InvoiceRow, LineRow};
-use crate::store::{charge_attempts, customers, payments};
+use crate::store::{charge_attempts, customers, pages, payments};
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
@@ -189,15 +189,15 @@ pub async fn load_views(
     use std::collections::HashMap;
     let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
     let mut lines: HashMap<String, Vec<LineRow>> = HashMap::new();
-    for l in store::lines_of_many(db, &ids).await? {
+    for l in pages::lines_of_many(db, &ids).await? {
         lines.entry(l.invoice_id).or_default().push(l.line);
     }
     let mut paid: HashMap<String, Vec<payments::PaymentRow>> = HashMap::new();
-    for p in payments::of_invoices(db, &ids).await? {
+    for p in pages::payments_of_invoices(db, &ids).await? {
         paid.entry(p.for_invoice).or_default().push(p.payment);
     }
     let mut tried: HashMap<String, Vec<charge_attempts::AttemptRow>> = HashMap::new();
-    for a in charge_attempts::of_invoices(db, &ids).await? {
+    for a in pages::attempts_of_invoices(db, &ids).await? {
         if let Some(invoice) = a.invoice_id.clone() {
             tried.entry(invoice).or_default().push(a);
         }

@@ -59,7 +59,7 @@ impl AttemptRow {
     }
 }
 
-const ATTEMPT_COLUMNS: &str = "id, invoice_id, customer_id, attempt, idempotency_key, amount, currency, \
+pub(crate) const ATTEMPT_COLUMNS: &str = "id, invoice_id, customer_id, attempt, idempotency_key, amount, currency, \
      payment_method_id, automatic, status, decline_code, failure_message, gateway_payment_id, \
      next_attempt_at, scheduled_at, started_at, finished_at, sent_wall_ms, look_up";
 
@@ -220,27 +220,6 @@ pub async fn of_invoice(db: &Db, invoice_id: &str) -> Result<Vec<AttemptRow>> {
     Ok(
         on_db!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(invoice_id).fetch_all(p).await?),
     )
-}
-
-/// The attempts of every invoice in `ids`, by invoice and attempt, in one query per 500.
-pub async fn of_invoices(db: &Db, ids: &[String]) -> Result<Vec<AttemptRow>> {
-    let mut all = Vec::new();
-    for chunk in ids.chunks(500) {
-        let sql = format!(
-            "SELECT {ATTEMPT_COLUMNS} FROM charge_attempts WHERE invoice_id IN ({}) \
-             ORDER BY invoice_id, attempt",
-            super::placeholders(1, chunk.len())
-        );
-        let rows: Vec<AttemptRow> = on_db!(db, p => {
-            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
-            for id in chunk {
-                q = q.bind(id);
-            }
-            q.fetch_all(p).await?
-        });
-        all.extend(rows);
-    }
-    Ok(all)
 }
 
 /// What sending an attempt needs besides its row: the gateway customer, the card's token and

@@ -22,6 +22,7 @@ pub mod error;
 pub mod idempotency_keys;
 pub mod invoices;
 pub mod ledger;
+pub mod pages;
 pub mod payment_methods;
 pub mod payments;
 pub mod queue;

@@ -25,7 +25,7 @@ pub struct PaymentRow {
     pub at: i64,
 }
 
-const PAYMENT_COLUMNS: &str = "id, customer_id, invoice_id, amount, currency, gateway, gateway_payment_id, \
+pub(crate) const PAYMENT_COLUMNS: &str = "id, customer_id, invoice_id, amount, currency, gateway, gateway_payment_id, \
      method, reference, brand, last4, status, amount_refunded, at";
 
 /// A payment row to write.
@@ -274,41 +274,6 @@ pub async fn list(
             .fetch_all(p)
             .await?
     }))
-}
-
-/// A payment with the invoice it was listed for (one payment may pay several).
-#[derive(Debug, Clone, FromRow)]
-pub struct InvoicePayment {
-    pub for_invoice: String,
-    #[sqlx(flatten)]
-    pub payment: PaymentRow,
-}
-
-/// The payments of every invoice in `ids` (made for it or allocated to it), as `list` gives
-/// them for one invoice, in one query per 500 invoices.
-pub async fn of_invoices(db: &Db, ids: &[String]) -> Result<Vec<InvoicePayment>> {
-    let mut all = Vec::new();
-    for chunk in ids.chunks(500) {
-        let list = super::placeholders(1, chunk.len());
-        let sql = format!(
-            "SELECT x.for_invoice, p.* FROM (\
-               SELECT id AS payment_id, invoice_id AS for_invoice FROM payments \
-                 WHERE invoice_id IN ({list}) \
-               UNION SELECT payment_id, invoice_id FROM payment_allocations \
-                 WHERE invoice_id IN ({list})) x \
-             JOIN (SELECT {PAYMENT_COLUMNS}, created_at FROM payments) p ON p.id = x.payment_id \
-             ORDER BY x.for_invoice, p.created_at, p.id"
-        );
-        let rows: Vec<InvoicePayment> = on_db!(db, p => {
-            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
-            for id in chunk {
-                q = q.bind(id);
-            }
-            q.fetch_all(p).await?
-        });
-        all.extend(rows);
-    }
-    Ok(all)
 }
 
 /// The payment a gateway payment (pi_...) was recorded as, if it was.

@@ -64,7 +64,7 @@ pub struct LineRow {
     pub tax_rate: Option<String>,
 }
 
-const LINE_COLUMNS: &str =
+pub(crate) const LINE_COLUMNS: &str =
     "id, position, kind, description, quantity, unit_amount, amount, tax_rate";
 
 const INVOICE_INSERT: [&str; 20] = [
@@ -306,36 +306,6 @@ pub async fn lines(db: &Db, invoice_id: &str) -> Result<Vec<LineRow>> {
             .fetch_all(p)
             .await?
     }))
-}
-
-/// A line with the invoice it belongs to.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct InvoiceLine {
-    pub invoice_id: String,
-    #[sqlx(flatten)]
-    pub line: LineRow,
-}
-
-/// The lines of every invoice in `ids`, in one query per 500 invoices (a list page's lines),
-/// ordered by invoice and position.
-pub async fn lines_of_many(db: &Db, ids: &[String]) -> Result<Vec<InvoiceLine>> {
-    let mut all = Vec::new();
-    for chunk in ids.chunks(500) {
-        let sql = format!(
-            "SELECT invoice_id, {LINE_COLUMNS} FROM invoice_lines WHERE invoice_id IN ({}) \
-             ORDER BY invoice_id, position",
-            super::placeholders(1, chunk.len())
-        );
-        let rows: Vec<InvoiceLine> = on_db!(db, p => {
-            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
-            for id in chunk {
-                q = q.bind(id);
-            }
-            q.fetch_all(p).await?
-        });
-        all.extend(rows);
-    }
-    Ok(all)
 }
 
 /// The invoice's lines, read inside `tx`.
