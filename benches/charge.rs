@@ -145,7 +145,7 @@ async fn run(backend: &str, n: usize, latency: Duration, concurrency: Option<usi
         ),
         (
             "SETTLED__ADMIN__TOKENS".to_string(),
-            "[\"bench\"]".to_string(),
+            "[\"bench-admin-token-0123456789abcdef\"]".to_string(),
         ),
         (
             "SETTLED__STRIPE__API_KEY".to_string(),

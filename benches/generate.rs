@@ -87,7 +87,7 @@ async fn run(backend: &str, n: usize) -> f64 {
         ),
         (
             "SETTLED__ADMIN__TOKENS".to_string(),
-            "[\"bench\"]".to_string(),
+            "[\"bench-admin-token-0123456789abcdef\"]".to_string(),
         ),
     ];
     if let Some(c) = &concurrency {
@@ -136,13 +136,20 @@ async fn run(backend: &str, n: usize) -> f64 {
     let written = written.unwrap();
     let rate = n as f64 / elapsed.as_secs_f64();
     if let Some(smtp) = &smtp {
-        assert!(smtp.accepted_count() >= n, "the SMTP server got every invoice email");
+        assert!(
+            smtp.accepted_count() >= n,
+            "the SMTP server got every invoice email"
+        );
     }
     println!(
         "generate/{backend}: {n} invoices written in {:.2} s ({:.0}/s), with their emails sent {} in {:.2} s = {rate:.0} invoices/s end to end (jobs.concurrency {})",
         written.as_secs_f64(),
         n as f64 / written.as_secs_f64(),
-        if smtp.is_some() { "to a local SMTP server" } else { "to .eml files" },
+        if smtp.is_some() {
+            "to a local SMTP server"
+        } else {
+            "to .eml files"
+        },
         elapsed.as_secs_f64(),
         concurrency.as_deref().unwrap_or("default")
     );

@@ -190,7 +190,7 @@ async fn daemon_run(
         ),
         (
             "SETTLED__ADMIN__TOKENS".to_string(),
-            "[\"bench\"]".to_string(),
+            "[\"bench-admin-token-0123456789abcdef\"]".to_string(),
         ),
         (
             "SETTLED__STRIPE__WEBHOOK_SECRETS".to_string(),

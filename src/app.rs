@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::billing::Billing;
-use crate::config::{ClockMode, Config, Secret};
+use crate::config::{AdminToken, ClockMode, Config, Secret};
 use crate::gateway::Gateways;
 use crate::http::AppState;
 use crate::runner::Runner;
@@ -32,9 +32,30 @@ pub struct Context {
 impl Context {
     /// Opens the database, the clock, the gateways and the mailer.
     pub async fn build(config: Config) -> anyhow::Result<Context> {
+        let tokens = admin_tokens(&config)?;
+        Self::build_with(config, tokens).await
+    }
+
+    /// As [`Context::build`] for an operator's command on this host: it is let in with a token
+    /// of its own (named `cli`, made for this run and never written anywhere), so it needs none
+    /// configured and never generates one.
+    pub async fn build_for_cli(config: Config) -> anyhow::Result<Context> {
+        let tokens = vec![AdminToken {
+            name: "cli".into(),
+            secret: Secret::new(generate_token()),
+        }];
+        Self::build_with(config, tokens).await
+    }
+
+    async fn build_with(config: Config, tokens: Vec<AdminToken>) -> anyhow::Result<Context> {
         let config = Arc::new(config);
         let db = Db::open_sized(&config, Db::pool_shares(&config).0)?;
-        let tokens = admin_tokens(&config)?;
+        let metrics_token = config.metrics_token()?;
+        // A signing secret file that cannot be read or decoded stops start-up, naming the file.
+        config.stripe_webhook_secrets()?;
+        for source in config.standard_webhooks.sources.keys() {
+            config.standard_webhook_secrets(source)?;
+        }
         let gateways = Gateways::from_config(&config)?;
         let mailer: Arc<dyn Mailer> = Arc::new(crate::mail::LettreMailer::from_config(&config)?);
         let (clock, manual_clock) = make_clock(&config, &db).await;
@@ -51,6 +72,8 @@ impl Context {
             scheduler: runner.scheduler.clone(),
             manual_clock,
             tokens: std::sync::RwLock::new(tokens),
+            metrics_token: std::sync::RwLock::new(metrics_token),
+            metrics_cache: Default::default(),
             intake: std::sync::OnceLock::new(),
             ready: std::sync::atomic::AtomicBool::new(false),
         });
@@ -66,6 +89,9 @@ pub struct Application {
     context: Context,
     listener: Option<TcpListener>,
     port: u16,
+    /// The ops listener (`server.ops_listen`): health, readiness and metrics only.
+    ops_listener: Option<TcpListener>,
+    ops_port: Option<u16>,
 }
 
 impl Application {
@@ -81,15 +107,40 @@ impl Application {
             .with_context(|| format!("cannot listen on {addr}"))?;
         let port = listener.local_addr()?.port();
         let listener = Some(listener);
+        let ops_listener = if config.server.ops_listen.is_empty() {
+            None
+        } else {
+            let addr: SocketAddr = config
+                .server
+                .ops_listen
+                .parse()
+                .with_context(|| format!("server.ops_listen {:?}", config.server.ops_listen))?;
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (server.ops_listen)"))?,
+            )
+        };
+        let ops_port = match &ops_listener {
+            Some(l) => Some(l.local_addr()?.port()),
+            None => None,
+        };
         Ok(Application {
             context,
             listener,
             port,
+            ops_listener,
+            ops_port,
         })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The ops listener's port, when `server.ops_listen` is set.
+    pub fn ops_port(&self) -> Option<u16> {
+        self.ops_port
     }
 
     pub fn context(&self) -> &Context {
@@ -121,12 +172,20 @@ impl Application {
             let app = if config.daemon.role.runs_http() {
                 crate::http::router(state.clone())
             } else {
-                crate::http::ops_router(state.clone())
+                crate::http::ops_router(state.clone(), config.server.ops_listen.is_empty())
             };
             let token = shutdown.clone();
             let limits = crate::http::listener::Limits::of(&config.server);
             raise_open_file_limit(limits.max_connections);
             tokio::spawn(crate::http::listener::serve(listener, app, limits, token))
+        });
+        let ops = self.ops_listener.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, ops_port = addr.port(), "ops listening (health, readiness, metrics)");
+            }
+            let app = crate::http::ops_router(state.clone(), true);
+            let limits = crate::http::listener::Limits::of(&config.server);
+            tokio::spawn(crate::http::listener::serve(listener, app, limits, shutdown.clone()))
         });
         prepare_database(&billing, &shutdown).await;
         resume_manual_clock(&state).await;
@@ -147,6 +206,9 @@ impl Application {
         }
         if let Some(h) = http {
             let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+        }
+        if let Some(h) = ops {
+            let _ = tokio::time::timeout(Duration::from_secs(1), h).await;
         }
         if let Some(w) = watchdog {
             w.abort();
@@ -251,23 +313,36 @@ async fn make_clock(config: &Config, db: &Db) -> (Arc<dyn Clock>, Option<Arc<Man
 /// signing secrets) from `config`, freshly loaded; on an error nothing changes.
 pub fn reload_secrets(state: &AppState, config: &Config) -> anyhow::Result<()> {
     config.stripe_webhook_secrets()?;
+    for source in config.standard_webhooks.sources.keys() {
+        config.standard_webhook_secrets(source)?;
+    }
     let tokens = admin_tokens(config)?;
-    state.reload_secrets(tokens, config);
+    let metrics_token = config.metrics_token()?;
+    state.reload_secrets(tokens, metrics_token, config);
     Ok(())
 }
 
+/// The name the token generated into the state directory is logged under.
+pub const GENERATED_TOKEN_NAME: &str = "generated";
+
 /// The configured tokens, or one generated into the state directory on first start.
-fn admin_tokens(config: &Config) -> anyhow::Result<Vec<Secret>> {
+fn admin_tokens(config: &Config) -> anyhow::Result<Vec<AdminToken>> {
     let tokens = config.admin_tokens()?;
     if !tokens.is_empty() {
         return Ok(tokens);
     }
     let path: PathBuf = config.state_dir().join("admin-token");
+    let generated = |token: &str| {
+        vec![AdminToken {
+            name: GENERATED_TOKEN_NAME.into(),
+            secret: Secret::new(token),
+        }]
+    };
     if let Ok(text) = std::fs::read_to_string(&path) {
         let token = text.trim();
         if !token.is_empty() {
             tracing::debug!(path = %path.display(), "admin token read from the state directory");
-            return Ok(vec![Secret::new(token)]);
+            return Ok(generated(token));
         }
     }
     std::fs::create_dir_all(config.state_dir()).with_context(|| {
@@ -279,7 +354,7 @@ fn admin_tokens(config: &Config) -> anyhow::Result<Vec<Secret>> {
     let token = generate_token();
     write_private(&path, &format!("{token}\n"))?;
     tracing::warn!(path = %path.display(), "no admin token configured; generated one (read it from this file)");
-    Ok(vec![Secret::new(token)])
+    Ok(generated(&token))
 }
 
 fn generate_token() -> String {

@@ -144,9 +144,65 @@ pub fn build_message(email: &OutgoingEmail) -> Result<Message, MailError> {
     Ok(message)
 }
 
+impl LettreMailer {
+    /// `check-config --connect`: for SMTP a connection with EHLO, TLS as configured and AUTH
+    /// when a username is set, then QUIT, no message; for the file transport that its folder can
+    /// be made. What was checked, or why it failed (never the password).
+    pub async fn check(&self) -> anyhow::Result<String> {
+        match self {
+            LettreMailer::Smtp(t) => {
+                let ok = t
+                    .test_connection()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                anyhow::ensure!(ok, "the server did not answer NOOP after EHLO");
+                Ok("connected: EHLO, TLS as configured and AUTH when a username is set".into())
+            }
+            LettreMailer::File(_, dir) => {
+                // Checked without creating anything: the folder, or the nearest one above it
+                // that exists, must be writable (the daemon makes the rest at its first send).
+                let existing = dir
+                    .ancestors()
+                    .find(|p| p.as_os_str().is_empty() || p.exists())
+                    .map(|p| {
+                        if p.as_os_str().is_empty() {
+                            std::path::Path::new(".")
+                        } else {
+                            p
+                        }
+                    })
+                    .unwrap_or(dir);
+                let writable = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes())
+                    // SAFETY: access only reads the NUL-terminated path it is given.
+                    .is_ok_and(|c| unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0);
+                anyhow::ensure!(writable, "{} is not writable", existing.display());
+                Ok(format!("file transport into {}", dir.display()))
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Mailer for LettreMailer {
     async fn send(&self, email: &OutgoingEmail) -> Result<(), MailError> {
+        let started = std::time::Instant::now();
+        let result = self.deliver(email).await;
+        let transport = match self {
+            LettreMailer::Smtp(_) => "smtp",
+            LettreMailer::File(..) => "file",
+        };
+        let outcome = match &result {
+            Ok(()) => "sent",
+            Err(MailError::Transient(_)) => "temporary",
+            Err(_) => "permanent",
+        };
+        crate::metrics::smtp_request(transport, outcome, started.elapsed());
+        result
+    }
+}
+
+impl LettreMailer {
+    async fn deliver(&self, email: &OutgoingEmail) -> Result<(), MailError> {
         let message = build_message(email)?;
         match self {
             LettreMailer::Smtp(t) => t.send(message).await.map(|_| ()).map_err(|e| {

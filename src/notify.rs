@@ -50,6 +50,9 @@ impl Notifier {
 
     /// Pings at half the watchdog interval, but only while the database answers and the job runner
     /// shows signs of life, so systemd restarts a wedged daemon instead of trusting a live thread.
+    /// The database is asked over a connection of the watchdog's own (a pool of one, beside
+    /// `database.max_connections`), so a main pool saturated by a catch-up cannot withhold the
+    /// ping while the database itself answers.
     pub fn spawn_watchdog(
         &self,
         billing: Arc<Billing>,
@@ -61,13 +64,26 @@ impl Notifier {
             return None;
         }
         let stale_after = (interval * 4).max(Duration::from_secs(10));
+        let own = match crate::store::Db::open_sized(&billing.config, 1) {
+            Ok(db) => db,
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "the watchdog shares the main pool"
+                );
+                billing.db.clone()
+            }
+        };
         Some(tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => {
+                        own.close().await;
+                        return;
+                    }
                     _ = tokio::time::sleep(interval) => {}
                 }
-                let db_ok = billing.db.ping().await;
+                let db_ok = own.ping().await;
                 let runner_ok = !billing.config.daemon.role.runs_workers()
                     || scheduler.alive_within(stale_after);
                 if db_ok && runner_ok {

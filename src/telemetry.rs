@@ -1,8 +1,11 @@
 //! Logging: one line per event. Plain text on a terminal, JSON when asked (or when stderr is
-//! neither a terminal nor the journal), and under journald (`JOURNAL_STREAM` names our stderr) plain
-//! text with the syslog priority prefix journald reads (`<3>` for errors), no colours and no
-//! timestamps, because the journal stamps every line itself. The level comes from RUST_LOG or the
-//! config. Secrets never reach a field: they are `Secret`s, and webhook bodies are never logged.
+//! neither a terminal nor the journal), and under journald (`JOURNAL_STREAM` names our stderr) the
+//! journal's native protocol: each event a datagram to /run/systemd/journal/socket with its
+//! priority (`journalctl -p err` works) and its fields as journal fields (`CUSTOMER_ID=...`,
+//! `journalctl -u settled INVOICE_ID=in_...`). Where that socket cannot be used, plain text with
+//! the syslog priority prefix journald reads (`<3>` for errors), no colours and no timestamps,
+//! because the journal stamps every line itself. The level comes from RUST_LOG or the config.
+//! Secrets never reach a field: they are `Secret`s, and webhook bodies are never logged.
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -11,7 +14,9 @@ use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormattedFields};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogConfig, LogFormat};
 
@@ -74,13 +79,49 @@ pub fn init(config: &LogConfig) {
             .with_target(false)
             .with_ansi(std::io::stderr().is_terminal())
             .try_init(),
-        Output::Journald => builder
-            .with_ansi(false)
-            .event_format(Journald::default())
-            .try_init(),
+        Output::Journald => match native_journal() {
+            Some(layer) => {
+                let filter = std::env::var("RUST_LOG")
+                    .ok()
+                    .and_then(|v| EnvFilter::try_new(v).ok())
+                    .or_else(|| EnvFilter::try_new(&config.level).ok())
+                    .unwrap_or_else(|| EnvFilter::new("info"));
+                tracing_subscriber::registry()
+                    .with(filter)
+                    .with(layer)
+                    .try_init()
+                    .map_err(Into::into)
+            }
+            None => builder
+                .with_ansi(false)
+                .event_format(Journald::default())
+                .try_init(),
+        },
     };
     // A second init (tests building several applications in one process) keeps the first.
     let _ = result;
+}
+
+/// The journal's native protocol, when stderr is the journal (so the daemon runs under systemd)
+/// and its socket answers; None otherwise (the caller writes the priority-prefixed stream form).
+fn native_journal() -> Option<tracing_journald::Layer> {
+    if !stderr_is_journal() {
+        return None;
+    }
+    use tracing_journald::{Priority, PriorityMappings};
+    // The same priorities as the stream form's prefixes (`priority` below).
+    let mappings = PriorityMappings {
+        error: Priority::Error,
+        warn: Priority::Warning,
+        info: Priority::Informational,
+        debug: Priority::Debug,
+        trace: Priority::Debug,
+    };
+    tracing_journald::layer().ok().map(|l| {
+        l.with_field_prefix(None)
+            .with_syslog_identifier("settled".into())
+            .with_priority_mappings(mappings)
+    })
 }
 
 /// journald's stream format: `<priority>` (sd-daemon(3)), then the spans and the event's fields as

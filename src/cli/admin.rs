@@ -1,23 +1,21 @@
-//! The operator's commands, run through the admin API's own handlers in-process against the
-//! configured database, so the CLI and the HTTP API validate, store and answer exactly alike, and
-//! no running daemon is needed.
+//! The operator's commands, run through the admin API: its own handlers in-process against the
+//! configured database (no running daemon needed), or a running daemon's over `--url`; either
+//! way the CLI and the HTTP API validate, store and answer exactly alike.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::Method;
 use serde_json::{Value, json};
 
 use super::commands::*;
-use super::request::{Answer, call, call_csv, query};
-use crate::http::AppState;
+use super::request::{Answer, Target, call, call_csv, query};
 use crate::progress::Progress;
 
-pub async fn customers(state: &Arc<AppState>, cmd: CustomersCommand) -> anyhow::Result<Answer> {
+pub async fn customers(target: &Target, cmd: CustomersCommand) -> anyhow::Result<Answer> {
     match cmd {
         CustomersCommand::List { billing_email } => {
             call(
-                state,
+                target,
                 Method::GET,
                 &format!(
                     "/v1/customers{}",
@@ -28,15 +26,15 @@ pub async fn customers(state: &Arc<AppState>, cmd: CustomersCommand) -> anyhow::
             .await
         }
         CustomersCommand::Show { id } => {
-            call(state, Method::GET, &format!("/v1/customers/{id}"), None).await
+            call(target, Method::GET, &format!("/v1/customers/{id}"), None).await
         }
         CustomersCommand::Statement { id, from, to, csv } => {
             let q = query(&[("from", &from), ("to", &to)]);
             let path = format!("/v1/customers/{id}/statement{q}");
             if csv {
-                return call_csv(state, &path).await;
+                return call_csv(target, &path).await;
             }
-            let mut answer = call(state, Method::GET, &path, None).await?;
+            let mut answer = call(target, Method::GET, &path, None).await?;
             // As a table: one row per entry, with the opening and closing balances around them.
             if answer.status == 200 {
                 let b = &answer.body;
@@ -61,7 +59,7 @@ pub async fn customers(state: &Arc<AppState>, cmd: CustomersCommand) -> anyhow::
         }
         CustomersCommand::ChargeBalance { id } => {
             call(
-                state,
+                target,
                 Method::POST,
                 &format!("/v1/customers/{id}/charge_balance"),
                 Some(json!({})),
@@ -83,7 +81,7 @@ pub async fn customers(state: &Arc<AppState>, cmd: CustomersCommand) -> anyhow::
             if !billing_emails.is_empty() {
                 body["billing_emails"] = json!(billing_emails);
             }
-            call(state, Method::POST, "/v1/customers", Some(body)).await
+            call(target, Method::POST, "/v1/customers", Some(body)).await
         }
     }
 }
@@ -100,10 +98,7 @@ fn parse_item(s: &str) -> anyhow::Result<Value> {
     Ok(item)
 }
 
-pub async fn subscriptions(
-    state: &Arc<AppState>,
-    cmd: SubscriptionsCommand,
-) -> anyhow::Result<Answer> {
+pub async fn subscriptions(target: &Target, cmd: SubscriptionsCommand) -> anyhow::Result<Answer> {
     match cmd {
         SubscriptionsCommand::Add(a) => {
             let items = a
@@ -137,11 +132,11 @@ pub async fn subscriptions(
             if let Some(n) = a.net_days {
                 body["net_days"] = json!(n);
             }
-            call(state, Method::POST, "/v1/subscriptions", Some(body)).await
+            call(target, Method::POST, "/v1/subscriptions", Some(body)).await
         }
         SubscriptionsCommand::List { customer, status } => {
             call(
-                state,
+                target,
                 Method::GET,
                 &format!(
                     "/v1/subscriptions{}",
@@ -152,11 +147,17 @@ pub async fn subscriptions(
             .await
         }
         SubscriptionsCommand::Show { id } => {
-            call(state, Method::GET, &format!("/v1/subscriptions/{id}"), None).await
+            call(
+                target,
+                Method::GET,
+                &format!("/v1/subscriptions/{id}"),
+                None,
+            )
+            .await
         }
         SubscriptionsCommand::Pause { id } => {
             call(
-                state,
+                target,
                 Method::POST,
                 &format!("/v1/subscriptions/{id}/pause"),
                 Some(json!({})),
@@ -165,7 +166,7 @@ pub async fn subscriptions(
         }
         SubscriptionsCommand::Resume { id } => {
             call(
-                state,
+                target,
                 Method::POST,
                 &format!("/v1/subscriptions/{id}/resume"),
                 Some(json!({})),
@@ -174,7 +175,7 @@ pub async fn subscriptions(
         }
         SubscriptionsCommand::Cancel { id } => {
             call(
-                state,
+                target,
                 Method::POST,
                 &format!("/v1/subscriptions/{id}/cancel"),
                 Some(json!({})),
@@ -183,7 +184,7 @@ pub async fn subscriptions(
         }
         SubscriptionsCommand::Preview { id, periods } => {
             call(
-                state,
+                target,
                 Method::GET,
                 &format!("/v1/subscriptions/{id}/preview?periods={periods}"),
                 None,
@@ -193,7 +194,7 @@ pub async fn subscriptions(
     }
 }
 
-pub async fn invoices(state: &Arc<AppState>, cmd: InvoicesCommand) -> anyhow::Result<Answer> {
+pub async fn invoices(target: &Target, cmd: InvoicesCommand) -> anyhow::Result<Answer> {
     match cmd {
         InvoicesCommand::List {
             customer,
@@ -205,10 +206,10 @@ pub async fn invoices(state: &Arc<AppState>, cmd: InvoicesCommand) -> anyhow::Re
                 ("subscription_id", &subscription),
                 ("status", &status),
             ]);
-            call(state, Method::GET, &format!("/v1/invoices{q}"), None).await
+            call(target, Method::GET, &format!("/v1/invoices{q}"), None).await
         }
         InvoicesCommand::Show { id } => {
-            call(state, Method::GET, &format!("/v1/invoices/{id}"), None).await
+            call(target, Method::GET, &format!("/v1/invoices/{id}"), None).await
         }
         InvoicesCommand::Charge {
             id,
@@ -223,7 +224,7 @@ pub async fn invoices(state: &Arc<AppState>, cmd: InvoicesCommand) -> anyhow::Re
                 body["payment_method"] = json!(pm);
             }
             call(
-                state,
+                target,
                 Method::POST,
                 &format!("/v1/invoices/{id}/charge"),
                 Some(body),
@@ -233,10 +234,7 @@ pub async fn invoices(state: &Arc<AppState>, cmd: InvoicesCommand) -> anyhow::Re
     }
 }
 
-pub async fn credit_notes(
-    state: &Arc<AppState>,
-    cmd: CreditNotesCommand,
-) -> anyhow::Result<Answer> {
+pub async fn credit_notes(target: &Target, cmd: CreditNotesCommand) -> anyhow::Result<Answer> {
     match cmd {
         CreditNotesCommand::Create {
             customer,
@@ -245,7 +243,7 @@ pub async fn credit_notes(
             reason,
         } => {
             call(
-                state,
+                target,
                 Method::POST,
                 "/v1/credit_notes",
                 Some(json!({"customer_id": customer, "amount": amount, "currency": currency, "reason": reason})),
@@ -254,7 +252,7 @@ pub async fn credit_notes(
         }
         CreditNotesCommand::List { customer } => {
             call(
-                state,
+                target,
                 Method::GET,
                 &format!("/v1/customers/{customer}/credit_notes"),
                 None,
@@ -264,11 +262,11 @@ pub async fn credit_notes(
     }
 }
 
-pub async fn payments(state: &Arc<AppState>, cmd: PaymentsCommand) -> anyhow::Result<Answer> {
+pub async fn payments(target: &Target, cmd: PaymentsCommand) -> anyhow::Result<Answer> {
     match cmd {
         PaymentsCommand::List { customer, invoice } => {
             let q = query(&[("customer_id", &customer), ("invoice_id", &invoice)]);
-            call(state, Method::GET, &format!("/v1/payments{q}"), None).await
+            call(target, Method::GET, &format!("/v1/payments{q}"), None).await
         }
         PaymentsCommand::Record {
             invoice,
@@ -286,10 +284,10 @@ pub async fn payments(state: &Arc<AppState>, cmd: PaymentsCommand) -> anyhow::Re
                 (None, Some(c)) => format!("/v1/customers/{c}/payments"),
                 (None, None) => anyhow::bail!("--invoice or --customer is required"),
             };
-            call(state, Method::POST, &path, Some(body)).await
+            call(target, Method::POST, &path, Some(body)).await
         }
         PaymentsCommand::Show { id } => {
-            call(state, Method::GET, &format!("/v1/payments/{id}"), None).await
+            call(target, Method::GET, &format!("/v1/payments/{id}"), None).await
         }
         PaymentsCommand::Refund {
             id,
@@ -305,7 +303,7 @@ pub async fn payments(state: &Arc<AppState>, cmd: PaymentsCommand) -> anyhow::Re
                 body["reason"] = json!(r);
             }
             call(
-                state,
+                target,
                 Method::POST,
                 &format!("/v1/payments/{id}/refunds"),
                 Some(body),
@@ -315,21 +313,23 @@ pub async fn payments(state: &Arc<AppState>, cmd: PaymentsCommand) -> anyhow::Re
     }
 }
 
-pub async fn jobs(state: &Arc<AppState>, cmd: JobsCommand) -> anyhow::Result<Answer> {
+pub async fn jobs(target: &Target, cmd: JobsCommand) -> anyhow::Result<Answer> {
     match cmd {
         JobsCommand::List { status } => {
             call(
-                state,
+                target,
                 Method::GET,
                 &format!("/v1/jobs{}", query(&[("status", &status)])),
                 None,
             )
             .await
         }
-        JobsCommand::Show { id } => call(state, Method::GET, &format!("/v1/jobs/{id}"), None).await,
+        JobsCommand::Show { id } => {
+            call(target, Method::GET, &format!("/v1/jobs/{id}"), None).await
+        }
         JobsCommand::Retry { id } => {
             call(
-                state,
+                target,
                 Method::POST,
                 &format!("/v1/jobs/{id}/retry"),
                 Some(json!({})),
@@ -339,7 +339,7 @@ pub async fn jobs(state: &Arc<AppState>, cmd: JobsCommand) -> anyhow::Result<Ans
     }
 }
 
-pub async fn emails(state: &Arc<AppState>, cmd: EmailsCommand) -> anyhow::Result<Answer> {
+pub async fn emails(target: &Target, cmd: EmailsCommand) -> anyhow::Result<Answer> {
     match cmd {
         EmailsCommand::List {
             customer,
@@ -353,14 +353,14 @@ pub async fn emails(state: &Arc<AppState>, cmd: EmailsCommand) -> anyhow::Result
                 ("status", &status),
                 ("template", &template),
             ]);
-            call(state, Method::GET, &format!("/v1/emails{q}"), None).await
+            call(target, Method::GET, &format!("/v1/emails{q}"), None).await
         }
         EmailsCommand::Show { id } => {
-            call(state, Method::GET, &format!("/v1/emails/{id}"), None).await
+            call(target, Method::GET, &format!("/v1/emails/{id}"), None).await
         }
         EmailsCommand::Retry { id } => {
             call(
-                state,
+                target,
                 Method::POST,
                 &format!("/v1/emails/{id}/retry"),
                 Some(json!({})),
@@ -370,16 +370,14 @@ pub async fn emails(state: &Arc<AppState>, cmd: EmailsCommand) -> anyhow::Result
     }
 }
 
-pub async fn clock(state: &Arc<AppState>, cmd: ClockCommand) -> anyhow::Result<Answer> {
+pub async fn clock(target: &Target, cmd: ClockCommand) -> anyhow::Result<Answer> {
     match cmd {
-        ClockCommand::Show => call(state, Method::GET, "/v1/clock", None).await,
+        ClockCommand::Show => call(target, Method::GET, "/v1/clock", None).await,
         ClockCommand::Advance { to, wait, timeout } => {
             // Counted before the advance: a running daemon may write invoices at once.
-            let invoices_before = crate::store::invoices::count(&state.billing.db)
-                .await
-                .unwrap_or(0);
+            let invoices_before = invoice_count(target).await;
             let answer = call(
-                state,
+                target,
                 Method::POST,
                 "/v1/clock/advance",
                 Some(json!({"to": to})),
@@ -388,8 +386,18 @@ pub async fn clock(state: &Arc<AppState>, cmd: ClockCommand) -> anyhow::Result<A
             if !wait || answer.status != 202 {
                 return Ok(answer);
             }
-            wait_until_ready(state, invoices_before, Duration::from_secs(timeout)).await
+            wait_until_ready(target, invoices_before, Duration::from_secs(timeout)).await
         }
+    }
+}
+
+/// Invoices in the database (0 over --url, where the count is not known).
+async fn invoice_count(target: &Target) -> i64 {
+    match target.local() {
+        Some(state) => crate::store::invoices::count(&state.billing.db)
+            .await
+            .unwrap_or(0),
+        None => 0,
     }
 }
 
@@ -401,19 +409,22 @@ pub const TIMED_OUT: u16 = 504;
 /// pending count) against that plus what is still pending, so a catch-up of many periods shows a
 /// bar that grows as generation makes charges and emails due.
 async fn wait_until_ready(
-    state: &Arc<AppState>,
+    target: &Target,
     invoices_before: i64,
     within: Duration,
 ) -> anyhow::Result<Answer> {
     use settled_jobs::job::WorkKind;
     let deadline = Instant::now() + within;
     let mut progress = Progress::new("catching up", Some(0), Duration::from_secs(5));
-    let db = &state.billing.db;
     let mut other_done: u64 = 0;
     let mut last_other: Option<u64> = None;
     loop {
-        let answer = call(state, Method::GET, "/v1/clock", None).await?;
-        let pending = state.scheduler.pending().await.unwrap_or_default();
+        let answer = call(target, Method::GET, "/v1/clock", None).await?;
+        // Against a running daemon over --url only the clock's own answer is known.
+        let pending = match target.local() {
+            Some(state) => state.scheduler.pending().await.unwrap_or_default(),
+            None => Vec::new(),
+        };
         let count = |periods: bool| -> u64 {
             pending
                 .iter()
@@ -428,10 +439,7 @@ async fn wait_until_ready(
             other_done += before - other;
         }
         last_other = Some(other);
-        let invoices = crate::store::invoices::count(db)
-            .await
-            .map(|n| (n - invoices_before).max(0) as u64)
-            .unwrap_or(0);
+        let invoices = (invoice_count(target).await - invoices_before).max(0) as u64;
         let done = invoices + other_done;
         let pending = periods + other;
         progress.set_total(done + pending);
@@ -461,13 +469,13 @@ async fn wait_until_ready(
 }
 
 pub async fn payment_methods(
-    state: &Arc<AppState>,
+    target: &Target,
     cmd: PaymentMethodsCommand,
 ) -> anyhow::Result<Answer> {
     match cmd {
         PaymentMethodsCommand::List { customer } => {
             call(
-                state,
+                target,
                 Method::GET,
                 &format!("/v1/customers/{customer}/payment_methods"),
                 None,
@@ -481,7 +489,7 @@ pub async fn payment_methods(
             no_default,
         } => {
             call(
-                state,
+                target,
                 Method::POST,
                 &format!("/v1/customers/{customer}/payment_methods"),
                 Some(json!({"gateway": gateway, "token": token, "default": !no_default})),
@@ -490,7 +498,7 @@ pub async fn payment_methods(
         }
         PaymentMethodsCommand::Default { customer, id } => {
             call(
-                state,
+                target,
                 Method::POST,
                 &format!("/v1/customers/{customer}/payment_methods/{id}/default"),
                 Some(json!({})),
@@ -499,7 +507,7 @@ pub async fn payment_methods(
         }
         PaymentMethodsCommand::Remove { customer, id } => {
             call(
-                state,
+                target,
                 Method::DELETE,
                 &format!("/v1/customers/{customer}/payment_methods/{id}"),
                 None,

@@ -289,7 +289,7 @@ pub enum WebhooksCommand {
     /// Process stored events again: one by id, or every event with a status (and source). Their
     /// effects are idempotent; a running daemon processes them.
     #[command(
-        after_help = "Examples:\n  settled webhooks replay whe_123\n  settled webhooks replay --status failed\n  settled webhooks replay --status failed --source stripe --wait"
+        after_help = "Examples:\n  settled webhooks replay whe_123\n  settled webhooks replay --status failed\n  settled webhooks replay --status failed --source stripe --wait\n  settled webhooks replay --status failed --dry-run"
     )]
     Replay {
         /// The event to replay.
@@ -307,6 +307,9 @@ pub enum WebhooksCommand {
         /// Give up waiting after this many seconds (exit 75).
         #[arg(long, default_value_t = 600, requires = "wait")]
         timeout: u64,
+        /// With --status: list the events that would be replayed; replay nothing.
+        #[arg(long, requires = "status", conflicts_with = "wait")]
+        dry_run: bool,
     },
 }
 

@@ -1,5 +1,6 @@
-//! The command line: `serve` runs the daemon; the other commands are the operator's tools against
-//! the database the config names.
+//! The command line: `serve` runs the daemon; the other commands are the operator's tools, run
+//! against the database the config names (which must exist and be migrated: only `serve` and
+//! `migrate` create or migrate one) or, with `--url`, through a running daemon's admin API.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ use crate::config::{self, Config};
 
 pub mod admin;
 pub mod commands;
+pub mod ops;
 pub mod request;
 pub mod table;
 pub mod webhooks;
@@ -36,13 +38,25 @@ pub mod exit {
     name = "settled",
     version,
     about = "Runs a business's receivables: recurring invoices, auto-charge, webhooks, credits, email.",
-    after_help = "Examples:\n  settled serve                       # embedded defaults: SQLite in ./data, mail into ./data/mail\n  settled --config /etc/settled/settled.toml check-config\n  SETTLED__DATABASE__URL=postgres://postgres@127.0.0.1/settled settled migrate\n  settled customers list --json\n\nExit codes: 0 ok, 1 failure, 2 bad command line, 3 refused (invalid or conflicting), 4 not found,\n75 a --wait ran out of time, 78 invalid configuration."
+    after_help = "Examples:\n  settled serve                       # embedded defaults: SQLite in ./data, mail into ./data/mail\n  settled --config /etc/settled/settled.toml check-config --connect\n  SETTLED__DATABASE__URL=postgres://postgres@127.0.0.1/settled settled migrate\n  settled customers list --json\n  SETTLED_TOKEN=... settled --url http://127.0.0.1:8080 invoices list\n\nExit codes: 0 ok, 1 failure, 2 bad command line, 3 refused (invalid or conflicting), 4 not found,\n75 a --wait ran out of time, 78 invalid configuration."
 )]
 pub struct Cli {
-    /// Config file (TOML). Default: $SETTLED_CONFIG, or /etc/settled/settled.toml under systemd,
-    /// or none (embedded defaults).
+    /// Config file (TOML). Default: $SETTLED_CONFIG, else the system config
+    /// /etc/settled/settled.toml (or $SETTLED_SYSTEM_CONFIG) when it exists, else none
+    /// (embedded defaults).
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
+
+    /// Send admin commands to a running daemon's admin API at URL (e.g. http://127.0.0.1:8080)
+    /// instead of opening the database: no database credentials needed, no config read. The
+    /// token comes from --token-file or $SETTLED_TOKEN. $SETTLED_URL sets it for the admin
+    /// commands (the others ignore it).
+    #[arg(long, global = true, value_name = "URL")]
+    pub url: Option<String>,
+
+    /// With --url: a file holding the admin token (its first line).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
 
     /// Print JSON (as the admin API answers) instead of tables.
     #[arg(long, global = true)]
@@ -64,9 +78,13 @@ pub enum Command {
     /// Apply the database migrations and exit (a progress bar on a terminal, a log line per
     /// migration otherwise).
     #[command(
-        after_help = "Examples:\n  settled migrate\n  settled --config /etc/settled/settled.toml migrate"
+        after_help = "Examples:\n  settled migrate\n  settled migrate --status\n  settled --config /etc/settled/settled.toml migrate"
     )]
-    Migrate,
+    Migrate {
+        /// List every migration and whether it is applied; change nothing.
+        #[arg(long)]
+        status: bool,
+    },
     /// Customers and their balances.
     #[command(subcommand)]
     Customers(commands::CustomersCommand),
@@ -103,13 +121,45 @@ pub enum Command {
     Openapi,
     /// Validate the configuration and exit non-zero (78) on any problem.
     #[command(
-        after_help = "Examples:\n  settled --config /etc/settled/settled.toml check-config\n  settled check-config --print-defaults > settled.toml"
+        after_help = "Examples:\n  settled --config /etc/settled/settled.toml check-config\n  settled check-config --connect     # also try the database, the Stripe key and SMTP\n  settled check-config --print-defaults > settled.toml"
     )]
     CheckConfig {
         /// Print the embedded, commented defaults instead.
         #[arg(long)]
         print_defaults: bool,
+        /// Also try the database, the Stripe key (GET /v1/balance, read-only) and the mail
+        /// transport (SMTP: connect, EHLO, TLS, AUTH; no message); exit 1 when one fails.
+        #[arg(long)]
+        connect: bool,
     },
+    /// Prune what retention says is past its age: stored webhook bodies and email snapshots
+    /// (the rows and their outcomes stay; a pruned webhook event can no longer be replayed).
+    #[command(
+        after_help = "Examples:\n  settled prune --dry-run\n  settled prune\n\nAges: retention.webhook_body_days, retention.email_body_days (0 keeps for ever)."
+    )]
+    Prune {
+        /// Count what would be pruned; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Copy a SQLite database to PATH while the daemon runs (PostgreSQL: use pg_dump, as the
+    /// README shows).
+    #[command(after_help = "Example:\n  settled backup /var/backups/settled-$(date +%F).db")]
+    Backup { path: PathBuf },
+}
+
+impl Command {
+    /// The commands that are admin API requests (and so may go over --url).
+    fn is_admin(&self) -> bool {
+        !matches!(
+            self,
+            Command::Serve { .. }
+                | Command::Migrate { .. }
+                | Command::CheckConfig { .. }
+                | Command::Prune { .. }
+                | Command::Backup { .. }
+        )
+    }
 }
 
 fn config_path(cli: &Cli) -> Option<PathBuf> {
@@ -119,12 +169,95 @@ fn config_path(cli: &Cli) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("SETTLED_CONFIG").filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));
     }
-    // Under systemd (INVOCATION_ID is set for every unit) the system config is the default.
-    let system = PathBuf::from(config::SYSTEM_CONFIG);
-    if std::env::var_os("INVOCATION_ID").is_some() && system.exists() {
-        return Some(system);
+    // The host's system config, whenever it exists: a command run by hand on the daemon's host
+    // sees what the daemon sees.
+    let system = config::system_config_path();
+    system.exists().then_some(system)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("settled: cannot start the async runtime: {e}");
+            ExitCode::from(exit::FAILURE)
+        })
+}
+
+/// The admin token for --url: the first line of --token-file, else $SETTLED_TOKEN.
+fn remote_token(cli: &Cli) -> anyhow::Result<config::Secret> {
+    use anyhow::Context as _;
+    let token = match &cli.token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the token file {}", path.display()))?
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or_default()
+            .to_string(),
+        None => std::env::var("SETTLED_TOKEN").unwrap_or_default(),
+    };
+    anyhow::ensure!(
+        !token.is_empty(),
+        "--url needs the admin token: --token-file PATH or SETTLED_TOKEN"
+    );
+    Ok(config::Secret::new(token.trim()))
+}
+
+/// An admin command against a running daemon over HTTP: no config, no database.
+fn main_remote(cli: Cli, url: String) -> ExitCode {
+    if !cli.command.is_admin() {
+        eprintln!(
+            "settled: --url sends admin commands (customers, invoices, webhooks, ...) to a running \
+             daemon; run this command on the daemon's host without --url"
+        );
+        return ExitCode::from(2);
     }
-    None
+    let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,settled::progress=info".into());
+    crate::telemetry::init(&config::LogConfig {
+        format: config::LogFormat::Auto,
+        level,
+    });
+    let runtime = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let json = cli.json;
+    let result = runtime.block_on(async move {
+        let target = request::Target::remote(&url, remote_token(&cli)?)?;
+        let answer = run_admin(&target, cli.command).await?;
+        Ok::<u8, anyhow::Error>(print_answer(&answer, json))
+    });
+    finish(result)
+}
+
+/// One admin command: its API requests through `target`.
+async fn run_admin(target: &request::Target, command: Command) -> anyhow::Result<request::Answer> {
+    Ok(match command {
+        Command::Customers(c) => admin::customers(target, c).await?,
+        Command::PaymentMethods(c) => admin::payment_methods(target, c).await?,
+        Command::Subscriptions(c) => admin::subscriptions(target, c).await?,
+        Command::Invoices(c) => admin::invoices(target, c).await?,
+        Command::Payments(c) => admin::payments(target, c).await?,
+        Command::CreditNotes(c) => admin::credit_notes(target, c).await?,
+        Command::Jobs(c) => admin::jobs(target, c).await?,
+        Command::Emails(c) => admin::emails(target, c).await?,
+        Command::Webhooks(c) => webhooks::webhooks(target, c).await?,
+        Command::Clock(c) => admin::clock(target, c).await?,
+        other => anyhow::bail!("{other:?} is not an admin command"),
+    })
+}
+
+fn finish(result: anyhow::Result<u8>) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "settled failed");
+            eprintln!("settled: {e:#}");
+            ExitCode::from(exit::FAILURE)
+        }
+    }
 }
 
 pub fn main() -> ExitCode {
@@ -142,10 +275,21 @@ pub fn main() -> ExitCode {
     }
     if let Command::CheckConfig {
         print_defaults: true,
+        ..
     } = cli.command
     {
         print!("{}", config::DEFAULTS);
         return ExitCode::from(exit::OK);
+    }
+    // --url given: the admin API of a running daemon. $SETTLED_URL: the same, for the admin
+    // commands only, so an exported one does not stand in the way of `settled migrate`.
+    let url = cli.url.clone().or_else(|| {
+        std::env::var("SETTLED_URL")
+            .ok()
+            .filter(|_| cli.command.is_admin())
+    });
+    if let Some(url) = url.filter(|u| !u.is_empty()) {
+        return main_remote(cli, url);
     }
     let path = config_path(&cli);
     let mut config = match Config::load(path.as_deref()) {
@@ -161,24 +305,22 @@ pub fn main() -> ExitCode {
         config.log.level = "warn,settled::progress=info".into();
     }
     crate::telemetry::init(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("settled: cannot start the async runtime: {e}");
-            return ExitCode::from(exit::FAILURE);
-        }
+        Err(code) => return code,
     };
     let json = cli.json;
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::CheckConfig { .. } => {
-                // Secrets given as files must be readable too.
+            Command::CheckConfig { connect, .. } => {
+                // Secrets given as files must be readable (and decodable) too.
                 config.admin_tokens()?;
+                config.metrics_token()?;
                 config.stripe_api_key()?;
                 config.stripe_webhook_secrets()?;
+                for source in config.standard_webhooks.sources.keys() {
+                    config.standard_webhook_secrets(source)?;
+                }
                 config.smtp_password()?;
                 crate::mail::LettreMailer::from_config(&config)?;
                 crate::gateway::Gateways::from_config(&config)?;
@@ -187,9 +329,13 @@ pub fn main() -> ExitCode {
                     path.map(|p| format!(" ({})", p.display()))
                         .unwrap_or_default()
                 );
+                if connect {
+                    return ops::check_connect(&config).await;
+                }
                 Ok(exit::OK)
             }
-            Command::Migrate => {
+            Command::Migrate { status: true } => ops::migrate_status(&config, json).await,
+            Command::Migrate { status: false } => {
                 let db = crate::store::Db::open(&config)?;
                 let pending = db.pending_migrations().await.len();
                 let mut progress = crate::progress::Progress::new(
@@ -218,36 +364,19 @@ pub fn main() -> ExitCode {
                 }
                 serve(config, path.clone()).await.map(|()| exit::OK)
             }
+            Command::Prune { dry_run } => ops::prune(config, dry_run, json).await,
+            Command::Backup { path } => ops::backup(&config, &path).await,
             admin => {
-                let state = crate::app::Context::build(config).await?.http;
-                state.billing.db.migrate().await?;
-                state.set_ready();
-                let answer = match admin {
-                    Command::Customers(c) => admin::customers(&state, c).await?,
-                    Command::PaymentMethods(c) => admin::payment_methods(&state, c).await?,
-                    Command::Subscriptions(c) => admin::subscriptions(&state, c).await?,
-                    Command::Invoices(c) => admin::invoices(&state, c).await?,
-                    Command::Payments(c) => admin::payments(&state, c).await?,
-                    Command::CreditNotes(c) => admin::credit_notes(&state, c).await?,
-                    Command::Jobs(c) => admin::jobs(&state, c).await?,
-                    Command::Emails(c) => admin::emails(&state, c).await?,
-                    Command::Webhooks(c) => webhooks::webhooks(&state, c).await?,
-                    Command::Clock(c) => admin::clock(&state, c).await?,
-                    _ => unreachable!("handled above"),
-                };
-                state.billing.db.close().await;
+                let target = ops::open_local(config).await?;
+                let answer = run_admin(&target, admin).await?;
+                if let Some(state) = target.local() {
+                    state.billing.db.close().await;
+                }
                 Ok(print_answer(&answer, json))
             }
         }
     });
-    match result {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "settled failed");
-            eprintln!("settled: {e:#}");
-            ExitCode::from(exit::FAILURE)
-        }
-    }
+    finish(result)
 }
 
 /// Prints an admin answer (a table, or JSON with --json) and picks the exit code.

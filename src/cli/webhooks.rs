@@ -1,7 +1,6 @@
 //! The operator's commands on stored gateway events: list, show and replay, one by one or all
 //! of a status at once (waiting for them to be processed again when asked).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::Method;
@@ -9,19 +8,18 @@ use serde_json::json;
 
 use super::admin::TIMED_OUT;
 use super::commands::*;
-use super::request::{Answer, call, query};
-use crate::http::AppState;
+use super::request::{Answer, Target, call, query};
 use crate::progress::Progress;
 
-pub async fn webhooks(state: &Arc<AppState>, cmd: WebhooksCommand) -> anyhow::Result<Answer> {
+pub async fn webhooks(target: &Target, cmd: WebhooksCommand) -> anyhow::Result<Answer> {
     match cmd {
         WebhooksCommand::List { status, source } => {
             let q = query(&[("status", &status), ("source", &source)]);
-            call(state, Method::GET, &format!("/v1/webhook_events{q}"), None).await
+            call(target, Method::GET, &format!("/v1/webhook_events{q}"), None).await
         }
         WebhooksCommand::Show { id } => {
             call(
-                state,
+                target,
                 Method::GET,
                 &format!("/v1/webhook_events/{id}"),
                 None,
@@ -34,18 +32,37 @@ pub async fn webhooks(state: &Arc<AppState>, cmd: WebhooksCommand) -> anyhow::Re
             source,
             wait,
             timeout,
+            dry_run,
         } => match (id, status) {
             (Some(id), _) => {
                 call(
-                    state,
+                    target,
                     Method::POST,
                     &format!("/v1/webhook_events/{id}/replay"),
                     Some(json!({})),
                 )
                 .await
             }
+            (None, Some(status)) if dry_run => {
+                let mut ids = match event_ids(target, &status, &source).await? {
+                    Ok(ids) => ids,
+                    Err(refused) => return Ok(refused),
+                };
+                ids.reverse();
+                Ok(Answer {
+                    status: 200,
+                    body: json!({
+                        "object": "replay_summary",
+                        "dry_run": true,
+                        "status": status,
+                        "selected": ids.len(),
+                        "replayed": 0,
+                        "ids": ids,
+                    }),
+                })
+            }
             (None, Some(status)) => {
-                replay_all(state, status, source, wait, Duration::from_secs(timeout)).await
+                replay_all(target, status, source, wait, Duration::from_secs(timeout)).await
             }
             (None, None) => anyhow::bail!("give an event id or --status"),
         },
@@ -54,7 +71,7 @@ pub async fn webhooks(state: &Arc<AppState>, cmd: WebhooksCommand) -> anyhow::Re
 
 /// Every stored event with `status` (and `source`), following pages.
 async fn event_ids(
-    state: &Arc<AppState>,
+    target: &Target,
     status: &str,
     source: &Option<String>,
 ) -> anyhow::Result<Result<Vec<String>, Answer>> {
@@ -68,7 +85,7 @@ async fn event_ids(
         ]);
         let sep = if q.is_empty() { "?" } else { "&" };
         let answer = call(
-            state,
+            target,
             Method::GET,
             &format!("/v1/webhook_events{q}{sep}limit=1000"),
             None,
@@ -92,13 +109,13 @@ async fn event_ids(
 /// Replays every event with `status`, oldest first, with progress; with `wait`, then waits
 /// until none of them is still waiting to be processed.
 async fn replay_all(
-    state: &Arc<AppState>,
+    target: &Target,
     status: String,
     source: Option<String>,
     wait: bool,
     within: Duration,
 ) -> anyhow::Result<Answer> {
-    let mut ids = match event_ids(state, &status, &source).await? {
+    let mut ids = match event_ids(target, &status, &source).await? {
         Ok(ids) => ids,
         Err(refused) => return Ok(refused),
     };
@@ -108,7 +125,7 @@ async fn replay_all(
     let mut refused = Vec::new();
     for id in &ids {
         let answer = call(
-            state,
+            target,
             Method::POST,
             &format!("/v1/webhook_events/{id}/replay"),
             Some(json!({})),
@@ -137,8 +154,17 @@ async fn replay_all(
             let mut pending = 0u64;
             let mut outcomes: std::collections::BTreeMap<String, u64> = Default::default();
             for id in &ids {
-                let event = crate::store::webhook_events::get(&state.billing.db, id).await?;
-                let s = event.map(|e| e.status).unwrap_or_else(|| "gone".into());
+                let event = call(
+                    target,
+                    Method::GET,
+                    &format!("/v1/webhook_events/{id}"),
+                    None,
+                )
+                .await?;
+                let s = match (event.status, event.body["status"].as_str()) {
+                    (200, Some(s)) => s.to_string(),
+                    _ => "gone".into(),
+                };
                 if s == "received" {
                     pending += 1;
                 } else {

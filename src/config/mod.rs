@@ -14,13 +14,27 @@ use serde::Deserialize;
 mod secrets;
 mod validate;
 
-pub use secrets::{Secret, resolve_credential_path, standard_key};
+pub use secrets::{
+    AdminToken, MIN_TOKEN_LEN, NamedToken, Secret, TokenEntry, redact_url, resolve_credential_path,
+    standard_key,
+};
 
 /// The commented defaults shipped inside the binary; `settled check-config --print-defaults` shows them.
 pub const DEFAULTS: &str = include_str!("default_config.toml");
 
-/// Where `serve` looks for a config file when started by systemd and none is named.
+/// The system config every command reads when it exists and no other file is named.
 pub const SYSTEM_CONFIG: &str = "/etc/settled/settled.toml";
+
+/// Names another path for the system config (a test, a host that keeps configs elsewhere).
+pub const SYSTEM_CONFIG_ENV: &str = "SETTLED_SYSTEM_CONFIG";
+
+/// The system config's path: `$SETTLED_SYSTEM_CONFIG` when set, else [`SYSTEM_CONFIG`].
+pub fn system_config_path() -> PathBuf {
+    std::env::var_os(SYSTEM_CONFIG_ENV)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(SYSTEM_CONFIG))
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +51,7 @@ pub struct Config {
     pub business: BusinessConfig,
     pub jobs: JobsConfig,
     pub log: LogConfig,
+    pub retention: RetentionConfig,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -53,6 +68,13 @@ impl Role {
     }
     pub fn runs_workers(self) -> bool {
         matches!(self, Role::All | Role::Worker)
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Http => "http",
+            Role::Worker => "worker",
+        }
     }
 }
 
@@ -73,6 +95,11 @@ pub struct ServerConfig {
     pub body_read_timeout_seconds: u64,
     pub request_timeout_seconds: u64,
     pub max_connections: usize,
+    /// A second listener for health, readiness and metrics only (empty: none; then `/metrics`
+    /// is served on `listen`).
+    pub ops_listen: String,
+    pub metrics_token: Secret,
+    pub metrics_token_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -87,7 +114,7 @@ pub struct DatabaseConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    pub tokens: Vec<Secret>,
+    pub tokens: Vec<TokenEntry>,
     pub tokens_file: String,
 }
 
@@ -224,6 +251,16 @@ pub struct LogConfig {
     pub level: String,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Days after which a processed (or ignored, or failed) webhook event's stored body is
+    /// pruned; 0 keeps bodies for ever.
+    pub webhook_body_days: u32,
+    /// Days after which a sent (or failed) email's stored snapshot is pruned; 0 keeps them.
+    pub email_body_days: u32,
+}
+
 /// Which database the url names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseKind {
@@ -265,7 +302,13 @@ impl Config {
                     .split("__")
                     .map(|p| p.to_ascii_lowercase())
                     .collect();
-                let parsed = toml_value_literal(value);
+                let parsed = match secret_key(&path) {
+                    // A secret is what was given, byte for byte: never a number or a boolean.
+                    Some(SecretKey::One) => toml::Value::String(value.clone()).to_string(),
+                    // A list of secrets is a TOML list when written as one, else one secret.
+                    Some(SecretKey::List) => secret_list_literal(value),
+                    None => toml_value_literal(value),
+                };
                 overrides.push_str(&format!("{} = {}\n", dotted(&path), parsed));
             }
             figment.merge(Toml::string(&overrides))
@@ -318,7 +361,10 @@ impl Config {
             url::Url::parse(url).context("not a valid postgres url")?;
             return Ok(DatabaseKind::Postgres(url.to_string()));
         }
-        bail!("{url:?} must start with sqlite:// or postgres://")
+        bail!(
+            "{:?} must start with sqlite:// or postgres://",
+            redact_url(url)
+        )
     }
 
     /// The manual clock's start, if the config names one.
@@ -353,8 +399,88 @@ fn toml_value_literal(value: &str) -> String {
     }
 }
 
+/// Whether a key holds a secret (or a URL that may carry one), and of which shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SecretKey {
+    One,
+    List,
+}
+
+fn secret_key(path: &[String]) -> Option<SecretKey> {
+    let last = path.last().map(String::as_str).unwrap_or("");
+    match (path.first().map(String::as_str), last) {
+        (_, "api_key" | "smtp_password" | "metrics_token" | "token" | "url" | "smtp_url") => {
+            Some(SecretKey::One)
+        }
+        (Some("admin"), "tokens") => Some(SecretKey::List),
+        (_, "webhook_secrets" | "secrets") => Some(SecretKey::List),
+        _ => None,
+    }
+}
+
+/// `["a", "b"]` (or a list of tables) stays a TOML list; anything else is one secret string.
+fn secret_list_literal(value: &str) -> String {
+    if value.trim_start().starts_with('[')
+        && let Ok(table) = format!("v = {value}").parse::<toml::Table>()
+        && let Some(list @ toml::Value::Array(_)) = table.get("v")
+    {
+        return list.to_string();
+    }
+    toml::Value::Array(vec![toml::Value::String(value.to_string())]).to_string()
+}
+
+/// The problem with one key, its value left out when the key holds a secret or a URL (serde's
+/// messages quote the value they found).
+fn describe_kind(path: &[String], kind: &figment::error::Kind) -> String {
+    use figment::error::Kind;
+    if path.is_empty()
+        && let Kind::Message(text) = kind
+    {
+        // A file that is not TOML: the parser quotes the offending line, which may hold a
+        // secret; keep its words, drop the quoted lines.
+        return text
+            .lines()
+            .filter(|l| {
+                !l.trim_start()
+                    .starts_with(|c: char| c.is_ascii_digit() || c == '|')
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    if secret_key(path).is_none() {
+        return kind.to_string();
+    }
+    match kind {
+        Kind::InvalidType(actual, expected) => {
+            format!(
+                "wrong type: found {}, expected {expected}",
+                actual_type(actual)
+            )
+        }
+        Kind::InvalidValue(actual, expected) => {
+            format!("invalid {}, expected {expected}", actual_type(actual))
+        }
+        Kind::InvalidLength(n, expected) => format!("invalid length {n}, expected {expected}"),
+        Kind::Message(_) => "not a valid value (not shown: the key holds a secret)".into(),
+        other => other.to_string(),
+    }
+}
+
+fn actual_type(actual: &figment::error::Actual) -> &'static str {
+    use figment::error::Actual;
+    match actual {
+        Actual::Bool(_) => "a boolean",
+        Actual::Unsigned(_) | Actual::Signed(_) => "an integer",
+        Actual::Float(_) => "a float",
+        Actual::Char(_) | Actual::Str(_) => "a string",
+        Actual::Bytes(_) => "bytes",
+        Actual::Seq => "a list",
+        Actual::Map => "a table",
+        _ => "another kind of value",
+    }
+}
+
 fn describe_figment_error(err: figment::Error) -> anyhow::Error {
-    let whole = err.to_string();
     let mut lines = Vec::new();
     for e in err {
         let key = if e.path.is_empty() {
@@ -367,10 +493,13 @@ fn describe_figment_error(err: figment::Error) -> anyhow::Error {
             .as_ref()
             .map(|m| format!(" (from {})", m.name))
             .unwrap_or_default();
-        lines.push(format!("{key}: {}{source}", e.kind));
+        lines.push(format!(
+            "{key}: {}{source}",
+            describe_kind(&e.path, &e.kind)
+        ));
     }
     if lines.is_empty() {
-        lines.push(whole);
+        lines.push("the configuration cannot be read".into());
     }
     anyhow::anyhow!("invalid configuration:\n  - {}", lines.join("\n  - "))
 }

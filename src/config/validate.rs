@@ -6,7 +6,9 @@ use std::path::Path;
 use anyhow::bail;
 use chrono::DateTime;
 
-use super::secrets::{resolve_credential_path, standard_key};
+use super::secrets::{
+    MIN_TOKEN_LEN, TokenEntry, redact_url, resolve_credential_path, standard_key,
+};
 use super::{ClockMode, Config};
 
 impl Config {
@@ -92,9 +94,29 @@ impl Config {
         if !self.email.smtp_url.is_empty() && url::Url::parse(&self.email.smtp_url).is_err() {
             problems.push(format!(
                 "email.smtp_url: {:?} is not a URL like smtp://127.0.0.1:25",
-                self.email.smtp_url
+                redact_url(&self.email.smtp_url)
             ));
         }
+        if !self.server.ops_listen.is_empty()
+            && self
+                .server
+                .ops_listen
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            problems.push(format!(
+                "server.ops_listen: {:?} is not an address like 127.0.0.1:9090 (empty: none)",
+                self.server.ops_listen
+            ));
+        }
+        if !self.server.metrics_token.is_empty()
+            && self.server.metrics_token.expose().chars().count() < MIN_TOKEN_LEN
+        {
+            problems.push(format!(
+                "server.metrics_token: shorter than {MIN_TOKEN_LEN} characters"
+            ));
+        }
+        problems.extend(self.admin_token_problems());
         problems.extend(self.email_problems());
         if self.jobs.concurrency == 0 {
             problems.push("jobs.concurrency: must be at least 1".into());
@@ -163,6 +185,7 @@ impl Config {
                 &self.stripe.webhook_secrets_file,
             ),
             ("email.smtp_password_file", &self.email.smtp_password_file),
+            ("server.metrics_token_file", &self.server.metrics_token_file),
         ] {
             if !path.is_empty() {
                 let resolved = resolve_credential_path(path);
@@ -176,6 +199,64 @@ impl Config {
         } else {
             bail!("invalid configuration:\n  - {}", problems.join("\n  - "))
         }
+    }
+
+    /// Names present, unique and plain; inline tokens long enough (tokens in files are checked
+    /// when they are read). No message ever holds a token.
+    fn admin_token_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut names = std::collections::BTreeSet::new();
+        for entry in &self.admin.tokens {
+            match entry {
+                // The plain list keeps its meaning from the API contract: a shorter token is
+                // accepted there with a warning at start (see `Config::admin_tokens`).
+                TokenEntry::Bare(_) => {}
+                TokenEntry::Named(n) => {
+                    let plain = !n.name.is_empty()
+                        && n.name.len() <= 64
+                        && n.name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c));
+                    if !plain {
+                        problems.push(format!(
+                            "admin.tokens: the name {:?} must be 1 to 64 letters, digits, . _ - or @",
+                            n.name
+                        ));
+                    }
+                    if !names.insert(n.name.clone()) {
+                        problems.push(format!(
+                            "admin.tokens: the name {:?} is given twice",
+                            n.name
+                        ));
+                    }
+                    match (n.token.is_empty(), n.token_file.is_empty()) {
+                        (true, true) | (false, false) => problems.push(format!(
+                            "admin.tokens {:?}: give exactly one of token and token_file",
+                            n.name
+                        )),
+                        (false, true) if n.token.expose().chars().count() < MIN_TOKEN_LEN => {
+                            problems.push(format!(
+                                "admin.tokens {:?}: the token is shorter than {MIN_TOKEN_LEN} \
+                                 characters (make one with `openssl rand -hex 32`)",
+                                n.name
+                            ))
+                        }
+                        (true, false) => {
+                            let resolved = resolve_credential_path(&n.token_file);
+                            if let Err(e) = std::fs::metadata(&resolved) {
+                                problems.push(format!(
+                                    "admin.tokens {:?}: cannot read token_file {}: {e}",
+                                    n.name,
+                                    resolved.display()
+                                ));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        problems
     }
 
     fn email_problems(&self) -> Vec<String> {
@@ -198,12 +279,12 @@ impl Config {
                     "email.smtp_url: {:?} would send mail (and any password) unencrypted to a remote \
                      host; use smtps:// (implicit TLS), ?tls=required (STARTTLS), or ?tls=none to \
                      accept plain SMTP",
-                    self.email.smtp_url
+                    redact_url(&self.email.smtp_url)
                 )),
                 _ => problems.push(format!(
                     "email.smtp_url: {:?} must be smtp:// or smtps://, with tls=required, \
                      opportunistic or none",
-                    self.email.smtp_url
+                    redact_url(&self.email.smtp_url)
                 )),
             }
         }

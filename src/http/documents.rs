@@ -58,7 +58,8 @@ async fn pdf(
     let Some(doc) = crate::outbox::document(&billing.db, &billing.config, template, id).await?
     else {
         return Err(ApiError::NotFound(format!(
-            "no {what} {id} with a {} PDF (unknown, or not issued yet)",
+            "no {what} {id} with a {} PDF (unknown, not issued yet, or its email's snapshot \
+             was pruned by retention)",
             template.name()
         )));
     };

@@ -1,4 +1,5 @@
-//! Liveness, readiness and metrics, for load balancers, systemd and Prometheus.
+//! Liveness, readiness and metrics, for load balancers, systemd and Prometheus. `/metrics` asks
+//! for `server.metrics_token` when one is set.
 
 use std::sync::Arc;
 
@@ -10,11 +11,17 @@ use axum::{Json, Router};
 
 use super::AppState;
 
-pub fn router() -> Router<Arc<AppState>> {
-    Router::new()
+/// `/healthz` and `/readyz`, and `/metrics` when `with_metrics`.
+pub fn router(state: &Arc<AppState>, with_metrics: bool) -> Router<Arc<AppState>> {
+    let probes = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/readyz", get(readyz));
+    if !with_metrics {
+        return probes;
+    }
+    probes.merge(Router::new().route("/metrics", get(metrics)).layer(
+        axum::middleware::from_fn_with_state(state.clone(), super::auth::require_metrics_token),
+    ))
 }
 
 /// `{"status": "ok"}`.
@@ -121,11 +128,14 @@ async fn readyz(AxState(state): AxState<Arc<AppState>>) -> impl IntoResponse {
     (StatusCode::OK, Json(Readiness::ready(Some(warnings))))
 }
 
-/// `GET /metrics` (Prometheus text format).
+/// `GET /metrics` (Prometheus text format). What it reads from the database is read at most
+/// once per [`crate::metrics::GAUGE_REFRESH`]; scrapes in between render what was read.
 #[utoipa::path(get, path = "/metrics", tag = "ops", operation_id = "metrics",
     responses(
         (status = 200, description = "Prometheus text exposition format 0.0.4.",
             content_type = "text/plain", body = String),
+        (status = 401, description = "`server.metrics_token` is set and the request does not carry it.",
+            body = super::openapi::wire::ErrorBody),
         (status = 503, description = "No metrics recorder could be installed in this process.",
             content_type = "text/plain", body = String),
     ))]
@@ -134,8 +144,24 @@ async fn metrics(AxState(state): AxState<Arc<AppState>>) -> impl IntoResponse {
     if let Some(queue) = state.scheduler.queue_db() {
         pools.push(("queue", queue));
     }
-    let pending = state.scheduler.pending().await.unwrap_or_default();
-    match crate::metrics::scrape(&state.billing.db, &pools, &pending).await {
+    let scheduler = state.scheduler.clone();
+    let db = state.billing.db.clone();
+    let read = || async move {
+        let pending = scheduler.pending().await.unwrap_or_default();
+        crate::metrics::DbGauges::read(&db, pending).await
+    };
+    let config = &state.billing.config;
+    let last_sweep = config
+        .daemon
+        .role
+        .runs_workers()
+        .then(|| state.scheduler.since_last_sweep())
+        .flatten();
+    let info = crate::metrics::BuildInfo {
+        backend: state.billing.db.backend(),
+        role: config.daemon.role.name(),
+    };
+    match crate::metrics::scrape(&state.metrics_cache, &pools, last_sweep, info, read).await {
         Some(text) => (
             StatusCode::OK,
             [(

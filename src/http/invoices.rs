@@ -23,7 +23,7 @@ use super::openapi::wire::{
 use super::payments::PaymentView;
 use super::{ApiError, AppState, ListResponse, Paging};
 use crate::store::invoices::{self as store, InvoiceFilter, InvoiceRow, LineRow};
-use crate::store::{charge_attempts, customers, payments};
+use crate::store::{charge_attempts, customers, pages, payments};
 use utoipa::{IntoParams, ToSchema};
 
 pub fn router() -> Router<Arc<AppState>> {
@@ -235,6 +235,51 @@ pub async fn load_view(db: &crate::store::Db, row: InvoiceRow) -> Result<Invoice
     let lines = store::lines(db, &row.id).await?;
     let payments = payments::list(db, None, Some(&row.id), 1000, None).await?;
     let attempts = charge_attempts::of_invoice(db, &row.id).await?;
+    Ok(assemble(row, lines, payments, attempts))
+}
+
+/// A page of invoices with their lines, payments and attempts: three queries for the whole
+/// page, whatever its length, rather than three per invoice.
+pub async fn load_views(
+    db: &crate::store::Db,
+    rows: Vec<InvoiceRow>,
+) -> Result<Vec<InvoiceView>, ApiError> {
+    use std::collections::HashMap;
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let mut lines: HashMap<String, Vec<LineRow>> = HashMap::new();
+    for l in pages::lines_of_many(db, &ids).await? {
+        lines.entry(l.invoice_id).or_default().push(l.line);
+    }
+    let mut paid: HashMap<String, Vec<payments::PaymentRow>> = HashMap::new();
+    for p in pages::payments_of_invoices(db, &ids).await? {
+        paid.entry(p.for_invoice).or_default().push(p.payment);
+    }
+    let mut tried: HashMap<String, Vec<charge_attempts::AttemptRow>> = HashMap::new();
+    for a in pages::attempts_of_invoices(db, &ids).await? {
+        if let Some(invoice) = a.invoice_id.clone() {
+            tried.entry(invoice).or_default().push(a);
+        }
+    }
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let id = row.id.clone();
+            assemble(
+                row,
+                lines.remove(&id).unwrap_or_default(),
+                paid.remove(&id).unwrap_or_default(),
+                tried.remove(&id).unwrap_or_default(),
+            )
+        })
+        .collect())
+}
+
+fn assemble(
+    row: InvoiceRow,
+    lines: Vec<LineRow>,
+    payments: Vec<payments::PaymentRow>,
+    attempts: Vec<charge_attempts::AttemptRow>,
+) -> InvoiceView {
     let mut view = invoice_view(row, lines);
     view.payments = payments.into_iter().map(Into::into).collect();
     for a in attempts {
@@ -260,7 +305,7 @@ pub async fn load_view(db: &crate::store::Db, row: InvoiceRow) -> Result<Invoice
             gateway_payment_id: a.gateway_payment_id,
         });
     }
-    Ok(view)
+    view
 }
 
 pub fn invoice_view(row: InvoiceRow, lines: Vec<LineRow>) -> InvoiceView {
@@ -444,9 +489,6 @@ async fn list(
         q.paging.starting_after.as_deref(),
     )
     .await?;
-    let mut views = Vec::with_capacity(rows.len());
-    for row in rows {
-        views.push(load_view(&state.billing.db, row).await?);
-    }
+    let views = load_views(&state.billing.db, rows).await?;
     Ok(Json(ListResponse::page(views, limit)))
 }

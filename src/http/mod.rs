@@ -73,9 +73,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             refuse_until_ready,
         ));
+    // With an ops listener, /metrics is served there only.
+    let metrics_here = state.billing.config.server.ops_listen.is_empty();
     observed(
         Router::new()
-            .merge(health::router())
+            .merge(health::router(&state, metrics_here))
             .merge(serving)
             .fallback(|| async { ApiError::NotFound("no such route".into()) }),
     )
@@ -105,13 +107,15 @@ async fn refuse_until_ready(
     response
 }
 
-/// What a workers-only daemon (`daemon.role = "worker"`) serves: health, readiness and metrics,
-/// so its jobs can be watched and its liveness probed like any other daemon's.
-pub fn ops_router(state: Arc<AppState>) -> Router {
+/// Health, readiness and (with `metrics`) metrics only: what the ops listener
+/// (`server.ops_listen`) serves, and what a workers-only daemon (`daemon.role = "worker"`)
+/// serves on its main listener, so its jobs can be watched and its liveness probed like any
+/// other daemon's.
+pub fn ops_router(state: Arc<AppState>, metrics: bool) -> Router {
     crate::metrics::install();
     observed(
         Router::new()
-            .merge(health::router())
+            .merge(health::router(&state, metrics))
             .fallback(|| async { ApiError::NotFound("no such route".into()) }),
     )
     .with_state(state)

@@ -7,15 +7,20 @@ use std::sync::Arc;
 use settled_jobs::clock::ManualClock;
 
 use crate::billing::Billing;
-use crate::config::Secret;
+use crate::config::{AdminToken, Secret};
 use crate::runner::Scheduler;
 
 pub struct AppState {
     pub billing: Arc<Billing>,
     pub scheduler: Arc<Scheduler>,
     pub manual_clock: Option<Arc<ManualClock>>,
-    /// The admin tokens; replaced on reload (SIGHUP).
-    pub tokens: std::sync::RwLock<Vec<Secret>>,
+    /// The admin tokens with their names; replaced on reload (SIGHUP).
+    pub tokens: std::sync::RwLock<Vec<AdminToken>>,
+    /// The token `/metrics` requires, if any; replaced on reload.
+    pub metrics_token: std::sync::RwLock<Option<Secret>>,
+    /// The gauges `/metrics` reads from the database, kept for a few seconds so scrapes do not
+    /// query it each time.
+    pub metrics_cache: crate::metrics::GaugeCache,
     /// Webhook intake, once its routes are built (so a reload reaches its secrets).
     pub intake: std::sync::OnceLock<Arc<crate::http::webhooks::intake::Intake>>,
     /// Set once the database answers and its migrations are applied; until then the admin API
@@ -33,17 +38,35 @@ impl AppState {
     }
 
     /// The admin tokens at this moment.
-    pub fn tokens(&self) -> Vec<Secret> {
+    pub fn tokens(&self) -> Vec<AdminToken> {
         self.tokens
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    /// Takes new secrets from a freshly read configuration: admin tokens and webhook signing
-    /// secrets. Work in progress is not touched; the next request sees the new ones.
-    pub fn reload_secrets(&self, tokens: Vec<Secret>, config: &crate::config::Config) {
+    /// The token `/metrics` requires at this moment.
+    pub fn metrics_token(&self) -> Option<Secret> {
+        self.metrics_token
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Takes new secrets from a freshly read configuration: admin tokens, the metrics token and
+    /// webhook signing secrets. Work in progress is not touched; the next request sees the new
+    /// ones.
+    pub fn reload_secrets(
+        &self,
+        tokens: Vec<AdminToken>,
+        metrics_token: Option<Secret>,
+        config: &crate::config::Config,
+    ) {
         *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = tokens;
+        *self
+            .metrics_token
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = metrics_token;
         if let Some(intake) = self.intake.get() {
             intake.reload(config);
         }

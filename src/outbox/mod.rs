@@ -326,6 +326,10 @@ pub async fn document(
     let Some(row) = emails::first_of(db, template.name(), subject_id).await? else {
         return Ok(None);
     };
+    if row.context.is_empty() {
+        // Pruned by retention (`retention.email_body_days`): nothing left to draw it from.
+        return Ok(None);
+    }
     let rendered = serde_json::from_str::<Snapshot>(&row.context)
         .map_err(|e| format!("the stored snapshot is unreadable: {e}"))
         .and_then(|snap| render::render(config, &row.template, &snap));

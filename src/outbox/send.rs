@@ -105,7 +105,11 @@ impl Sender<'_> {
             batch: self.config.jobs.batch_size.clamp(1, BATCH),
             in_flight: self.config.email.max_sends_in_flight.max(1),
             record_chunk: RECORD_CHUNK,
-            records_at_once: if self.db.backend() == "postgres" { 2 } else { 1 },
+            records_at_once: if self.db.backend() == "postgres" {
+                2
+            } else {
+                1
+            },
         };
         crate::pipeline::run(
             stop,

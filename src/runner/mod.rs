@@ -4,6 +4,7 @@
 
 pub mod dispatch;
 pub mod drain;
+pub mod retention;
 pub mod scheduler;
 pub mod workers;
 

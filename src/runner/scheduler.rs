@@ -80,6 +80,14 @@ impl Scheduler {
         last >= 0 && (self.started.elapsed().as_millis() as i64 - last) <= within.as_millis() as i64
     }
 
+    /// How long ago the last sweep completed (None before the first).
+    pub fn since_last_sweep(&self) -> Option<Duration> {
+        let last = self.last_sweep.load(Ordering::Relaxed);
+        (last >= 0).then(|| {
+            Duration::from_millis((self.started.elapsed().as_millis() as i64 - last).max(0) as u64)
+        })
+    }
+
     /// A manual clock advanced elsewhere (`settled clock advance`, another daemon on the same
     /// database) is followed here, so every daemon lives at the same instant.
     pub async fn follow_stored_clock(&self) -> store::Result<()> {
@@ -135,6 +143,15 @@ impl Scheduler {
                     tracing::info!(deleted = n, "deleted idempotency keys older than 48 hours")
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot delete old idempotency keys"),
+            }
+            match super::retention::prune(&self.billing, false).await {
+                Ok(p) if p == super::retention::Pruned::default() => {}
+                Ok(p) => tracing::info!(
+                    webhook_bodies = p.webhook_bodies,
+                    email_snapshots = p.email_snapshots,
+                    "retention: pruned stored bodies past their age"
+                ),
+                Err(e) => tracing::warn!(error = %e, "retention: cannot prune"),
             }
         }
         Ok(due)

@@ -59,7 +59,7 @@ impl AttemptRow {
     }
 }
 
-const ATTEMPT_COLUMNS: &str = "id, invoice_id, customer_id, attempt, idempotency_key, amount, currency, \
+pub(crate) const ATTEMPT_COLUMNS: &str = "id, invoice_id, customer_id, attempt, idempotency_key, amount, currency, \
      payment_method_id, automatic, status, decline_code, failure_message, gateway_payment_id, \
      next_attempt_at, scheduled_at, started_at, finished_at, sent_wall_ms, look_up";
 

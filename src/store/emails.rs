@@ -272,8 +272,8 @@ pub enum RetryOutcome {
 pub async fn retry(db: &Db, id: &str, now: DateTime<Utc>) -> Result<RetryOutcome> {
     let mut tx = db.begin().await?;
     let lock = tx.lock_rows();
-    let sql = format!("SELECT status, attempts FROM emails WHERE id = $1{lock}");
-    let row: Option<(String, i64)> = on_tx!(&mut tx, c => {
+    let sql = format!("SELECT status, attempts, context = '' FROM emails WHERE id = $1{lock}");
+    let row: Option<(String, i64, bool)> = on_tx!(&mut tx, c => {
         sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(id)
             .fetch_optional(&mut *c)
@@ -281,8 +281,10 @@ pub async fn retry(db: &Db, id: &str, now: DateTime<Utc>) -> Result<RetryOutcome
     });
     let attempts = match row {
         None => return Ok(RetryOutcome::NotFound),
-        Some((status, _)) if status != "failed" => return Ok(RetryOutcome::NotFailed(status)),
-        Some((_, attempts)) => attempts,
+        Some((status, _, _)) if status != "failed" => return Ok(RetryOutcome::NotFailed(status)),
+        // Its snapshot was pruned by retention: there is nothing left to render it from.
+        Some((_, _, true)) => return Ok(RetryOutcome::NotFailed("pruned".into())),
+        Some((_, attempts, _)) => attempts,
     };
     let _ = attempts;
     on_tx!(&mut tx, c => {
@@ -337,6 +339,15 @@ pub async fn claim(
     Ok(rows)
 }
 
+/// Rows not yet sent or given up on, due or not (the outbox gauge).
+pub async fn pending_count(db: &Db) -> Result<i64> {
+    Ok(on_db!(db, p => {
+        sqlx::query_scalar("SELECT COUNT(*) FROM emails WHERE status = 'pending'")
+            .fetch_one(p)
+            .await?
+    }))
+}
+
 /// Pending rows due by `now`; with `claimable`, only those that can be taken now.
 pub async fn due_count(db: &Db, now: DateTime<Utc>, wall_now: i64, claimable: bool) -> Result<i64> {
     let sql = if claimable {
@@ -356,4 +367,41 @@ pub async fn due_count(db: &Db, now: DateTime<Utc>, wall_now: i64, claimable: bo
             .fetch_one(p)
             .await?
     }))
+}
+
+/// Rows one prune statement empties at most, so no statement holds the write lock for long.
+const PRUNE_BATCH: i64 = 500;
+
+/// Empties the stored snapshot (the facts a message is rendered from) of emails sent or given
+/// up on before `before` (billing time); the rows, recipients, subject and status stay. With
+/// `dry_run`, only counts them. Returns how many were (or would be) pruned.
+pub async fn prune_snapshots(db: &Db, before: DateTime<Utc>, dry_run: bool) -> Result<i64> {
+    const DONE: &str = "status IN ('sent', 'failed') AND context <> '' \
+         AND COALESCE(sent_at, created_at) < $1";
+    if dry_run {
+        let sql = format!("SELECT COUNT(*) FROM emails WHERE {DONE}");
+        return Ok(on_db!(db, p => {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str())).bind(ms(before)).fetch_one(p).await?
+        }));
+    }
+    let sql = format!(
+        "UPDATE emails SET context = '' WHERE id IN (SELECT id FROM emails WHERE {DONE} LIMIT $2)"
+    );
+    let mut pruned = 0;
+    loop {
+        let mut tx = db.begin().await?;
+        let n = on_tx!(&mut tx, c => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(ms(before))
+                .bind(PRUNE_BATCH)
+                .execute(&mut *c)
+                .await?
+                .rows_affected()
+        });
+        tx.commit().await?;
+        pruned += n as i64;
+        if (n as i64) < PRUNE_BATCH {
+            return Ok(pruned);
+        }
+    }
 }

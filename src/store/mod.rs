@@ -22,6 +22,7 @@ pub mod error;
 pub mod idempotency_keys;
 pub mod invoices;
 pub mod ledger;
+pub mod pages;
 pub mod payment_methods;
 pub mod payments;
 pub mod queue;
@@ -319,6 +320,43 @@ impl Db {
         pending
     }
 
+    /// Every migration this binary knows with whether it is applied: (which history, version,
+    /// description, applied), in the order they run.
+    pub async fn migration_status(&self) -> Vec<(&'static str, i64, String, bool)> {
+        let pending = self.pending_migrations().await;
+        let mut all = Vec::new();
+        for (migrator, _, label) in self.migrators() {
+            for m in migrator
+                .iter()
+                .filter(|m| !m.migration_type.is_down_migration())
+            {
+                let waiting = pending
+                    .iter()
+                    .any(|(l, v, _)| *l == label && *v == m.version);
+                all.push((label, m.version, m.description.to_string(), !waiting));
+            }
+        }
+        all
+    }
+
+    /// A consistent copy of a SQLite database into a new file at `path` (`VACUUM INTO`), taken
+    /// while the daemon runs. PostgreSQL is backed up with pg_dump instead (see the README).
+    pub async fn backup_to(&self, path: &Path) -> anyhow::Result<()> {
+        let Db::Sqlite(pool) = self else {
+            anyhow::bail!("only a SQLite database is copied by settled backup");
+        };
+        anyhow::ensure!(!path.exists(), "{} exists already", path.display());
+        let target = path
+            .to_str()
+            .context("the backup path is not valid UTF-8")?
+            .replace('\'', "''");
+        sqlx::query(sqlx::AssertSqlSafe(format!("VACUUM INTO '{target}'")))
+            .execute(pool)
+            .await
+            .with_context(|| format!("cannot write the backup to {}", path.display()))?;
+        Ok(())
+    }
+
     /// Applies every pending migration one at a time, calling `report` after each one (what
     /// `settled migrate` shows progress with), then checks the whole history as `run` does.
     pub async fn migrate_reporting(
@@ -380,6 +418,14 @@ fn sqlite_pool(path: &Path, max: u32, timeout: Duration) -> anyhow::Result<Sqlit
         .max_connections(max.max(2))
         .acquire_timeout(timeout.max(Duration::from_secs(10)))
         .connect_lazy_with(options))
+}
+
+/// `$from, $from+1, ...`: `n` numbered placeholders for an `IN (...)` list.
+pub fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The real wall clock in milliseconds: for leases, backoff and the gateway's key memory, which

@@ -25,7 +25,7 @@ pub struct PaymentRow {
     pub at: i64,
 }
 
-const PAYMENT_COLUMNS: &str = "id, customer_id, invoice_id, amount, currency, gateway, gateway_payment_id, \
+pub(crate) const PAYMENT_COLUMNS: &str = "id, customer_id, invoice_id, amount, currency, gateway, gateway_payment_id, \
      method, reference, brand, last4, status, amount_refunded, at";
 
 /// A payment row to write.

@@ -335,3 +335,42 @@ pub async fn wake_waiting(tx: &mut Tx, source: &str, gateway_payment_id: &str) -
     });
     super::work_failures::wake(tx, WorkKind::Events, &waiting).await
 }
+
+/// Rows one prune statement empties at most, so no statement holds the write lock for long.
+const PRUNE_BATCH: i64 = 500;
+
+/// Empties the stored body of events done with (processed, ignored or failed) since before
+/// `before` (wall milliseconds); the rows, their type, status and outcome stay. With `dry_run`,
+/// only counts them. Returns how many bodies were (or would be) pruned. A pruned event cannot
+/// be replayed.
+pub async fn prune_bodies(db: &Db, before: i64, dry_run: bool) -> Result<i64> {
+    const DONE: &str = "status IN ('processed', 'ignored', 'failed') AND body <> '' \
+         AND COALESCE(processed_at, received_at) < $1";
+    if dry_run {
+        let sql = format!("SELECT COUNT(*) FROM webhook_events WHERE {DONE}");
+        return Ok(on_db!(db, p => {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str())).bind(before).fetch_one(p).await?
+        }));
+    }
+    let sql = format!(
+        "UPDATE webhook_events SET body = '' WHERE id IN \
+         (SELECT id FROM webhook_events WHERE {DONE} LIMIT $2)"
+    );
+    let mut pruned = 0;
+    loop {
+        let mut tx = db.begin().await?;
+        let n = on_tx!(&mut tx, c => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(before)
+                .bind(PRUNE_BATCH)
+                .execute(&mut *c)
+                .await?
+                .rows_affected()
+        });
+        tx.commit().await?;
+        pruned += n as i64;
+        if (n as i64) < PRUNE_BATCH {
+            return Ok(pruned);
+        }
+    }
+}

@@ -192,6 +192,8 @@ enum Run {
 pub struct Daemon {
     run: Run,
     pub base: String,
+    /// The ops listener's base URL, when `server.ops_listen` is set.
+    pub ops_base: Option<String>,
     pub http: reqwest::Client,
     pub log: PathBuf,
     pub state_dir: PathBuf,
@@ -262,9 +264,19 @@ impl Daemon {
         let child = cmd.spawn().expect("start settled");
         let port = wait_for_port(&log, Duration::from_secs(30));
         let base = format!("http://127.0.0.1:{port}");
+        let ops_base = env
+            .iter()
+            .any(|(k, v)| k == "SETTLED__SERVER__OPS_LISTEN" && !v.is_empty())
+            .then(|| {
+                format!(
+                    "http://127.0.0.1:{}",
+                    wait_for_logged_port(&log, "ops_port")
+                )
+            });
         let daemon = Daemon {
             run: Run::Process(child),
             base,
+            ops_base,
             http: client(),
             log,
             state_dir,
@@ -289,11 +301,13 @@ impl Daemon {
             .await
             .unwrap_or_else(|e| panic!("the daemon did not start: {e:#}"));
         let base = format!("http://127.0.0.1:{}", app.port());
+        let ops_base = app.ops_port().map(|p| format!("http://127.0.0.1:{p}"));
         let stop = tokio_util::sync::CancellationToken::new();
         tokio::spawn(app.run_until_stopped(stop.clone()));
         let daemon = Daemon {
             run: Run::InProcess { stop },
             base,
+            ops_base,
             http: client(),
             log,
             state_dir,
@@ -489,6 +503,25 @@ impl Drop for Daemon {
             }
             Run::InProcess { stop } => stop.cancel(),
         }
+    }
+}
+
+/// A port the daemon's log names in a field of a line (the ops listener's `ops_port`).
+fn wait_for_logged_port(log: &Path, field: &str) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        for line in text.lines() {
+            if let Ok(v) = serde_json::from_str::<Value>(line)
+                && let Some(p) = v[field].as_u64()
+            {
+                return p as u16;
+            }
+        }
+        if Instant::now() > deadline {
+            panic!("the daemon never logged {field}; log:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -236,6 +236,25 @@ both!(
         }
         db.close().await;
 
+        // A dry run names the ten and replays none of them.
+        let dry = cli(
+            d,
+            &[
+                "webhooks",
+                "replay",
+                "--status",
+                "failed",
+                "--dry-run",
+                "--json",
+            ],
+        );
+        assert_eq!(dry.code, Some(0), "{}", dry.stderr);
+        let dry = dry.json();
+        assert_eq!(dry["selected"], 10, "{dry}");
+        assert_eq!(dry["replayed"], 0, "{dry}");
+        assert_eq!(dry["ids"].as_array().unwrap().len(), 10, "{dry}");
+        let (_, first) = d.get(&format!("/v1/webhook_events/{}", ids[0])).await;
+        assert_eq!(first["status"], "failed", "{first}");
         let run = cli(
             d,
             &[

@@ -13,6 +13,8 @@ use crate::support::stripe_gateway::StripeGateway;
 
 const OLD_TOKEN: &str = "old-admin-token-5b0c9e1d7a3f4e2b8c6d";
 const NEW_TOKEN: &str = "new-admin-token-9e8d7c6b5a4f3e2d1c0b";
+const CAROL_OLD: &str = "carol-before-0123456789abcdef01234567";
+const CAROL_NEW: &str = "carol-after-0123456789abcdef012345678";
 const OLD_SECRET: &str = "whsec_before_rotation_1a2b3c";
 const NEW_SECRET: &str = "whsec_after_rotation_4d5e6f";
 
@@ -65,12 +67,21 @@ both!(
         let secrets = dir.path().join("webhook-secrets");
         std::fs::write(&tokens, format!("{OLD_TOKEN}\n")).unwrap();
         std::fs::write(&secrets, format!("{OLD_SECRET}\n")).unwrap();
+        let carol = dir.path().join("carol-token");
+        std::fs::write(&carol, format!("{CAROL_OLD}\n")).unwrap();
         let gateway = StripeGateway::start().await;
         let options = DaemonOptions {
             with_token: false,
             ..DaemonOptions::default()
         }
         .env("SETTLED__ADMIN__TOKENS_FILE", tokens.display().to_string())
+        .env(
+            "SETTLED__ADMIN__TOKENS",
+            format!(
+                "[{{name = \"carol\", token_file = {:?}}}]",
+                carol.display().to_string()
+            ),
+        )
         .env(
             "SETTLED__STRIPE__WEBHOOK_SECRETS_FILE",
             secrets.display().to_string(),
@@ -127,6 +138,7 @@ both!(
         // Rotate both, and tell the daemon.
         std::fs::write(&tokens, format!("{NEW_TOKEN}\n")).unwrap();
         std::fs::write(&secrets, format!("{NEW_SECRET}\n")).unwrap();
+        std::fs::write(&carol, format!("{CAROL_NEW}\n")).unwrap();
         w.daemon.signal(libc::SIGHUP);
         wait_log(
             &w.daemon,
@@ -137,6 +149,8 @@ both!(
         let d = &w.daemon;
         assert_eq!(as_admin(d, NEW_TOKEN, "/v1/customers").await, 200);
         assert_eq!(as_admin(d, OLD_TOKEN, "/v1/customers").await, 401);
+        assert_eq!(as_admin(d, CAROL_NEW, "/v1/customers").await, 200);
+        assert_eq!(as_admin(d, CAROL_OLD, "/v1/customers").await, 401);
         assert_eq!(deliver(d, NEW_SECRET, "evt_after").await, 200);
         assert_eq!(deliver(d, OLD_SECRET, "evt_old_secret").await, 400);
 

@@ -1092,6 +1092,15 @@ fn route(state: &mut GatewayState, ctx: &Ctx<'_>, method: &Method, path: &str) -
     };
     let segments: Vec<&str> = rest.split('/').collect();
     match (method.as_str(), segments.as_slice()) {
+        ("GET", ["balance"]) => {
+            ctx.only(EXPAND_ONLY)?;
+            let amounts = json!([{"amount": 0, "currency": "usd", "source_types": {"card": 0}}]);
+            Ok((
+                200,
+                json!({"object": "balance", "available": amounts, "pending": amounts,
+                       "livemode": false}),
+            ))
+        }
         ("POST", ["customers"]) => create_customer(state, ctx),
         ("GET", ["customers"]) => {
             ctx.only("email created ending_before expand limit starting_after")?;

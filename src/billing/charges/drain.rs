@@ -8,8 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::Widths;
 
-use crate::billing::dunning::{self, ChargeFailure};
 use super::{BATCH, Billing, Call, Error, RECORD_CHUNK, Result, call, record_in};
+use crate::billing::dunning::{self, ChargeFailure};
 use crate::store::charge_attempts::{self as attempts, AttemptRow, SendContext};
 use crate::store::{Tx, customers, invoices, wall_ms, work_failures};
 

@@ -182,17 +182,20 @@ impl Gateway for StripeGateway {
     }
 
     async fn create_customer(&self, c: &NewGatewayCustomer) -> Result<String, GatewayError> {
-        let customer = CreateCustomer::new()
-            .email(c.email.as_str())
-            .name(c.name.as_str())
-            .metadata(HashMap::from([(
-                "settled_customer_id".to_string(),
-                c.customer_id.clone(),
-            )]))
-            .send(&self.client)
-            .await
-            .map_err(classify)?;
-        Ok(customer.id.to_string())
+        timed("customer", async {
+            let customer = CreateCustomer::new()
+                .email(c.email.as_str())
+                .name(c.name.as_str())
+                .metadata(HashMap::from([(
+                    "settled_customer_id".to_string(),
+                    c.customer_id.clone(),
+                )]))
+                .send(&self.client)
+                .await
+                .map_err(classify)?;
+            Ok(customer.id.to_string())
+        })
+        .await
     }
 
     async fn attach_payment_method(
@@ -200,94 +203,126 @@ impl Gateway for StripeGateway {
         gateway_customer_id: &str,
         token: &str,
     ) -> Result<CardSummary, GatewayError> {
-        let pm = AttachPaymentMethod::new(token)
-            .customer(gateway_customer_id)
-            .send(&self.client)
-            .await
-            .map_err(classify)?;
-        let card = pm.card.ok_or_else(|| GatewayError::Invalid {
-            message: "the payment method is not a card".into(),
-            param: Some("token".into()),
-        })?;
-        Ok(CardSummary {
-            token: pm.id.to_string(),
-            brand: card.brand,
-            last4: card.last4,
-            exp_month: card.exp_month,
-            exp_year: card.exp_year,
+        timed("payment_method", async {
+            let pm = AttachPaymentMethod::new(token)
+                .customer(gateway_customer_id)
+                .send(&self.client)
+                .await
+                .map_err(classify)?;
+            let card = pm.card.ok_or_else(|| GatewayError::Invalid {
+                message: "the payment method is not a card".into(),
+                param: Some("token".into()),
+            })?;
+            Ok(CardSummary {
+                token: pm.id.to_string(),
+                brand: card.brand,
+                last4: card.last4,
+                exp_month: card.exp_month,
+                exp_year: card.exp_year,
+            })
         })
+        .await
     }
 
     async fn detach_payment_method(&self, token: &str) -> Result<(), GatewayError> {
-        DetachPaymentMethod::new(token)
-            .send(&self.client)
-            .await
-            .map_err(classify)?;
-        Ok(())
+        timed("detach", async {
+            DetachPaymentMethod::new(token)
+                .send(&self.client)
+                .await
+                .map_err(classify)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn charge(&self, r: &ChargeRequest) -> Result<ChargeResult, GatewayError> {
-        let key = IdempotencyKey::new(&r.idempotency_key)
-            .map_err(|e| GatewayError::Unknown(format!("unusable idempotency key: {e}")))?;
-        let pi = CreateCharge::of(r)?
-            .customize()
-            .request_strategy(RequestStrategy::Idempotent(key))
-            .send(&self.client)
-            .await;
-        match pi {
-            Ok(pi) => charge_result(pi),
-            Err(e) => Err(classify(e)),
-        }
+        timed("charge", async {
+            let key = IdempotencyKey::new(&r.idempotency_key)
+                .map_err(|e| GatewayError::Unknown(format!("unusable idempotency key: {e}")))?;
+            let pi = CreateCharge::of(r)?
+                .customize()
+                .request_strategy(RequestStrategy::Idempotent(key))
+                .send(&self.client)
+                .await;
+            match pi {
+                Ok(pi) => charge_result(pi),
+                Err(e) => Err(classify(e)),
+            }
+        })
+        .await
     }
 
     async fn refund(&self, r: &RefundRequest) -> Result<RefundResult, GatewayError> {
-        let key = IdempotencyKey::new(&r.idempotency_key)
-            .map_err(|e| GatewayError::Unknown(format!("unusable idempotency key: {e}")))?;
-        let refund = CreateRefund::of(r)?
-            .customize()
-            .request_strategy(RequestStrategy::Idempotent(key))
-            .send(&self.client)
-            .await
-            .map_err(classify)?;
-        let status = match refund.status.as_deref() {
-            Some("succeeded") => RefundStatus::Succeeded,
-            Some("failed" | "canceled") => RefundStatus::Failed,
-            _ => RefundStatus::Pending,
-        };
-        Ok(RefundResult {
-            refund_id: refund.id.to_string(),
-            status,
-            failure_reason: refund.failure_reason.map(|f| f.to_string()),
+        timed("refund", async {
+            let key = IdempotencyKey::new(&r.idempotency_key)
+                .map_err(|e| GatewayError::Unknown(format!("unusable idempotency key: {e}")))?;
+            let refund = CreateRefund::of(r)?
+                .customize()
+                .request_strategy(RequestStrategy::Idempotent(key))
+                .send(&self.client)
+                .await
+                .map_err(classify)?;
+            let status = match refund.status.as_deref() {
+                Some("succeeded") => RefundStatus::Succeeded,
+                Some("failed" | "canceled") => RefundStatus::Failed,
+                _ => RefundStatus::Pending,
+            };
+            Ok(RefundResult {
+                refund_id: refund.id.to_string(),
+                status,
+                failure_reason: refund.failure_reason.map(|f| f.to_string()),
+            })
         })
+        .await
     }
 
     async fn find_charge(
         &self,
         metadata: &[(String, String)],
     ) -> Result<Option<ChargeResult>, GatewayError> {
-        let query = metadata
-            .iter()
-            .map(|(k, v)| metadata_clause(k, v))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        let found = SearchPaymentIntent::new(query)
-            .limit(10)
-            .send(&self.client)
-            .await
-            .map_err(classify)?;
-        // Several matches cannot come from one key; prefer the one that moved money.
-        let mut results = found
-            .data
-            .into_iter()
-            .map(charge_result)
-            .collect::<Result<Vec<_>, _>>()?;
-        results.sort_by_key(|r| match r.status {
-            ChargeStatus::Succeeded => 0,
-            ChargeStatus::Pending => 1,
-            ChargeStatus::Failed => 2,
-        });
-        Ok(results.into_iter().next())
+        timed("lookup", async {
+            let query = metadata
+                .iter()
+                .map(|(k, v)| metadata_clause(k, v))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let found = SearchPaymentIntent::new(query)
+                .limit(10)
+                .send(&self.client)
+                .await
+                .map_err(classify)?;
+            // Several matches cannot come from one key; prefer the one that moved money.
+            let mut results = found
+                .data
+                .into_iter()
+                .map(charge_result)
+                .collect::<Result<Vec<_>, _>>()?;
+            results.sort_by_key(|r| match r.status {
+                ChargeStatus::Succeeded => 0,
+                ChargeStatus::Pending => 1,
+                ChargeStatus::Failed => 2,
+            });
+            Ok(results.into_iter().next())
+        })
+        .await
     }
+}
+
+/// Runs one gateway request, timing it and counting its outcome (`settled_gateway_request_*`).
+async fn timed<T>(
+    operation: &'static str,
+    request: impl std::future::Future<Output = Result<T, GatewayError>>,
+) -> Result<T, GatewayError> {
+    let started = std::time::Instant::now();
+    let result = request.await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(GatewayError::Declined { .. }) => "declined",
+        Err(GatewayError::Unknown(_)) => "unknown",
+        Err(_) => "error",
+    };
+    crate::metrics::gateway_request(super::NAME, operation, outcome, started.elapsed());
+    result
 }
 
 /// Reads a PaymentIntent into what the billing core decides on.

@@ -575,6 +575,16 @@ async fn replay(
     AxState(state): AxState<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<EventView>, ApiError> {
+    if let Some(row) = store::get(&state.billing.db, &id).await?
+        && row.body.is_empty()
+    {
+        return Err(ApiError::conflict(
+            "event_pruned",
+            format!(
+                "webhook event {id}'s stored body was pruned by retention; it cannot be replayed"
+            ),
+        ));
+    }
     if !store::replay(&state.billing.db, &id).await? {
         return Err(ApiError::not_found("webhook event", &id));
     }

@@ -64,7 +64,7 @@ pub struct LineRow {
     pub tax_rate: Option<String>,
 }
 
-const LINE_COLUMNS: &str =
+pub(crate) const LINE_COLUMNS: &str =
     "id, position, kind, description, quantity, unit_amount, amount, tax_rate";
 
 const INVOICE_INSERT: [&str; 20] = [

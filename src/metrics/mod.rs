@@ -19,7 +19,10 @@ use settled_jobs::job::Job;
 use settled_jobs::money::Currency;
 use settled_jobs::template::Template;
 
-use crate::store::Db;
+mod describe;
+mod gauges;
+
+pub use gauges::{BuildInfo, DbGauges, GAUGE_REFRESH, GaugeCache, scrape};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -37,6 +40,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// a benchmark starts two daemons in one process) reuse it. Returns None only when another
 /// recorder was installed first, in which case `/metrics` says so.
 pub fn install() -> Option<&'static PrometheusHandle> {
+    started_at();
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
@@ -52,7 +56,7 @@ pub fn install() -> Option<&'static PrometheusHandle> {
                 .and_then(|b| b.install_recorder().map_err(|e| e.to_string()));
             match installed {
                 Ok(handle) => {
-                    describe();
+                    describe::describe();
                     Some(handle)
                 }
                 Err(e) => {
@@ -64,203 +68,15 @@ pub fn install() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(
-        "settled_webhooks_received_total",
-        "Webhook deliveries stored (new events), by source."
-    );
-    describe_counter!(
-        "settled_webhooks_refused_total",
-        "Webhook deliveries refused before anything was stored, by source and reason."
-    );
-    describe_counter!(
-        "settled_webhooks_duplicate_total",
-        "Webhook deliveries of an event already stored (answered 200, nothing stored)."
-    );
-    describe_counter!(
-        "settled_events_processed_total",
-        "Stored events processed, by event type and outcome (processed, ignored, failed)."
-    );
-    describe_counter!(
-        "settled_invoices_generated_total",
-        "Recurring invoices created by the generate_invoice job."
-    );
-    describe_counter!(
-        "settled_periods_skipped_total",
-        "Subscription periods the catch-up policy billed no invoice for."
-    );
-    describe_counter!(
-        "settled_charges_total",
-        "Charge attempt outcomes recorded from the gateway's answer, by outcome (succeeded, declined, error, unknown) and decline code (none unless declined or refused). An unknown outcome resolved later counts again with its final outcome."
-    );
-    describe_counter!(
-        "settled_charged_amount_minor_total",
-        "Amount received by succeeded charges, in the currency's minor units (cents), by currency."
-    );
-    describe_counter!(
-        "settled_disputes_lost_total",
-        "Disputes lost (the payment reversed, what it paid due again), by currency."
-    );
-    describe_counter!(
-        "settled_disputed_amount_minor_total",
-        "Amount lost to disputes, in the currency's minor units, by currency."
-    );
-    describe_counter!(
-        "settled_emails_sent_total",
-        "Emails handed to the transport, by template."
-    );
-    describe_counter!(
-        "settled_emails_failed_total",
-        "Emails given up on (refused, undeliverable, unrenderable, or out of tries), by template."
-    );
-    describe_counter!(
-        "settled_emails_retried_total",
-        "Temporary email failures that will be tried again, by template."
-    );
-    describe_gauge!(
-        "settled_job_queue_depth",
-        "Unfinished jobs (waiting, claimed, running or waiting for another try), by kind; read at scrape time."
-    );
-    describe_gauge!(
-        "settled_job_queue_oldest_due_age_seconds",
-        "How long the oldest due job that has not started has been due, by kind (0 when none); read at scrape time."
-    );
-    describe_gauge!(
-        "settled_jobs_failed",
-        "Jobs failed for good and kept for the operator (settled jobs list --status failed), by kind; read at scrape time."
-    );
-    describe_histogram!(
-        "settled_job_latency_seconds",
-        "Time from a job being due to it starting in this process, by kind."
-    );
-    describe_histogram!(
-        "settled_job_duration_seconds",
-        "Time one job run took, by kind and outcome (done, retry, failed)."
-    );
-    describe_counter!(
-        "settled_http_connections_refused_total",
-        "Connections answered 503 and closed because server.max_connections were being served."
-    );
-    describe_counter!(
-        "settled_work_items_total",
-        "Items of due work taken by drain batches, by kind."
-    );
-    describe_histogram!(
-        "settled_work_batch_duration_seconds",
-        "One drain batch, from its claim to its last record, by kind."
-    );
-    describe_gauge!(
-        "settled_work_pending",
-        "Items due and not done (waiting, in flight or set aside), by kind."
-    );
-    describe_gauge!(
-        "settled_work_set_aside",
-        "Items set aside after a failure, waiting for their next try, by kind."
-    );
-    describe_gauge!(
-        "settled_work_set_aside_oldest_seconds",
-        "How long the longest-failing set-aside item has been failing, by kind."
-    );
-    describe_histogram!(
-        "settled_http_request_duration_seconds",
-        "HTTP requests answered, by method, route template and status."
-    );
-    describe_gauge!(
-        "settled_db_pool_connections",
-        "Open database connections, by pool (main, queue) and state (idle, in_use); read at scrape time."
-    );
-    describe_gauge!(
-        "settled_db_pool_max_connections",
-        "Configured maximum connections, by pool."
-    );
-    describe_gauge!(
-        "settled_database_up",
-        "1 when the database answered the scrape's queue query, else 0."
-    );
-}
-
-/// Everything `GET /metrics` shows: the counters, plus the gauges read at scrape time (pools,
-/// the job queue, whether the database answers). None when another recorder owns the process.
-pub async fn scrape(
-    db: &Db,
-    pools: &[(&'static str, Db)],
-    pending: &[(settled_jobs::job::WorkKind, i64)],
-) -> Option<String> {
-    let handle = install()?;
-    pool_gauges(pools);
-    match crate::store::work_failures::summary(db).await {
-        Ok(set_aside) => work_gauges(pending, &set_aside),
-        Err(e) => tracing::debug!(error = %e, "cannot read the work set aside for /metrics"),
-    }
-    let up = queue_gauges(db).await;
-    metrics::gauge!("settled_database_up").set(if up { 1.0 } else { 0.0 });
-    handle.run_upkeep();
-    Some(handle.render())
-}
-
-fn pool_gauges(pools: &[(&'static str, Db)]) {
-    for (name, db) in pools {
-        let name = *name;
-        let (size, idle, max) = match db {
-            Db::Sqlite(p) => (p.size(), p.num_idle(), p.options().get_max_connections()),
-            Db::Postgres(p) => (p.size(), p.num_idle(), p.options().get_max_connections()),
-        };
-        let idle = idle as u32;
-        metrics::gauge!("settled_db_pool_connections", "pool" => name, "state" => "idle")
-            .set(f64::from(idle));
-        metrics::gauge!("settled_db_pool_connections", "pool" => name, "state" => "in_use")
-            .set(f64::from(size.saturating_sub(idle)));
-        metrics::gauge!("settled_db_pool_max_connections", "pool" => name).set(f64::from(max));
-    }
-}
-
-/// Reads queue depth, the oldest due job's age and failed jobs per kind. Every known kind is set
-/// on each scrape (0 when absent), so a drained queue does not leave stale values behind.
-async fn queue_gauges(db: &Db) -> bool {
-    let rows = tokio::time::timeout(Duration::from_secs(2), crate::store::queue::stats(db)).await;
-    let rows = match rows {
-        Ok(Ok(rows)) => rows,
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "cannot read the job queue for /metrics");
-            return false;
-        }
-        Err(_) => {
-            tracing::debug!("reading the job queue for /metrics timed out");
-            return false;
-        }
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    // Every known kind, plus any other kind the rows hold (a newer daemon's on the same database).
-    let mut kinds: Vec<&str> = JOB_KINDS.to_vec();
-    for r in &rows {
-        let label = row_kind_label(&r.kind);
-        if !kinds.contains(&label) {
-            kinds.push(label);
-        }
-    }
-    for kind in kinds {
-        let mut depth = 0;
-        let mut failed = 0;
-        let mut oldest: Option<i64> = None;
-        for r in rows.iter().filter(|r| row_kind_label(&r.kind) == kind) {
-            depth += r.depth;
-            failed += r.failed;
-            oldest = match (oldest, r.oldest_due) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        }
-        let age = oldest.map(|t| (now - t).max(0)).unwrap_or(0);
-        let kind = kind.to_string();
-        metrics::gauge!("settled_job_queue_depth", "kind" => kind.clone()).set(depth as f64);
-        metrics::gauge!("settled_jobs_failed", "kind" => kind.clone()).set(failed as f64);
-        metrics::gauge!("settled_job_queue_oldest_due_age_seconds", "kind" => kind).set(age as f64);
-    }
-    true
+/// When this process installed its metrics (at start-up), in Unix seconds.
+pub fn started_at() -> f64 {
+    static STARTED: OnceLock<f64> = OnceLock::new();
+    *STARTED.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
+    })
 }
 
 /// The job kinds reported (as 0) even while the queue holds none of them.
@@ -359,32 +175,6 @@ pub fn work_batch(kind: settled_jobs::job::WorkKind, items: usize, took: Duratio
     metrics::counter!("settled_work_items_total", "kind" => kind.name()).increment(items as u64);
     metrics::histogram!("settled_work_batch_duration_seconds", "kind" => kind.name())
         .record(took.as_secs_f64());
-}
-
-/// The work gauges at scrape time: per kind, what is due and not done, and what is set aside
-/// after a failure (with how long the longest-failing item has been failing).
-pub fn work_gauges(
-    pending: &[(settled_jobs::job::WorkKind, i64)],
-    set_aside: &[(String, i64, i64)],
-) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    for (kind, n) in pending {
-        metrics::gauge!("settled_work_pending", "kind" => kind.name()).set(*n as f64);
-    }
-    for kind in settled_jobs::job::WorkKind::ALL {
-        let (count, first) = set_aside
-            .iter()
-            .find(|(k, _, _)| k == kind.name())
-            .map(|(_, n, first)| (*n, Some(*first)))
-            .unwrap_or((0, None));
-        metrics::gauge!("settled_work_set_aside", "kind" => kind.name()).set(count as f64);
-        let age = first.map(|t| ((now - t) / 1000).max(0)).unwrap_or(0);
-        metrics::gauge!("settled_work_set_aside_oldest_seconds", "kind" => kind.name())
-            .set(age as f64);
-    }
 }
 
 /// Stripe's documented decline codes plus the refusals the daemon records as failed attempts;
@@ -514,6 +304,45 @@ impl ChargeOutcome {
             metrics::counter!("settled_charged_amount_minor_total", "currency" => currency)
                 .increment(minor);
         }
+    }
+}
+
+/// One request to a payment gateway ended: `operation` is what it asked (charge, refund, lookup,
+/// payment_method, detach, check), `outcome` ok, declined, error or unknown.
+pub fn gateway_request(
+    gateway: &'static str,
+    operation: &'static str,
+    outcome: &'static str,
+    took: Duration,
+) {
+    metrics::histogram!(
+        "settled_gateway_request_duration_seconds",
+        "gateway" => gateway,
+        "operation" => operation,
+        "outcome" => outcome
+    )
+    .record(took.as_secs_f64());
+    if matches!(outcome, "error" | "unknown") {
+        metrics::counter!(
+            "settled_gateway_request_errors_total",
+            "gateway" => gateway,
+            "operation" => operation
+        )
+        .increment(1);
+    }
+}
+
+/// One message handed to the mail transport (`smtp` or `file`): sent, temporary or permanent.
+pub fn smtp_request(transport: &'static str, outcome: &'static str, took: Duration) {
+    metrics::histogram!(
+        "settled_smtp_request_duration_seconds",
+        "transport" => transport,
+        "outcome" => outcome
+    )
+    .record(took.as_secs_f64());
+    if outcome != "sent" {
+        metrics::counter!("settled_smtp_errors_total", "transport" => transport, "outcome" => outcome)
+            .increment(1);
     }
 }
 
