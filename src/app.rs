@@ -31,7 +31,8 @@ pub struct Context {
 
 impl Context {
     /// Opens the database, the clock, the gateways and the mailer.
-    pub async fn build(config: Config) -> anyhow::Result<Context> {
+    pub async fn build(mut config: Config) -> anyhow::Result<Context> {
+        config.portal.signing_secret = portal_key(&config)?;
         let config = Arc::new(config);
         let db = Db::open_sized(&config, Db::pool_shares(&config).0)?;
         let tokens = admin_tokens(&config)?;
@@ -71,15 +72,19 @@ pub struct Application {
 impl Application {
     /// Opens everything; applies migrations unless told not to. An unreachable database is retried
     /// in the background rather than failing start-up.
-    pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let context = Context::build(config).await?;
-        let config = context.billing.config.clone();
+    pub async fn build(mut config: Config) -> anyhow::Result<Application> {
         // Every role listens: a workers-only daemon serves health, readiness and metrics there.
         let addr = config.listen_addr()?;
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
-        let port = listener.local_addr()?.port();
+        let bound = listener.local_addr()?;
+        let port = bound.port();
+        if config.business.portal_url.is_empty() {
+            // Links in emails need a base; without one, this daemon's own address.
+            config.business.portal_url = format!("http://{bound}");
+        }
+        let context = Context::build(config).await?;
         let listener = Some(listener);
         Ok(Application {
             context,
@@ -280,6 +285,32 @@ fn admin_tokens(config: &Config) -> anyhow::Result<Vec<Secret>> {
     write_private(&path, &format!("{token}\n"))?;
     tracing::warn!(path = %path.display(), "no admin token configured; generated one (read it from this file)");
     Ok(vec![Secret::new(token)])
+}
+
+/// The portal's link-signing key: the configured one, or one generated into the state directory
+/// on first start (like the admin token), so links survive restarts.
+fn portal_key(config: &Config) -> anyhow::Result<Secret> {
+    let configured = config.portal_signing_secret()?;
+    if !configured.is_empty() {
+        return Ok(configured);
+    }
+    let path: PathBuf = config.state_dir().join("portal-key");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let key = text.trim();
+        if !key.is_empty() {
+            return Ok(Secret::new(key));
+        }
+    }
+    std::fs::create_dir_all(config.state_dir()).with_context(|| {
+        format!(
+            "cannot create the state directory {}",
+            config.state_dir().display()
+        )
+    })?;
+    let key = generate_token();
+    write_private(&path, &format!("{key}\n"))?;
+    tracing::info!(path = %path.display(), "generated the portal's link-signing key");
+    Ok(Secret::new(key))
 }
 
 fn generate_token() -> String {

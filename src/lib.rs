@@ -23,6 +23,7 @@ pub mod mail;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;
+pub mod portal;
 pub mod progress;
 pub mod runner;
 pub mod store;

@@ -24,6 +24,7 @@ pub mod invoices;
 pub mod ledger;
 pub mod payment_methods;
 pub mod payments;
+pub mod portal;
 pub mod queue;
 pub mod refunds;
 pub mod settings;
