@@ -22,6 +22,8 @@ mod metrics;
 mod money_paths;
 mod money_safety;
 mod operator_cli;
+mod portal;
+mod portal_support;
 mod reload;
 mod statements;
 mod subscriptions;
