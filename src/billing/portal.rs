@@ -85,7 +85,8 @@ fn new_session(
     Opened { cookie, session }
 }
 
-/// Spends a sign-in token and opens a session for its address on its first account. None when
+/// Spends a sign-in token and opens a session for its address, on the account whose main address
+/// it is (else the first). None when
 /// the token was used, has expired, or its address receives no bills (any more).
 pub async fn sign_in(b: &Billing, token_id: &str) -> Result<Option<Opened>> {
     let now = b.now();
@@ -94,10 +95,12 @@ pub async fn sign_in(b: &Billing, token_id: &str) -> Result<Option<Opened>> {
         tx.rollback().await?;
         return Ok(None);
     };
-    let Some(account) = customers::list(&b.db, Some(&email), 1, None)
-        .await?
-        .into_iter()
-        .next()
+    // The account whose main address this is comes first; else the first by id.
+    let accounts = customers::list(&b.db, Some(&email), 100, None).await?;
+    let Some(account) = accounts
+        .iter()
+        .find(|c| c.row.email.eq_ignore_ascii_case(&email))
+        .or(accounts.first())
     else {
         tx.commit().await?;
         return Ok(None);

@@ -23,6 +23,7 @@ mod money_paths;
 mod money_safety;
 mod operator_cli;
 mod portal;
+mod portal_browser;
 mod portal_support;
 mod reload;
 mod statements;
