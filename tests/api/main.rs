@@ -22,6 +22,7 @@ mod metrics;
 mod money_paths;
 mod money_safety;
 mod operator_cli;
+mod operator_money;
 mod portal;
 mod portal_browser;
 mod portal_support;
