@@ -293,15 +293,14 @@ both!(
             .text();
         let (csrf, nonce) = (field(&html, "csrf"), field(&html, "nonce"));
         let (_, pms) = d.get(&format!("/v1/customers/{cus}/payment_methods")).await;
-        let second = pms["data"]
+        let mastercard = pms["data"]
             .as_array()
             .unwrap()
             .iter()
             .find(|m| m["brand"] == "mastercard")
-            .unwrap()["id"]
-            .as_str()
             .unwrap()
-            .to_string();
+            .clone();
+        let second = mastercard["id"].as_str().unwrap().to_string();
         let pay = format!("/portal/invoices/{id}/pay");
         let form = [
             ("csrf", csrf.as_str()),
@@ -325,7 +324,10 @@ both!(
         let pis = p.gateway.payment_intents();
         assert_eq!(pis.len(), 1, "charged once: {pis:?}");
         assert_eq!(pis[0]["amount"], 4000);
-        assert_eq!(pis[0]["payment_method"].as_str().is_some(), true);
+        assert_eq!(
+            pis[0]["payment_method"], mastercard["token"],
+            "the chosen card"
+        );
         let (_, now) = d.get(&format!("/v1/invoices/{id}")).await;
         assert_eq!(now["status"], "partially_paid");
         assert_eq!(now["amount_due"], "60.00");

@@ -122,13 +122,12 @@ impl PortalWorld {
         self.email_text(number, &self.smtp_first_rcpt(number)).await;
         for m in self.smtp.accepted() {
             let parsed = m.parsed();
-            if parsed.subject().is_some_and(|s| s.contains(number)) {
-                if let Some(a) = parsed
+            if parsed.subject().is_some_and(|s| s.contains(number))
+                && let Some(a) = parsed
                     .attachments()
                     .find(|a| a.attachment_name().is_some_and(|n| n.ends_with(".pdf")))
-                {
-                    return a.contents().to_vec();
-                }
+            {
+                return a.contents().to_vec();
             }
         }
         panic!("no PDF attached to the email of {number}")

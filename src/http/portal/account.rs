@@ -343,9 +343,10 @@ where
         Err(crate::billing::Error::Gateway(settled_jobs::gateway::GatewayError::Declined {
             ..
         })) => "declined",
-        Err(crate::billing::Error::Conflict { code, .. }) if code == "charge_in_progress" => {
-            "processing"
-        }
+        Err(crate::billing::Error::Conflict {
+            code: "charge_in_progress",
+            ..
+        }) => "processing",
         Err(e) => return Err(e.into()),
     };
     let to = format!("{back}?notice={notice}");
