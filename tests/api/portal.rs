@@ -357,3 +357,101 @@ both!(
         assert_eq!(ok["ok"], true, "{ok}");
     }
 );
+
+/// Signs `b` in as `email` through the sign-in form and the emailed link (the first sign-in email
+/// to that address).
+async fn sign_in(p: &PortalWorld, b: &Browser, email: &str) {
+    let csrf = field(&b.get("/portal/sign-in").await.text(), "csrf");
+    let asked = b
+        .post("/portal/sign-in", &[("csrf", &csrf), ("email", email)])
+        .await;
+    assert_eq!(asked.status, 200);
+    let url = link(
+        &p.email_text("sign-in link", email).await,
+        "/portal/sign-in/",
+    );
+    let path = url.trim_start_matches(&p.d().base).to_string();
+    let csrf = field(&b.get(&path).await.text(), "csrf");
+    let signed = b.post(&path, &[("csrf", &csrf)]).await;
+    assert_eq!(
+        signed.location.as_deref(),
+        Some("/portal/"),
+        "{}",
+        signed.text()
+    );
+}
+
+both!(
+    the_whole_balance_is_paid_once_from_the_dashboard_and_the_records_download,
+    |backend| async move {
+        let p = PortalWorld::start(backend).await;
+        let d = p.d();
+        let cus = p
+            .customer("Acme Corp", &["ap@acme.example"], &["pm_card_visa"])
+            .await;
+        let first = p.invoice(&cus, "30.00").await;
+        let second = p.invoice(&cus, "20.00").await;
+        let b = Browser::new(d);
+        sign_in(&p, &b, "ap@acme.example").await;
+        let html = b.get("/portal/").await.text();
+        assert!(
+            html.contains("$50.00") && html.contains("Pay $50.00 now"),
+            "{html}"
+        );
+        let form = [
+            ("csrf", field(&html, "csrf")),
+            ("nonce", field(&html, "nonce")),
+            ("payment_method", first_option(&html, "payment_method")),
+        ];
+        let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (one, two) = tokio::join!(
+            b.post("/portal/pay-balance", &form),
+            b.post("/portal/pay-balance", &form)
+        );
+        assert_eq!((one.status, two.status), (303, 303));
+        d.wait_clock_ready(std::time::Duration::from_secs(30)).await;
+        let pis = p.gateway.payment_intents();
+        assert_eq!(pis.len(), 1, "one charge for the balance: {pis:?}");
+        assert_eq!(pis[0]["amount"], 5000);
+        for inv in [&first, &second] {
+            let (_, now) = d
+                .get(&format!("/v1/invoices/{}", inv["id"].as_str().unwrap()))
+                .await;
+            assert_eq!(now["status"], "paid", "{now}");
+        }
+        let html = b.get("/portal/").await.text();
+        assert!(html.contains("$0.00") && !html.contains("Pay $"), "{html}");
+
+        // Payments made, sortable; the statement as a page, PDF and CSV.
+        let page = b.get("/portal/payments?sort=amount&order=asc").await;
+        assert_eq!(page.status, 200);
+        assert!(page.text().contains("$50.00") && page.text().contains("receipt.pdf"));
+        let page = b
+            .get("/portal/statement?from=2027-01-01&to=2027-01-31")
+            .await;
+        let html = page.text();
+        for needle in ["Opening balance", "Closing balance", "$50.00"] {
+            assert!(html.contains(needle), "{needle}:\n{html}");
+        }
+        let pdf = b
+            .get("/portal/statement?from=2027-01-01&to=2027-01-31&format=pdf")
+            .await;
+        assert_eq!(pdf.headers["content-type"], "application/pdf");
+        assert!(pdf.body.starts_with(b"%PDF-"));
+        let csv = b
+            .get("/portal/statement?from=2027-01-01&to=2027-01-31&format=csv")
+            .await
+            .text();
+        assert!(
+            csv.starts_with("date,kind,reference,amount,balance\n"),
+            "{csv}"
+        );
+        assert!(csv.contains(first["number"].as_str().unwrap()), "{csv}");
+        assert!(csv.trim_end().ends_with(",closing,,,0.00"), "{csv}");
+        // Signed out, the session is gone.
+        let csrf = field(&b.get("/portal/").await.text(), "csrf");
+        let out = b.post("/portal/sign-out", &[("csrf", &csrf)]).await;
+        assert_eq!(out.location.as_deref(), Some("/portal/sign-in"));
+        assert_eq!(b.get("/portal/").await.status, 303);
+    }
+);
