@@ -126,6 +126,8 @@ async fn a_customer_pays_manages_cards_and_auto_charge_in_a_real_browser() {
     assert_eq!(chrome.status().await, 404);
     assert!(chrome.text().await.contains("not yours to see"));
 
+    // Something still open, for the dashboard to show.
+    let open = p.invoice(&acme, "25.00").await;
     // Signing in by emailed link.
     chrome.goto(&d.url("/portal/sign-in")).await;
     chrome
@@ -153,6 +155,8 @@ async fn a_customer_pays_manages_cards_and_auto_charge_in_a_real_browser() {
             .any(|a| text.contains(a)),
         "the last payment: {text}"
     );
+    assert!(text.contains("Pay $25.00 now"), "{text}");
+    assert!(text.contains(open["number"].as_str().unwrap()), "{text}");
     screenshot("portal-dashboard.png", &chrome.screenshot().await);
 
     // A card through Stripe.js: the number goes to the gateway, the daemon gets a token.
