@@ -33,7 +33,8 @@ impl Context {
     /// Opens the database, the clock, the gateways and the mailer.
     pub async fn build(config: Config) -> anyhow::Result<Context> {
         let tokens = admin_tokens(&config)?;
-        Self::build_with(config, tokens).await
+        let portal_key = portal_key(&config, true)?;
+        Self::build_with(config, tokens, portal_key).await
     }
 
     /// As [`Context::build`] for an operator's command on this host: it is let in with a token
@@ -44,10 +45,18 @@ impl Context {
             name: "cli".into(),
             secret: Secret::new(generate_token()),
         }];
-        Self::build_with(config, tokens).await
+        // The CLI sends no email, so it signs no link: it reads the daemon's key when there is
+        // one and writes none.
+        let portal_key = portal_key(&config, false)?;
+        Self::build_with(config, tokens, portal_key).await
     }
 
-    async fn build_with(config: Config, tokens: Vec<AdminToken>) -> anyhow::Result<Context> {
+    async fn build_with(
+        mut config: Config,
+        tokens: Vec<AdminToken>,
+        portal_key: Secret,
+    ) -> anyhow::Result<Context> {
+        config.portal.signing_secret = portal_key;
         let config = Arc::new(config);
         let db = Db::open_sized(&config, Db::pool_shares(&config).0)?;
         let metrics_token = config.metrics_token()?;
@@ -97,16 +106,18 @@ pub struct Application {
 impl Application {
     /// Opens everything; applies migrations unless told not to. An unreachable database is retried
     /// in the background rather than failing start-up.
-    pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let context = Context::build(config).await?;
-        let config = context.billing.config.clone();
+    pub async fn build(mut config: Config) -> anyhow::Result<Application> {
         // Every role listens: a workers-only daemon serves health, readiness and metrics there.
         let addr = config.listen_addr()?;
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
-        let port = listener.local_addr()?.port();
-        let listener = Some(listener);
+        let bound = listener.local_addr()?;
+        let port = bound.port();
+        if config.business.portal_url.is_empty() {
+            // Links in emails need a base; without one, this daemon's own address.
+            config.business.portal_url = format!("http://{bound}");
+        }
         let ops_listener = if config.server.ops_listen.is_empty() {
             None
         } else {
@@ -121,6 +132,8 @@ impl Application {
                     .with_context(|| format!("cannot listen on {addr} (server.ops_listen)"))?,
             )
         };
+        let context = Context::build(config).await?;
+        let listener = Some(listener);
         let ops_port = match &ops_listener {
             Some(l) => Some(l.local_addr()?.port()),
             None => None,
@@ -355,6 +368,36 @@ fn admin_tokens(config: &Config) -> anyhow::Result<Vec<AdminToken>> {
     write_private(&path, &format!("{token}\n"))?;
     tracing::warn!(path = %path.display(), "no admin token configured; generated one (read it from this file)");
     Ok(generated(&token))
+}
+
+/// The portal's link-signing key: the configured one, or one generated into the state directory
+/// on first start (like the admin token), so links survive restarts. Without `generate`, a
+/// missing key is a throwaway one for this process, and nothing is written.
+fn portal_key(config: &Config, generate: bool) -> anyhow::Result<Secret> {
+    let configured = config.portal_signing_secret()?;
+    if !configured.is_empty() {
+        return Ok(configured);
+    }
+    let path: PathBuf = config.state_dir().join("portal-key");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let key = text.trim();
+        if !key.is_empty() {
+            return Ok(Secret::new(key));
+        }
+    }
+    if !generate {
+        return Ok(Secret::new(generate_token()));
+    }
+    std::fs::create_dir_all(config.state_dir()).with_context(|| {
+        format!(
+            "cannot create the state directory {}",
+            config.state_dir().display()
+        )
+    })?;
+    let key = generate_token();
+    write_private(&path, &format!("{key}\n"))?;
+    tracing::info!(path = %path.display(), "generated the portal's link-signing key");
+    Ok(Secret::new(key))
 }
 
 fn generate_token() -> String {

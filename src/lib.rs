@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod notify;
 pub mod outbox;
 pub mod pipeline;
+pub mod portal;
 pub mod progress;
 pub mod runner;
 pub mod store;

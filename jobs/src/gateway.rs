@@ -121,6 +121,25 @@ pub enum GatewayError {
     NotConfigured,
 }
 
+/// A card being saved in the customer's browser (Stripe's SetupIntent): the page hands the
+/// client secret to the gateway's script, which sends the card straight to the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardSetup {
+    pub id: String,
+    pub client_secret: String,
+}
+
+/// Where a card setup stands, as the gateway says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardSetupState {
+    pub id: String,
+    /// The card was saved (and may be charged off-session).
+    pub succeeded: bool,
+    pub gateway_customer_id: Option<String>,
+    /// The saved payment method's token (pm_...), once succeeded.
+    pub payment_method: Option<String>,
+}
+
 #[async_trait]
 pub trait Gateway: Send + Sync + 'static {
     /// The gateway's name as stored on payments ("stripe").
@@ -154,4 +173,23 @@ pub trait Gateway: Send + Sync + 'static {
         &self,
         metadata: &[(String, String)],
     ) -> Result<Option<ChargeResult>, GatewayError>;
+
+    /// Starts saving a card for off-session charges, entered in the customer's browser.
+    async fn start_card_setup(
+        &self,
+        _gateway_customer_id: &str,
+    ) -> Result<CardSetup, GatewayError> {
+        Err(GatewayError::Invalid {
+            message: format!("{} cannot save cards from a browser", self.name()),
+            param: None,
+        })
+    }
+
+    /// Reads a card setup back.
+    async fn card_setup(&self, _id: &str) -> Result<CardSetupState, GatewayError> {
+        Err(GatewayError::Invalid {
+            message: format!("{} cannot save cards from a browser", self.name()),
+            param: None,
+        })
+    }
 }

@@ -23,6 +23,8 @@ pub enum Template {
     UpcomingCharge,
     /// The monthly statement of account.
     Statement,
+    /// A one-time link to sign in to the customer portal, to the one address that asked.
+    SignIn,
 }
 
 impl Template {
@@ -35,6 +37,7 @@ impl Template {
         Template::CreditNote,
         Template::UpcomingCharge,
         Template::Statement,
+        Template::SignIn,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,6 +50,7 @@ impl Template {
             Template::CreditNote => "credit_note",
             Template::UpcomingCharge => "upcoming_charge",
             Template::Statement => "statement",
+            Template::SignIn => "sign_in",
         }
     }
 

@@ -27,32 +27,7 @@ pub async fn add_payment_method(
             format!("no payment gateway {gateway_name} is configured (stripe.api_key)"),
         )
     })?;
-    // The gateway customer is created on first use, so customers can exist before a gateway does.
-    let gateway_customer = match &customer.gateway_customer_id {
-        Some(g) => g.clone(),
-        None => {
-            let created = gateway
-                .create_customer(&NewGatewayCustomer {
-                    customer_id: customer.id.clone(),
-                    email: customer.email.clone(),
-                    name: customer.name.clone(),
-                })
-                .await?;
-            let mut tx = b.db.begin().await?;
-            customers::update(
-                &mut tx,
-                &customer.id,
-                &CustomerPatch {
-                    gateway_customer_id: Some(created.clone()),
-                    ..Default::default()
-                },
-                b.now(),
-            )
-            .await?;
-            tx.commit().await?;
-            created
-        }
-    };
+    let gateway_customer = gateway_customer(b, &customer, gateway.as_ref()).await?;
     let card = gateway
         .attach_payment_method(&gateway_customer, token)
         .await?;
@@ -83,6 +58,96 @@ pub async fn add_payment_method(
     tx.commit().await?;
     tracing::info!(customer_id, payment_method_id = %row.id, brand = %row.brand, "payment method saved");
     Ok(row)
+}
+
+/// The customer's id at `gateway`, created there on first use (so customers can exist before a
+/// gateway does).
+async fn gateway_customer(
+    b: &Billing,
+    customer: &customers::CustomerRow,
+    gateway: &dyn settled_jobs::gateway::Gateway,
+) -> Result<String> {
+    if let Some(g) = &customer.gateway_customer_id {
+        return Ok(g.clone());
+    }
+    let created = gateway
+        .create_customer(&NewGatewayCustomer {
+            customer_id: customer.id.clone(),
+            email: customer.email.clone(),
+            name: customer.name.clone(),
+        })
+        .await?;
+    let mut tx = b.db.begin().await?;
+    customers::update(
+        &mut tx,
+        &customer.id,
+        &CustomerPatch {
+            gateway_customer_id: Some(created.clone()),
+            ..Default::default()
+        },
+        b.now(),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(created)
+}
+
+/// Starts saving a card entered in the customer's browser (the portal's "Add a card"): a card
+/// setup at the default gateway for the customer's gateway customer. Card data goes from the
+/// browser to the gateway; the daemon only ever sees the setup's id and the token it produced.
+pub async fn start_card_setup(
+    b: &Billing,
+    customer_id: &str,
+) -> Result<settled_jobs::gateway::CardSetup> {
+    let customer = customers::get_row(&b.db, customer_id)
+        .await?
+        .ok_or_else(|| Error::not_found("customer", customer_id))?;
+    let name = b.gateways.default_name();
+    let gateway = b.gateways.get(name).cloned().ok_or_else(|| {
+        Error::conflict("gateway_not_configured", "no payment gateway is configured")
+    })?;
+    let gateway_customer = gateway_customer(b, &customer, gateway.as_ref()).await?;
+    Ok(gateway.start_card_setup(&gateway_customer).await?)
+}
+
+/// Saves the card a finished card setup produced, with its brand and last 4 read from the
+/// gateway; refused unless the setup succeeded for this very customer.
+pub async fn finish_card_setup(
+    b: &Billing,
+    customer_id: &str,
+    setup_id: &str,
+    make_default: bool,
+) -> Result<PaymentMethodRow> {
+    let customer = customers::get_row(&b.db, customer_id)
+        .await?
+        .ok_or_else(|| Error::not_found("customer", customer_id))?;
+    let name = b.gateways.default_name();
+    let gateway = b.gateways.get(name).cloned().ok_or_else(|| {
+        Error::conflict("gateway_not_configured", "no payment gateway is configured")
+    })?;
+    let state = gateway.card_setup(setup_id).await?;
+    let ours = customer.gateway_customer_id.is_some()
+        && state.gateway_customer_id == customer.gateway_customer_id;
+    let token = match (&state.payment_method, state.succeeded && ours) {
+        (Some(pm), true) => pm.clone(),
+        _ => {
+            return Err(Error::invalid(
+                "setup_intent",
+                "the card was not saved for this account",
+            ));
+        }
+    };
+    if payment_methods::list(&b.db, customer_id)
+        .await?
+        .iter()
+        .any(|m| m.token == token)
+    {
+        return Err(Error::conflict(
+            "payment_method_exists",
+            "this payment method is already saved",
+        ));
+    }
+    add_payment_method(b, customer_id, name, &token, Some(make_default)).await
 }
 
 /// Detaches the card at its gateway (one the gateway no longer knows is gone already) and

@@ -17,6 +17,7 @@ pub mod generation;
 pub mod invoices;
 pub mod ledger;
 pub mod payments;
+pub mod portal;
 pub mod refunds;
 pub mod reminders;
 pub mod retainers;

@@ -52,6 +52,7 @@ pub struct Config {
     pub jobs: JobsConfig,
     pub log: LogConfig,
     pub retention: RetentionConfig,
+    pub portal: PortalConfig,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -222,6 +223,25 @@ pub struct BusinessConfig {
     pub address: String,
     pub support_email: String,
     pub payment_instructions: String,
+    pub portal_url: String,
+}
+
+/// `[portal]`: the customer-facing pages under `/portal/` (see `crate::portal`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortalConfig {
+    pub enabled: bool,
+    pub signing_secret: Secret,
+    pub signing_secret_file: String,
+    pub invoice_link_days: u32,
+    pub sign_in_link_minutes: u32,
+    pub session_hours: u32,
+    pub sign_in_per_email_per_hour: u32,
+    pub sign_in_per_client_per_hour: u32,
+    pub client_ip_header: String,
+    pub stripe_js_url: String,
+    pub stripe_publishable_key: String,
+    pub partial_payments: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -160,6 +160,18 @@ impl Config {
         Ok(Some(token))
     }
 
+    /// The portal's link-signing key as configured (inline or in `portal.signing_secret_file`);
+    /// empty when neither is set (the daemon then keeps a generated one).
+    pub fn portal_signing_secret(&self) -> anyhow::Result<Secret> {
+        if !self.portal.signing_secret_file.is_empty() {
+            let mut lines = read_secret_lines(&self.portal.signing_secret_file)?;
+            if let Some(first) = lines.drain(..).next() {
+                return Ok(first);
+            }
+        }
+        Ok(self.portal.signing_secret.clone())
+    }
+
     pub fn stripe_api_key(&self) -> anyhow::Result<Secret> {
         if !self.stripe.api_key_file.is_empty() {
             let mut lines = read_secret_lines(&self.stripe.api_key_file)?;

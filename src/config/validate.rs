@@ -42,6 +42,30 @@ impl Config {
                 self.stripe.api_base
             ));
         }
+        let http_url = |u: &str| {
+            url::Url::parse(u).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+        };
+        if !self.business.portal_url.is_empty() && !http_url(&self.business.portal_url) {
+            problems.push(format!(
+                "business.portal_url: {:?} is not an http(s) URL like https://billing.example.com",
+                self.business.portal_url
+            ));
+        }
+        if !http_url(&self.portal.stripe_js_url) {
+            problems.push(format!(
+                "portal.stripe_js_url: {:?} is not an http(s) URL",
+                self.portal.stripe_js_url
+            ));
+        }
+        if self.portal.invoice_link_days == 0
+            || self.portal.sign_in_link_minutes == 0
+            || self.portal.session_hours == 0
+        {
+            problems.push(
+                "portal: invoice_link_days, sign_in_link_minutes and session_hours must be at least 1"
+                    .into(),
+            );
+        }
         if self.stripe.webhook_tolerance_seconds <= 0 {
             problems.push("stripe.webhook_tolerance_seconds: must be positive".into());
         }

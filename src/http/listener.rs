@@ -96,7 +96,7 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let (stream, _) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // Out of file handles or a connection reset before it was taken: not fatal; a
@@ -119,7 +119,15 @@ pub async fn serve(
             });
             continue;
         };
-        let service = TowerToHyperService::new(app.clone().into_service::<hyper::body::Incoming>());
+        // The peer's address, for handlers that need it (the portal's sign-in rate limit).
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            app.clone().into_service::<hyper::body::Incoming>(),
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req
+            },
+        ));
         let stop = shutdown.clone();
         connections.spawn(async move {
             let _permit = permit;

@@ -19,6 +19,7 @@ pub mod jobs;
 pub mod listener;
 pub mod openapi;
 pub mod payments;
+pub mod portal;
 pub mod state;
 pub mod statements;
 pub mod subscriptions;
@@ -66,8 +67,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.billing.config.server.max_body_bytes,
         ));
     crate::metrics::install();
-    let serving = Router::new()
-        .merge(webhooks::public_router(&state))
+    let mut serving = Router::new().merge(webhooks::public_router(&state));
+    if state.billing.config.portal.enabled {
+        serving = serving.merge(portal::router(&state));
+    }
+    let serving = serving
         .nest("/v1", admin)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

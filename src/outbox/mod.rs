@@ -37,6 +37,17 @@ struct Subject<'a> {
 /// its send job, all in `tx`.
 async fn write(tx: &mut Tx, what: Subject<'_>, snap: &Snapshot, now: DateTime<Utc>) -> Result<()> {
     let recipients = customers::recipients(tx, &snap.customer.id).await?;
+    write_to(tx, what, snap, &recipients, now).await
+}
+
+/// Writes the row (unless it exists) to `recipients` only.
+async fn write_to(
+    tx: &mut Tx,
+    what: Subject<'_>,
+    snap: &Snapshot,
+    recipients: &[String],
+    now: DateTime<Utc>,
+) -> Result<()> {
     let context = serde_json::to_string(snap).unwrap_or_else(|_| "null".into());
     let new = NewEmail {
         template: what.template,
@@ -45,7 +56,7 @@ async fn write(tx: &mut Tx, what: Subject<'_>, snap: &Snapshot, now: DateTime<Ut
         customer_id: &snap.customer.id,
         invoice_id: what.invoice_id,
         payment_id: what.payment_id,
-        recipients: &recipients,
+        recipients,
         subject: "",
         context: &context,
     };
@@ -295,6 +306,38 @@ pub async fn statement(
         payment_id: None,
     };
     write(tx, what, &snap, now).await
+}
+
+/// A billing contact asked to sign in to the portal: a one-time link, to that address alone
+/// (`customer_id` is one of the accounts it receives bills for).
+pub async fn sign_in(
+    tx: &mut Tx,
+    token_id: &str,
+    email: &str,
+    customer_id: &str,
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let Some(customer) = customers::get_in(tx, customer_id).await? else {
+        return missing("customer", customer_id);
+    };
+    let snap = Snapshot {
+        at: ms(now),
+        customer: snapshot::customer_of(&customer),
+        sign_in: Some(snapshot::SignInSnap {
+            token_id: token_id.to_string(),
+            expires_at: ms(expires_at),
+        }),
+        ..Snapshot::default()
+    };
+    let what = Subject {
+        template: Template::SignIn,
+        subject_id: token_id,
+        attempt: 0,
+        invoice_id: None,
+        payment_id: None,
+    };
+    write_to(tx, what, &snap, &[email.to_string()], now).await
 }
 
 /// A statement of account as PDF, for any period (`GET /v1/customers/{id}/statement` with

@@ -38,6 +38,7 @@ fn kind_files(kind: Template) -> [&'static str; 3] {
         Template::CreditNote => kind_files!("credit_note"),
         Template::UpcomingCharge => kind_files!("upcoming_charge"),
         Template::Statement => kind_files!("statement"),
+        Template::SignIn => kind_files!("sign_in"),
     }
 }
 
@@ -186,7 +187,8 @@ pub fn render(config: &Config, template: &str, snap: &Snapshot) -> Result<Render
         | Template::FinalNotice
         | Template::Refund
         | Template::CreditNote
-        | Template::UpcomingCharge => {}
+        | Template::UpcomingCharge
+        | Template::SignIn => {}
     }
     Ok(Rendered {
         subject,

@@ -174,6 +174,15 @@ pub struct Snapshot {
     pub outstanding: i64,
     /// Unspent credit right after the event.
     pub credit_balance: i64,
+    /// sign_in: the one-time token the link carries, and when it stops working.
+    pub sign_in: Option<SignInSnap>,
+}
+
+/// A sign-in link's token (the link itself is signed when rendered, see `crate::portal::links`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignInSnap {
+    pub token_id: String,
+    pub expires_at: i64,
 }
 
 pub fn customer_of(row: &CustomerRow) -> CustomerSnap {

@@ -39,6 +39,19 @@ pub struct View {
     pub has_credit: bool,
     /// The date of the event, in the customer's time zone.
     pub date: String,
+    /// Signed links into the customer portal (see `crate::portal::links`).
+    pub links: LinksView,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LinksView {
+    /// The invoice's hosted page: view, PDF, pay (invoice emails; None without a portal).
+    pub invoice: Option<String>,
+    /// The one-time sign-in link (sign_in) and the moment it stops working.
+    pub sign_in: Option<String>,
+    pub sign_in_expires: Option<String>,
+    /// The portal's sign-in page.
+    pub portal: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -434,5 +447,23 @@ pub fn view(config: &Config, snap: &Snapshot, format: MoneyFormat) -> View {
         credit_balance: m(snap.credit_balance, currency),
         has_credit: snap.credit_balance > 0,
         date: dates.day(snap.at),
+        links: LinksView {
+            invoice: snap
+                .invoice
+                .as_ref()
+                .and_then(|i| crate::portal::links::invoice_url(config, &i.id, snap.at)),
+            sign_in: snap
+                .sign_in
+                .as_ref()
+                .and_then(|s| crate::portal::links::sign_in_url(config, &s.token_id)),
+            sign_in_expires: snap.sign_in.as_ref().map(|s| dates.moment(s.expires_at)),
+            portal: (config.portal.enabled && !config.business.portal_url.is_empty()).then(|| {
+                format!(
+                    "{}{}/",
+                    crate::portal::links::base(config),
+                    crate::portal::links::PREFIX
+                )
+            }),
+        },
     }
 }

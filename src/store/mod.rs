@@ -25,6 +25,7 @@ pub mod ledger;
 pub mod pages;
 pub mod payment_methods;
 pub mod payments;
+pub mod portal;
 pub mod queue;
 pub mod refunds;
 pub mod settings;

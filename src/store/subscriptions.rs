@@ -183,6 +183,33 @@ pub async fn transition(
     Ok(changed)
 }
 
+/// Switches automatic charging of one customer's subscription on or off; false when the
+/// customer has no such subscription.
+pub async fn set_auto_charge(
+    db: &Db,
+    customer_id: &str,
+    id: &str,
+    on: bool,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let mut tx = db.begin().await?;
+    let changed = on_tx!(&mut tx, c => {
+        sqlx::query(
+            "UPDATE subscriptions SET auto_charge = $3, updated_at = $4 WHERE id = $1 AND customer_id = $2",
+        )
+        .bind(id)
+        .bind(customer_id)
+        .bind(on)
+        .bind(ms(now))
+        .execute(&mut *c)
+        .await?
+        .rows_affected()
+            == 1
+    });
+    tx.commit().await?;
+    Ok(changed)
+}
+
 /// Where a walk through the due subscriptions has got to: the (next_period_start, id) of the
 /// last one taken.
 pub type DueCursor = (i64, String);

@@ -4,3 +4,4 @@
 pub mod sha256;
 pub mod smtp;
 pub mod stripe_gateway;
+pub mod webdriver;

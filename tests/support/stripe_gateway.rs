@@ -305,6 +305,7 @@ struct GatewayState {
     payment_intents: Vec<Value>,
     charges: HashMap<String, Value>,
     refunds: Vec<Value>,
+    setup_intents: Vec<Value>,
     idempotency: HashMap<String, StoredResult>,
     origins: HashMap<String, Origin>,
 }
@@ -626,6 +627,27 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if method == Method::GET && uri.path().starts_with("/v3") {
+        // The stand-in Stripe.js, as a page would load it (`portal.stripe_js_url`).
+        return Response::builder()
+            .header("content-type", "text/javascript; charset=utf-8")
+            .header("access-control-allow-origin", "*")
+            .body(Body::from(STRIPE_JS))
+            .expect("valid response");
+    }
+    if method == Method::OPTIONS {
+        // CORS preflight, answered as Stripe's API does for browsers.
+        return Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .header("access-control-allow-origin", "*")
+            .header("access-control-allow-methods", "GET, POST, DELETE")
+            .header(
+                "access-control-allow-headers",
+                "authorization, content-type, stripe-version",
+            )
+            .body(Body::empty())
+            .expect("valid response");
+    }
     let params = if method == Method::GET || method == Method::DELETE {
         parse_form(uri.query().unwrap_or(""))
     } else {
@@ -670,6 +692,7 @@ async fn handle(
                         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                 )
                 .header("content-type", "application/json")
+                .header("access-control-allow-origin", "*")
                 .header("request-id", request_id)
                 .header("stripe-version", DEFAULT_API_VERSION)
                 .header("cache-control", "no-cache, no-store");
@@ -699,7 +722,9 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 async fn process(shared: Arc<Shared>, req: Incoming) -> Outcome {
-    if let Err(err) = check_auth(&req.headers) {
+    if let Err(err) = check_auth(&req.headers)
+        && !publishable_setup_request(&req)
+    {
         return Outcome::Answer(Answer::new(401, &err.body(&req.request_id)));
     }
     let charge = is_charge_request(&req.method, &req.path, &req.params);
@@ -775,6 +800,15 @@ fn is_charge_request(method: &Method, path: &str, params: &[(String, String)]) -
         ["payment_intents", _, "confirm"] => true,
         _ => false,
     }
+}
+
+/// What a browser's Stripe.js may do with a publishable key (`key=pk_...` in the body, no
+/// Authorization header): confirm a SetupIntent it holds the client secret of.
+fn publishable_setup_request(req: &Incoming) -> bool {
+    req.method == Method::POST
+        && req.path.starts_with("/v1/setup_intents/")
+        && req.path.ends_with("/confirm")
+        && param(&req.params, "key").is_some_and(|k| k.starts_with("pk_"))
 }
 
 fn check_auth(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -1175,6 +1209,17 @@ fn route(state: &mut GatewayState, ctx: &Ctx<'_>, method: &Method, path: &str) -
             Ok((200, expand(state, charge.clone(), &ctx.expand(), "")))
         }
         ("POST", ["refunds"]) => create_refund(state, ctx),
+        ("POST", ["setup_intents"]) => create_setup_intent(state, ctx),
+        ("GET", ["setup_intents", id]) => {
+            ctx.only("client_secret expand")?;
+            let si = state
+                .setup_intents
+                .iter()
+                .find(|s| s["id"] == *id)
+                .ok_or_else(|| ApiError::no_such(404, "setupintent", id, "intent"))?;
+            Ok((200, si.clone()))
+        }
+        ("POST", ["setup_intents", id, "confirm"]) => confirm_setup_intent(state, ctx, id),
         ("GET", ["refunds"]) => {
             ctx.only(
                 "charge payment_intent created ending_before expand limit \
@@ -2392,6 +2437,128 @@ fn create_refund(state: &mut GatewayState, ctx: &Ctx<'_>) -> Reply {
     state.origins.insert(id, ctx.origin());
     state.refunds.push(refund.clone());
     Ok((200, refund))
+}
+
+// ---------------------------------------------------------------------------------------------
+// SetupIntents: saving a card from the customer's browser
+// ---------------------------------------------------------------------------------------------
+
+/// The stand-in Stripe.js served at `/v3/`.
+const STRIPE_JS: &str = include_str!("stripe_js_stand_in.js");
+
+fn create_setup_intent(state: &mut GatewayState, ctx: &Ctx<'_>) -> Reply {
+    ctx.only(
+        "automatic_payment_methods confirm customer description expand metadata \
+         payment_method payment_method_options payment_method_types usage",
+    )?;
+    let customer = ctx.get("customer");
+    if let Some(c) = customer
+        && find_customer(state, c).is_none()
+    {
+        return Err(ApiError::no_such(400, "customer", c, "customer"));
+    }
+    let usage = ctx.get("usage").unwrap_or("off_session");
+    if usage != "off_session" && usage != "on_session" {
+        return Err(ApiError::invalid(
+            400,
+            Some("parameter_invalid_string"),
+            "Invalid usage.",
+            Some("usage"),
+        ));
+    }
+    let types = ctx.list("payment_method_types");
+    let id = new_id("seti");
+    let si = json!({
+        "id": id,
+        "object": "setup_intent",
+        "application": null,
+        "automatic_payment_methods": null,
+        "cancellation_reason": null,
+        "client_secret": format!("{id}_secret_{}", random_alnum(24)),
+        "created": ctx.now,
+        "customer": customer,
+        "customer_account": null,
+        "description": ctx.get("description"),
+        "excluded_payment_method_types": null,
+        "flow_directions": null,
+        "last_setup_error": null,
+        "latest_attempt": null,
+        "livemode": false,
+        "mandate": null,
+        "metadata": ctx.metadata()?,
+        "next_action": null,
+        "on_behalf_of": null,
+        "payment_method": null,
+        "payment_method_configuration_details": null,
+        "payment_method_options": { "card": { "mandate_options": null, "network": null,
+                                              "request_three_d_secure": "automatic" } },
+        "payment_method_types": if types.is_empty() { vec!["card".to_string()] } else { types },
+        "single_use_mandate": null,
+        "status": "requires_payment_method",
+        "usage": usage,
+    });
+    state.origins.insert(id, ctx.origin());
+    state.setup_intents.push(si.clone());
+    Ok((200, si))
+}
+
+/// The browser's confirmation (Stripe.js): the card goes into a new PaymentMethod attached to the
+/// SetupIntent's customer; a declining test card is a 402 card error, as at Stripe.
+fn confirm_setup_intent(state: &mut GatewayState, ctx: &Ctx<'_>, id: &str) -> Reply {
+    ctx.only(
+        "client_secret expand key payment_method payment_method_data return_url use_stripe_sdk",
+    )?;
+    let index = state
+        .setup_intents
+        .iter()
+        .position(|s| s["id"] == id)
+        .ok_or_else(|| ApiError::no_such(404, "setupintent", id, "intent"))?;
+    let si = state.setup_intents[index].clone();
+    if ctx.get("key").is_some() && ctx.get("client_secret") != si["client_secret"].as_str() {
+        return Err(ApiError::invalid(
+            400,
+            Some("resource_missing"),
+            &format!("No such setupintent: '{id}'"),
+            Some("intent"),
+        ));
+    }
+    if si["status"] == "succeeded" {
+        return Err(ApiError::invalid(
+            400,
+            Some("setup_intent_unexpected_state"),
+            "You cannot confirm this SetupIntent because it has already succeeded.",
+            None,
+        ));
+    }
+    let number = ctx.get("payment_method_data[card][number]").unwrap_or("");
+    let card = TEST_CARDS
+        .iter()
+        .find(|c| c.number == number)
+        .ok_or_else(|| {
+            ApiError::plain(402, "card_error", "Your card number is incorrect.")
+                .with("code", json!("incorrect_number"))
+                .with("param", json!("number"))
+        })?;
+    if let Some(d) = &card.decline {
+        return Err(ApiError::plain(402, "card_error", d.message)
+            .with("code", json!(d.code))
+            .with("decline_code", json!(d.decline_code)));
+    }
+    let pm_id = new_id("pm");
+    let customer = si["customer"].as_str().map(str::to_string);
+    let object = card_payment_method(&pm_id, card, customer.as_deref(), ctx.now);
+    state.payment_methods.insert(
+        pm_id.clone(),
+        StoredPaymentMethod {
+            object,
+            card,
+            detached: false,
+        },
+    );
+    let si = &mut state.setup_intents[index];
+    si["status"] = json!("succeeded");
+    si["payment_method"] = json!(pm_id);
+    Ok((200, si.clone()))
 }
 
 // ---------------------------------------------------------------------------------------------

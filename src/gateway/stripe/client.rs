@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use settled_jobs::gateway::{
-    CardSummary, ChargeRequest, ChargeResult, ChargeStatus, Gateway, GatewayError,
-    NewGatewayCustomer, RefundRequest, RefundResult, RefundStatus,
+    CardSetup, CardSetupState, CardSummary, ChargeRequest, ChargeResult, ChargeStatus, Gateway,
+    GatewayError, NewGatewayCustomer, RefundRequest, RefundResult, RefundStatus,
 };
 use stripe::{
     ApiErrorsType, Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError,
@@ -130,6 +130,50 @@ impl StripeRequest for CreateCharge<'_> {
 
     fn build(&self) -> RequestBuilder {
         RequestBuilder::new(StripeMethod::Post, "/payment_intents").form(&self.params)
+    }
+}
+
+/// A SetupIntent, only the fields read here (miniserde ignores the rest). Its own type rather
+/// than async-stripe's `setup_intent` feature, which would build all of Stripe's SetupIntent
+/// model for four fields.
+#[derive(Debug, miniserde::Deserialize)]
+struct SetupIntentObject {
+    id: String,
+    client_secret: Option<String>,
+    status: String,
+    customer: Option<String>,
+    payment_method: Option<String>,
+}
+
+/// `POST /v1/setup_intents` for a card to charge later, off-session.
+#[derive(Debug, serde::Serialize)]
+struct SetupParams<'a> {
+    customer: &'a str,
+    payment_method_types: [&'static str; 1],
+    usage: &'static str,
+}
+
+struct CreateSetupIntent<'a> {
+    params: SetupParams<'a>,
+}
+
+impl StripeRequest for CreateSetupIntent<'_> {
+    type Output = SetupIntentObject;
+
+    fn build(&self) -> RequestBuilder {
+        RequestBuilder::new(StripeMethod::Post, "/setup_intents").form(&self.params)
+    }
+}
+
+struct RetrieveSetupIntent<'a> {
+    id: &'a str,
+}
+
+impl StripeRequest for RetrieveSetupIntent<'_> {
+    type Output = SetupIntentObject;
+
+    fn build(&self) -> RequestBuilder {
+        RequestBuilder::new(StripeMethod::Get, format!("/setup_intents/{}", self.id))
     }
 }
 
@@ -305,6 +349,50 @@ impl Gateway for StripeGateway {
             Ok(results.into_iter().next())
         })
         .await
+    }
+
+    async fn start_card_setup(&self, gateway_customer_id: &str) -> Result<CardSetup, GatewayError> {
+        let si = CreateSetupIntent {
+            params: SetupParams {
+                customer: gateway_customer_id,
+                payment_method_types: ["card"],
+                usage: "off_session",
+            },
+        }
+        .customize()
+        .send(&self.client)
+        .await
+        .map_err(classify)?;
+        let client_secret = si.client_secret.ok_or_else(|| {
+            GatewayError::Unknown(format!(
+                "SetupIntent {} came without a client secret",
+                si.id
+            ))
+        })?;
+        Ok(CardSetup {
+            id: si.id,
+            client_secret,
+        })
+    }
+
+    async fn card_setup(&self, id: &str) -> Result<CardSetupState, GatewayError> {
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(GatewayError::Invalid {
+                message: "not a SetupIntent id".into(),
+                param: Some("setup_intent".into()),
+            });
+        }
+        let si = RetrieveSetupIntent { id }
+            .customize()
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        Ok(CardSetupState {
+            succeeded: si.status == "succeeded",
+            id: si.id,
+            gateway_customer_id: si.customer,
+            payment_method: si.payment_method,
+        })
     }
 }
 
