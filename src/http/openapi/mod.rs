@@ -27,8 +27,9 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
-/// Paths the router serves that are not part of this document (customer-facing pages).
-pub const NOT_DESCRIBED: &[&str] = &["/portal/"];
+/// Paths the router serves that are not part of this document (customer-facing pages: `/portal`
+/// and everything under it).
+pub const NOT_DESCRIBED: &[&str] = &["/portal"];
 
 #[derive(OpenApi)]
 #[openapi(
