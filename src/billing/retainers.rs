@@ -174,7 +174,7 @@ pub async fn refund(b: &Billing, customer_id: &str, amount: i64) -> Result<Vec<R
                 ));
             }
             let refund_id = new_id(prefix::REFUND);
-            let key = super::refunds::outgoing::key(&refund_id);
+            let key = super::refunds::outgoing::next_key(&mut tx, &payment_id).await?;
             let recorded_by = if through_gateway {
                 gateway.as_str()
             } else {

@@ -250,6 +250,19 @@ pub async fn ours_of_payment(
     }))
 }
 
+/// How many refunds of `payment_id` were sent (or are to be sent) under a key of ours: the next
+/// one is number this + 1.
+pub async fn keyed_count(tx: &mut Tx, payment_id: &str) -> Result<i64> {
+    Ok(on_tx!(tx, c => {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM refunds WHERE payment_id = $1 AND idempotency_key IS NOT NULL",
+        )
+        .bind(payment_id)
+        .fetch_one(&mut *c)
+        .await?
+    }))
+}
+
 /// Refunds of a payment, oldest first, for the payment's view.
 #[derive(Debug, Clone, FromRow, serde::Serialize)]
 pub struct RefundRow {

@@ -59,17 +59,17 @@ both!(
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0]["amount"], 3000);
         assert_eq!(sent[0]["payment_intent"], pi["id"]);
-        let key = gateway
-            .requests()
-            .into_iter()
-            .find(|r| r.path == "/v1/refunds")
-            .and_then(|r| r.idempotency_key)
-            .unwrap();
-        // Stored with the refund's row before the call, so a resend reuses it.
-        assert_eq!(
-            key,
-            format!("settled:refund:{}", r1["id"].as_str().unwrap())
-        );
+        let keys = || -> Vec<String> {
+            gateway
+                .requests()
+                .into_iter()
+                .filter(|r| r.path == "/v1/refunds")
+                .filter_map(|r| r.idempotency_key)
+                .collect()
+        };
+        // Stored with the refund's row before the call, so a resend reuses it: the payment's
+        // first refund of ours.
+        assert_eq!(keys(), vec![format!("settled:refund:{pay}:1")]);
         let inv_now = show(d, &inv).await;
         assert_eq!(inv_now["amount_due"], "30.00", "{inv_now}");
         assert_ne!(inv_now["status"], "paid");
@@ -99,6 +99,7 @@ both!(
         assert_eq!(status, 201, "{r2}");
         let sent = gateway.refunds();
         assert_eq!(sent.len(), 2);
+        assert_eq!(keys().last(), Some(&format!("settled:refund:{pay}:2")));
         assert_eq!(
             sent.iter()
                 .map(|r| r["amount"].as_i64().unwrap())

@@ -1,6 +1,6 @@
 //! Refunds the daemon asks a gateway for (an unused retainer paid back, an operator's refund of
 //! a payment). Like a charge, each is committed first (`pending`, with its Idempotency-Key
-//! `settled:refund:{id}`, and what it takes: the payment's refundable amount, a retainer's
+//! `settled:refund:{payment}:{n}` for the payment's n-th refund of ours, and what it takes: the payment's refundable amount, a retainer's
 //! balance), then sent with no transaction open, then recorded: `succeeded` (a payment refund
 //! reverses the payment now), `failed` (what it took is given back) or, when the answer is not
 //! known, left pending and asked again under the same key by the refunds' drain. A gateway event
@@ -24,9 +24,13 @@ use crate::store::{Tx, payments, wall_ms, work_failures};
 const BATCH: i64 = 50;
 const CALLS_IN_FLIGHT: usize = 16;
 
-/// The Idempotency-Key a refund is sent under.
-pub fn key(refund_id: &str) -> String {
-    format!("settled:refund:{refund_id}")
+/// The Idempotency-Key of the next refund of `payment_id` sent through its gateway:
+/// `settled:refund:{payment}:{n}`, n counting that payment's refunds of ours from 1. Taken in
+/// the transaction that writes the refund, with the payment locked; the keys are unique in the
+/// schema, so two refunds can never share one.
+pub async fn next_key(tx: &mut Tx, payment_id: &str) -> Result<String> {
+    let n = rows::keyed_count(tx, payment_id).await? + 1;
+    Ok(format!("settled:refund:{payment_id}:{n}"))
 }
 
 /// How a refund the daemon sent stands after its call.
@@ -292,7 +296,7 @@ pub async fn refund_payment(
         ));
     }
     let id = settled_jobs::ids::new_id(settled_jobs::ids::prefix::REFUND);
-    let idempotency_key = key(&id);
+    let idempotency_key = next_key(&mut tx, payment_id).await?;
     rows::insert(
         &mut tx,
         &rows::NewRefund {
