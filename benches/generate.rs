@@ -13,52 +13,8 @@ use std::time::{Duration, Instant};
 
 use settled::app::Application;
 use settled::config::Config;
-use settled::store::{Db, on_db};
+use settled::store::on_db;
 use tokio_util::sync::CancellationToken;
-
-async fn seed(db: &Db, n: usize) {
-    let start = chrono::DateTime::parse_from_rfc3339("2027-02-01T00:00:00Z")
-        .unwrap()
-        .timestamp_millis();
-    let created = chrono::DateTime::parse_from_rfc3339("2027-01-01T00:00:00Z")
-        .unwrap()
-        .timestamp_millis();
-    let items = r#"[{"description":"Plan","quantity":"1","unit_amount":1999,"tax_rate":"0.20"}]"#;
-    let schedule =
-        r#"{"every":"month","interval":1,"anchor":"2027-02-01T00:00:00Z","timezone":"UTC"}"#;
-    // One customer per subscription, each with a billing contact, as a real book of accounts has:
-    // every invoice is written, emailed and counted in its own customer's balance.
-    for chunk_start in (0..n).step_by(500) {
-        let count = (n - chunk_start).min(500);
-        let mut customers = String::from(
-            "INSERT INTO customers (id, email, name, currency, timezone, created_at, updated_at) VALUES ",
-        );
-        let mut contacts = String::from(
-            "INSERT INTO customer_billing_emails (customer_id, position, email) VALUES ",
-        );
-        let mut subscriptions = String::from(
-            "INSERT INTO subscriptions (id, customer_id, currency, items, schedule, timezone, start_at, next_period_start, created_at, updated_at) VALUES ",
-        );
-        for i in 0..count {
-            let k = chunk_start + i;
-            let sep = if i > 0 { ", " } else { "" };
-            customers.push_str(&format!(
-                "{sep}('cus_bench{k:07}', 'billing{k}@example.com', 'Customer {k}', 'USD', 'UTC', $1, $1)"
-            ));
-            contacts.push_str(&format!(
-                "{sep}('cus_bench{k:07}', 0, 'billing{k}@example.com')"
-            ));
-            subscriptions.push_str(&format!(
-                "{sep}('sub_bench{k:07}', 'cus_bench{k:07}', 'USD', $1, $2, 'UTC', $3, $3, $4, $4)"
-            ));
-        }
-        on_db!(db, p => {
-            sqlx::query(sqlx::AssertSqlSafe(customers.as_str())).bind(created).execute(p).await.expect("customers");
-            sqlx::query(sqlx::AssertSqlSafe(contacts.as_str())).execute(p).await.expect("contacts");
-            sqlx::query(sqlx::AssertSqlSafe(subscriptions.as_str())).bind(items).bind(schedule).bind(start).bind(created).execute(p).await.expect("subscriptions");
-        });
-    }
-}
 
 async fn run(backend: &str, n: usize) -> f64 {
     // The invoice emails go to a local SMTP server (BENCH_MAIL=file: the file transport).
@@ -104,7 +60,7 @@ async fn run(backend: &str, n: usize) -> f64 {
     while !state.billing.db.migrations_applied().await {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    seed(&state.billing.db, n).await;
+    common::seed_subscriptions(&state.billing.db, n).await;
     let to = chrono::DateTime::parse_from_rfc3339("2027-02-01T00:00:00Z")
         .unwrap()
         .with_timezone(&chrono::Utc);

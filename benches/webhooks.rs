@@ -11,51 +11,20 @@
 //! BENCH_CONCURRENCY the concurrency, 32; BENCH_ROLES and BENCH_BACKENDS pick runs); under
 //! `cargo test` it runs a small smoke pass so the benchmark keeps working.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 mod common;
 
-use hmac::{Hmac, Mac};
+use common::load;
+
 use settled::app::Application;
 use settled::config::Config;
 use settled::store::on_db;
-use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "whsec_bench_0123456789abcdef";
 
-fn sign(body: &str) -> String {
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(format!("{t}.{body}").as_bytes());
-    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-struct Figures {
-    rate: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
-}
-
-/// One signed delivery, prepared before the clock starts (as pgbench's script is).
-struct Delivery {
-    request: Vec<u8>,
-}
-
-fn deliveries(n: usize, run: &str) -> Vec<Delivery> {
+fn deliveries(n: usize, run: &str) -> Vec<load::Delivery> {
     (0..n)
         .map(|i| {
             let body = serde_json::json!({
@@ -69,103 +38,9 @@ fn deliveries(n: usize, run: &str) -> Vec<Delivery> {
                     "metadata": {"invoice_id": "in_unknown"}}}
             })
             .to_string();
-            let request = format!(
-                "POST /webhooks/stripe HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nStripe-Signature: {}\r\nContent-Length: {}\r\n\r\n{body}",
-                sign(&body),
-                body.len()
-            );
-            Delivery {
-                request: request.into_bytes(),
-            }
+            load::stripe_delivery(&body, SECRET)
         })
         .collect()
-}
-
-/// Reads one HTTP/1.1 response from a keep-alive connection; returns its status.
-async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> u16 {
-    use tokio::io::AsyncReadExt;
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            let status: u16 = head
-                .split(' ')
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .expect("status line");
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())
-                        .flatten()
-                })
-                .unwrap_or(0);
-            let total = end + 4 + length;
-            while buf.len() < total {
-                let mut chunk = [0u8; 4096];
-                let n = stream.read(&mut chunk).await.expect("read");
-                assert!(n > 0, "connection closed");
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            buf.drain(..total);
-            return status;
-        }
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await.expect("read");
-        assert!(n > 0, "connection closed");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// Sends the deliveries from `concurrency` keep-alive connections (a plain HTTP/1.1 client, so
-/// the load generator costs little of the machine); every one must be answered 200.
-async fn fire(addr: &str, deliveries: Vec<Delivery>, concurrency: usize) -> Figures {
-    use tokio::io::AsyncWriteExt;
-    let n = deliveries.len();
-    let deliveries = Arc::new(deliveries);
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let deliveries = deliveries.clone();
-            let next = next.clone();
-            let addr = addr.to_string();
-            tokio::spawn(async move {
-                let mut stream = tokio::net::TcpStream::connect(&addr)
-                    .await
-                    .expect("connect");
-                stream.set_nodelay(true).unwrap();
-                let mut buf = Vec::with_capacity(8192);
-                let mut latencies = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= deliveries.len() {
-                        return latencies;
-                    }
-                    let sent = Instant::now();
-                    stream
-                        .write_all(&deliveries[i].request)
-                        .await
-                        .expect("send");
-                    let status = read_response(&mut stream, &mut buf).await;
-                    assert_eq!(status, 200, "a delivery was not accepted");
-                    latencies.push(sent.elapsed());
-                }
-            })
-        })
-        .collect();
-    let mut latencies = Vec::with_capacity(n);
-    for t in tasks {
-        latencies.extend(t.await.unwrap());
-    }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    Figures {
-        rate: n as f64 / elapsed.as_secs_f64(),
-        p50_ms: percentile(&latencies, 0.50),
-        p99_ms: percentile(&latencies, 0.99),
-    }
 }
 
 async fn daemon_run(
@@ -174,7 +49,7 @@ async fn daemon_run(
     concurrency: usize,
     role: &str,
     drain: Duration,
-) -> Figures {
+) -> load::Figures {
     let dir = tempfile::tempdir().unwrap();
     let url = common::fresh_database(backend, "webhooks", dir.path()).await;
     let env = vec![
@@ -209,9 +84,9 @@ async fn daemon_run(
     }
     let addr = format!("127.0.0.1:{port}");
     // A short warm-up, so start-up work (the first connections, the writers) is not measured.
-    fire(&addr, deliveries(concurrency * 4, "warmup"), concurrency).await;
+    load::fire(&addr, deliveries(concurrency * 4, "warmup"), concurrency).await;
     let started = Instant::now();
-    let figures = fire(&addr, deliveries(n, "run"), concurrency).await;
+    let figures = load::fire(&addr, deliveries(n, "run"), concurrency).await;
     let stored: i64 = on_db!(&state.billing.db, p => sqlx::query_scalar("SELECT COUNT(*) FROM webhook_events WHERE event_id LIKE 'evt_run_%'").fetch_one(p).await.unwrap());
     assert_eq!(stored as usize, n, "every accepted event is stored");
     println!(

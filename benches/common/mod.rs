@@ -1,4 +1,8 @@
-//! What the benchmarks share: a fresh database per run on either backend, dropped afterwards.
+//! What the benchmarks share: a fresh database per run on either backend, dropped afterwards;
+//! the machine's ceiling beside which figures are read; a book of subscriptions; the webhook
+//! load generator (`load`).
+
+pub mod load;
 
 /// The PostgreSQL server the benchmarks create their databases on.
 pub fn postgres_admin() -> String {
@@ -168,5 +172,52 @@ pub async fn ceiling(backend: &str, concurrency: usize, seconds: u64) -> f64 {
         sqlite_ceiling(dir.path(), concurrency, seconds).await
     } else {
         pgbench_ceiling(concurrency, seconds).await
+    }
+}
+
+/// `n` customers, each with a billing contact and one monthly subscription (19.99 plus 20 % tax)
+/// whose first period starts 2027-02-01, all due at once when the clock gets there.
+#[allow(dead_code)]
+pub async fn seed_subscriptions(db: &settled::store::Db, n: usize) {
+    let start = chrono::DateTime::parse_from_rfc3339("2027-02-01T00:00:00Z")
+        .unwrap()
+        .timestamp_millis();
+    let created = chrono::DateTime::parse_from_rfc3339("2027-01-01T00:00:00Z")
+        .unwrap()
+        .timestamp_millis();
+    let items = r#"[{"description":"Plan","quantity":"1","unit_amount":1999,"tax_rate":"0.20"}]"#;
+    let schedule =
+        r#"{"every":"month","interval":1,"anchor":"2027-02-01T00:00:00Z","timezone":"UTC"}"#;
+    // One customer per subscription, each with a billing contact, as a real book of accounts has:
+    // every invoice is written, emailed and counted in its own customer's balance.
+    for chunk_start in (0..n).step_by(500) {
+        let count = (n - chunk_start).min(500);
+        let mut customers = String::from(
+            "INSERT INTO customers (id, email, name, currency, timezone, created_at, updated_at) VALUES ",
+        );
+        let mut contacts = String::from(
+            "INSERT INTO customer_billing_emails (customer_id, position, email) VALUES ",
+        );
+        let mut subscriptions = String::from(
+            "INSERT INTO subscriptions (id, customer_id, currency, items, schedule, timezone, start_at, next_period_start, created_at, updated_at) VALUES ",
+        );
+        for i in 0..count {
+            let k = chunk_start + i;
+            let sep = if i > 0 { ", " } else { "" };
+            customers.push_str(&format!(
+                "{sep}('cus_bench{k:07}', 'billing{k}@example.com', 'Customer {k}', 'USD', 'UTC', $1, $1)"
+            ));
+            contacts.push_str(&format!(
+                "{sep}('cus_bench{k:07}', 0, 'billing{k}@example.com')"
+            ));
+            subscriptions.push_str(&format!(
+                "{sep}('sub_bench{k:07}', 'cus_bench{k:07}', 'USD', $1, $2, 'UTC', $3, $3, $4, $4)"
+            ));
+        }
+        settled::store::on_db!(db, p => {
+            sqlx::query(sqlx::AssertSqlSafe(customers.as_str())).bind(created).execute(p).await.expect("customers");
+            sqlx::query(sqlx::AssertSqlSafe(contacts.as_str())).execute(p).await.expect("contacts");
+            sqlx::query(sqlx::AssertSqlSafe(subscriptions.as_str())).bind(items).bind(schedule).bind(start).bind(created).execute(p).await.expect("subscriptions");
+        });
     }
 }
